@@ -1,0 +1,3 @@
+from bdcore.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,63 @@
+"""``python -m bdcore <command>``: thin argparse front door.
+
+Each concept module that offers commands exposes ``register_cli(subparsers)``, which adds its
+sub-parsers and sets ``func`` on them; this file only collects them, so the logic stays in the
+module that owns the concept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+# Modules that contribute commands, in --help order.
+COMMAND_MODULES = [
+    "bdcore.catalog",    # catalog
+    "bdcore.demo",       # demo
+    "bdcore.download",   # download
+    "bdcore.imagery",    # stats
+    "bdcore.runs",       # train, resume, runs, stop
+    "bdcore.evaluate",   # evaluate
+    "bdcore.predict",    # predict
+    "bdcore.scoring",    # score
+]
+
+
+class CliError(Exception):
+    """An expected failure: printed as one line, exit status 2, no traceback."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bdcore", description="SpaceNet building-footprint workbench")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == name:  # module not written yet
+                continue
+            raise
+        register = getattr(module, "register_cli", None)
+        if register is not None:
+            register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0 if args.command is None else 2
+    try:
+        result = args.func(args)
+    except KeyboardInterrupt:
+        return 130
+    except (CliError, ValueError, FileNotFoundError, PermissionError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return int(result or 0)
