@@ -1,0 +1,398 @@
+"""Folium maps and plotly figures as plain functions (no Streamlit here, so they are unit-testable).
+
+Maps are built to work offline: Leaflet is served from the app's ``static/leaflet/`` folder
+(:func:`ensure_leaflet_assets`) and every other CDN asset folium would add is dropped, because the
+streamlit-folium iframe loads script links in order and silently stops at the first failure.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+
+from bdcore.paths import PROJECT_ROOT
+
+STATIC_DIR = PROJECT_ROOT / "static"
+LEAFLET_JS_URL = "/app/static/leaflet/leaflet.js"
+LEAFLET_CSS_URL = "/app/static/leaflet/leaflet.css"
+OSM_TILES = "https://tile.openstreetmap.org/{z}/{x}/{y}.png"
+OSM_ATTRIBUTION = "&copy; OpenStreetMap contributors"
+
+# Colours (RGB) used for outlines in image overlays.
+TRUTH_RGB = (255, 221, 0)   # ground truth: yellow
+PRED_RGB = (0, 230, 255)    # prediction: cyan
+TP_RGB = (40, 220, 60)      # matched proposal: green
+FP_RGB = (255, 50, 50)      # unmatched proposal: red
+FN_RGB = (60, 120, 255)     # missed ground truth: blue
+SPLIT_COLORS = {"train": "#1f77b4", "val": "#ff7f0e", None: "#999999"}
+COUNT_PALETTE = ["#fff5eb", "#fdd0a2", "#fd8d3c", "#d94801", "#7f2704"]  # 0 .. many buildings
+F1_PALETTE = ["#d7191c", "#fdae61", "#ffffbf", "#a6d96a", "#1a9641"]      # 0 .. 1
+
+
+# --------------------------------------------------------------------------- Leaflet assets
+
+
+def leaflet_source_dir() -> Path:
+    """The ``static/js_lib_leaflet`` folder of the installed ``django-js-lib-leaflet`` package."""
+    spec = importlib.util.find_spec("js_lib_leaflet")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "Leaflet assets not found: the package 'django-js-lib-leaflet' is not installed. "
+            "Fix: pip install -r requirements.txt"
+        )
+    src = Path(list(spec.submodule_search_locations)[0]) / "static" / "js_lib_leaflet"
+    if not (src / "leaflet.js").is_file():
+        raise FileNotFoundError(f"{src / 'leaflet.js'} is missing; reinstall django-js-lib-leaflet")
+    return src
+
+
+def ensure_leaflet_assets(static_dir: str | Path | None = None) -> Path:
+    """Copy leaflet.js, leaflet.css and images/ into ``<static_dir>/leaflet`` (idempotent). Returns that folder."""
+    dest = Path(static_dir or STATIC_DIR) / "leaflet"
+    src = leaflet_source_dir()
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ("leaflet.js", "leaflet.css"):
+        s, d = src / name, dest / name
+        if not d.is_file() or d.stat().st_size != s.stat().st_size:
+            tmp = d.with_name(f".{name}.tmp")
+            shutil.copyfile(s, tmp)
+            tmp.replace(d)
+    (dest / "images").mkdir(exist_ok=True)
+    for img in (src / "images").glob("*.png"):
+        d = dest / "images" / img.name
+        if not d.is_file() or d.stat().st_size != img.stat().st_size:
+            shutil.copyfile(img, d)
+    return dest
+
+
+# --------------------------------------------------------------------------- folium maps
+
+
+def base_map(bounds: Sequence[float], osm: bool = False, height: int | None = None):
+    """An offline folium map fitted to ``bounds`` = (minx, miny, maxx, maxy) in lon/lat.
+
+    No base tiles unless ``osm`` (OpenStreetMap needs the internet); only the local Leaflet JS/CSS is linked.
+    """
+    import folium
+
+    minx, miny, maxx, maxy = (float(v) for v in bounds)
+    m = folium.Map(
+        location=[(miny + maxy) / 2, (minx + maxx) / 2],
+        zoom_start=14,
+        tiles=None,
+        control_scale=True,
+        **({"height": height} if height else {}),
+    )
+    m.default_js = [("leaflet", LEAFLET_JS_URL)]
+    m.default_css = [("leaflet_css", LEAFLET_CSS_URL)]
+    if osm:
+        folium.TileLayer(OSM_TILES, attr=OSM_ATTRIBUTION, name="OpenStreetMap", max_zoom=19).add_to(m)
+    m.fit_bounds([[miny, minx], [maxy, maxx]])
+    return m
+
+
+def count_color(n: int, max_n: int) -> str:
+    """Sequential colour for a building count (0 → lightest)."""
+    if n <= 0 or max_n <= 0:
+        return COUNT_PALETTE[0]
+    k = 1 + int((len(COUNT_PALETTE) - 2) * min(n, max_n) / max_n + 0.5)
+    return COUNT_PALETTE[min(k, len(COUNT_PALETTE) - 1)]
+
+
+def f1_color(f1: float | None) -> str:
+    if f1 is None or not np.isfinite(f1):
+        return "#999999"
+    return F1_PALETTE[min(int(float(f1) * len(F1_PALETTE)), len(F1_PALETTE) - 1)]
+
+
+def tiles_geojson(catalog, values: Mapping[str, object] | None = None, simplify: float = 1e-6) -> dict:
+    """Tile footprints as a small GeoJSON dict: properties ``tile_id``, ``n_buildings`` (+ ``value``).
+
+    Footprints are simplified (``simplify`` degrees) and coordinates rounded to 1e-6° (~0.1 m) to keep the
+    page small for thousands of tiles.
+    """
+    import shapely
+
+    geoms = shapely.simplify(np.asarray(catalog.geometry.values), simplify, preserve_topology=True)
+    geoms = shapely.set_precision(geoms, 1e-6)
+    ids = [str(t) for t in catalog.index]
+    counts = catalog["n_buildings"].fillna(0).astype(int).tolist() if "n_buildings" in catalog else [0] * len(ids)
+    feats = []
+    for tid, n, g in zip(ids, counts, geoms):
+        props: dict = {"tile_id": tid, "n_buildings": int(n)}
+        if values is not None:
+            v = values.get(tid)
+            props["value"] = None if v is None else (float(v) if isinstance(v, (int, float, np.number)) else str(v))
+        feats.append({"type": "Feature", "properties": props, "geometry": shapely.geometry.mapping(g)})
+    return {"type": "FeatureCollection", "features": feats}
+
+
+def tile_map(
+    catalog,
+    color_by: str = "n_buildings",
+    splits: Mapping[str, str] | None = None,
+    values: Mapping[str, float] | None = None,
+    osm: bool = False,
+    height: int | None = None,
+):
+    """All tile footprints as ONE GeoJSON layer.
+
+    ``color_by``: ``"n_buildings"`` (sequential), ``"split"`` (``splits`` maps tile_id → "train"/"val"), or
+    ``"value"`` (``values`` maps tile_id → a score in [0,1], e.g. per-tile F1). The tooltip text starts with the
+    tile id, so a click can be resolved from ``last_object_clicked_tooltip`` as well as from the point.
+    """
+    import folium
+
+    if len(catalog) == 0:
+        raise ValueError("tile_map: the catalog has no tiles")
+    if color_by == "split":
+        data = tiles_geojson(catalog, splits or {})
+        fills = {f["properties"]["tile_id"]: SPLIT_COLORS.get(f["properties"]["value"], "#999999") for f in data["features"]}
+        fields, aliases = ["tile_id", "n_buildings", "value"], ["tile", "buildings", "split"]
+    elif color_by == "value":
+        data = tiles_geojson(catalog, values or {})
+        fills = {f["properties"]["tile_id"]: f1_color(f["properties"]["value"]) for f in data["features"]}
+        fields, aliases = ["tile_id", "n_buildings", "value"], ["tile", "buildings", "F1"]
+    elif color_by == "n_buildings":
+        data = tiles_geojson(catalog)
+        max_n = max((f["properties"]["n_buildings"] for f in data["features"]), default=0)
+        fills = {f["properties"]["tile_id"]: count_color(f["properties"]["n_buildings"], max_n) for f in data["features"]}
+        fields, aliases = ["tile_id", "n_buildings"], ["tile", "buildings"]
+    else:
+        raise ValueError(f"tile_map: color_by must be 'n_buildings', 'split' or 'value', not {color_by!r}")
+    for f in data["features"]:
+        f["properties"]["fill"] = fills[f["properties"]["tile_id"]]
+
+    m = base_map(catalog.total_bounds, osm=osm, height=height)
+    folium.GeoJson(
+        data,
+        name="tiles",
+        style_function=lambda f: {
+            "fillColor": f["properties"]["fill"],
+            "color": "#444444",
+            "weight": 1,
+            "fillOpacity": 0.55,
+        },
+        highlight_function=lambda f: {"weight": 3, "color": "#000000"},
+        tooltip=folium.GeoJsonTooltip(fields=fields, aliases=aliases),
+        smooth_factor=1.0,
+    ).add_to(m)
+    if osm:
+        folium.LayerControl().add_to(m)
+    return m
+
+
+def selection_layer(tile_geometry, buildings=None, name: str = "selection"):
+    """A FeatureGroup with the selected tile's outline and its buildings (one path each).
+
+    Passed to ``st_folium(feature_group_to_add=...)`` so selecting a tile does not rebuild the map.
+    """
+    import folium
+    import shapely
+
+    fg = folium.FeatureGroup(name=name)
+    folium.GeoJson(
+        shapely.geometry.mapping(tile_geometry),
+        style_function=lambda f: {"fill": False, "color": "#000000", "weight": 3, "dashArray": "6 4"},
+    ).add_to(fg)
+    if buildings is not None and len(buildings):
+        folium.GeoJson(
+            buildings[["geometry"]].to_json(),
+            style_function=lambda f: {"color": "#c2185b", "weight": 1.5, "fillColor": "#e91e63", "fillOpacity": 0.35},
+        ).add_to(fg)
+    return fg
+
+
+def polygons_map(polygons_gdf, osm: bool = False, height: int | None = None, bounds=None):
+    """Predicted (or any) polygons in EPSG:4326 on an offline map, one GeoJSON layer."""
+    import folium
+
+    gdf = polygons_gdf.to_crs(4326) if polygons_gdf.crs is not None else polygons_gdf
+    b = bounds if bounds is not None else (gdf.total_bounds if len(gdf) else None)
+    if b is None or not np.all(np.isfinite(b)):
+        raise ValueError("polygons_map: no polygons and no bounds given")
+    m = base_map(b, osm=osm, height=height)
+    if len(gdf):
+        keep = [c for c in gdf.columns if c != "geometry" and gdf[c].dtype.kind in "ifbU O"][:4]
+        folium.GeoJson(
+            gdf[keep + ["geometry"]].to_json(default=str),
+            name="buildings",
+            style_function=lambda f: {"color": "#00bcd4", "weight": 1.5, "fillColor": "#00bcd4", "fillOpacity": 0.35},
+        ).add_to(m)
+    return m
+
+
+def map_html(m) -> str:
+    """Full standalone HTML of a folium map (what the iframe would load)."""
+    return m.get_root().render()
+
+
+def tile_at(catalog, lat: float, lng: float) -> str | None:
+    """The tile id whose footprint contains (lat, lng); nearest footprint within ~1 m if on an edge; else None."""
+    from shapely.geometry import Point
+
+    if lat is None or lng is None or len(catalog) == 0:
+        return None
+    p = Point(float(lng), float(lat))
+    idx = catalog.sindex.query(p, predicate="intersects")
+    if len(idx):
+        return str(catalog.index[int(sorted(idx)[0])])
+    idx = catalog.sindex.query(p.buffer(1e-5), predicate="intersects")
+    return str(catalog.index[int(sorted(idx)[0])]) if len(idx) else None
+
+
+def tile_from_tooltip(text: str | None, tile_ids: Iterable[str]) -> str | None:
+    """Resolve a clicked tooltip text (``"tile img12 buildings 3"``) to a tile id."""
+    if not text:
+        return None
+    ids = set(map(str, tile_ids))
+    for tok in str(text).replace("\n", " ").split():
+        if tok in ids:
+            return tok
+    return None
+
+
+# --------------------------------------------------------------------------- images
+
+
+def _poly_rings(poly) -> list[np.ndarray]:
+    rings = []
+    geoms = getattr(poly, "geoms", [poly])
+    for g in geoms:
+        if g.is_empty or g.geom_type != "Polygon":
+            continue
+        for ring in [g.exterior, *g.interiors]:
+            # pixel-edge coordinates → the pixel whose top-left corner is that point (floor)
+            rings.append(np.floor(np.asarray(ring.coords)[:, :2]).astype(np.int32))
+    return rings
+
+
+def draw_outlines(rgb: np.ndarray, polygons: Iterable, color=TRUTH_RGB, thickness: int = 2) -> np.ndarray:
+    """Copy of ``rgb`` (H,W,3 uint8) with polygon outlines (pixel coordinates, SpaceNet PolygonWKT_Pix) drawn."""
+    import cv2
+
+    if rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f"draw_outlines: expected an (H,W,3) image, got shape {rgb.shape}")
+    out = np.ascontiguousarray(rgb, dtype=np.uint8).copy()
+    rings = [r for p in polygons for r in _poly_rings(p)]
+    if rings:
+        cv2.polylines(out, rings, isClosed=True, color=tuple(int(c) for c in color), thickness=thickness, lineType=cv2.LINE_8)
+    return out
+
+
+def mask_overlay(rgb: np.ndarray, mask: np.ndarray, color=PRED_RGB, alpha: float = 0.45) -> np.ndarray:
+    """Blend a binary mask (H,W) onto ``rgb`` in ``color``."""
+    if mask.shape != rgb.shape[:2]:
+        raise ValueError(f"mask_overlay: mask {mask.shape} does not match image {rgb.shape[:2]}")
+    out = rgb.astype(np.float32).copy()
+    m = mask.astype(bool)
+    out[m] = (1 - alpha) * out[m] + alpha * np.asarray(color, np.float32)
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+
+def match_sets(matches, n_truth: int, n_prop: int) -> tuple[set[int], set[int]]:
+    """Matched (truth indices, proposal indices) from a ``scoring.match_buildings`` ``matches`` value.
+
+    Accepts pairs ``(truth_idx, prop_idx[, iou])`` or dicts with ``truth``/``prop`` (or ``truth_idx``/``prop_idx``).
+    """
+    mt, mp = set(), set()
+    for m in matches or []:
+        if isinstance(m, Mapping):
+            t = m.get("truth", m.get("truth_idx", m.get("truth_index")))
+            p = m.get("prop", m.get("prop_idx", m.get("proposal", m.get("prop_index"))))
+        else:
+            t, p = m[0], m[1]
+        if t is not None and 0 <= int(t) < n_truth:
+            mt.add(int(t))
+        if p is not None and 0 <= int(p) < n_prop:
+            mp.add(int(p))
+    return mt, mp
+
+
+def match_overlay(rgb: np.ndarray, truth_polys: Sequence, prop_polys: Sequence, matches, thickness: int = 2) -> np.ndarray:
+    """TP/FP/FN view: matched proposals green, unmatched proposals red, missed truths blue."""
+    mt, mp = match_sets(matches, len(truth_polys), len(prop_polys))
+    out = draw_outlines(rgb, [p for i, p in enumerate(truth_polys) if i not in mt], FN_RGB, thickness)
+    out = draw_outlines(out, [p for i, p in enumerate(prop_polys) if i in mp], TP_RGB, thickness)
+    return draw_outlines(out, [p for i, p in enumerate(prop_polys) if i not in mp], FP_RGB, thickness)
+
+
+# --------------------------------------------------------------------------- plotly figures
+
+
+def buildings_per_tile_fig(catalog):
+    import plotly.graph_objects as go
+
+    counts = catalog["n_buildings"].fillna(0).astype(int).to_numpy() if len(catalog) else np.zeros(0, int)
+    fig = go.Figure(go.Histogram(x=counts, name="tiles", marker_color="#d94801"))
+    fig.update_layout(title="Buildings per tile", xaxis_title="buildings in tile", yaxis_title="tiles",
+                      bargap=0.05, height=320, margin=dict(l=40, r=10, t=40, b=40))
+    return fig
+
+
+def building_areas_m2(buildings) -> np.ndarray:
+    """Footprint areas in m² (projected to the local UTM zone) of a GeoDataFrame of buildings."""
+    if buildings is None or len(buildings) == 0:
+        return np.zeros(0)
+    gdf = buildings if buildings.crs is not None else buildings.set_crs(4326)
+    return gdf.to_crs(gdf.estimate_utm_crs()).area.to_numpy()
+
+
+def building_area_fig(areas_m2: np.ndarray):
+    import plotly.graph_objects as go
+
+    a = np.asarray(areas_m2, dtype=float)
+    a = a[np.isfinite(a) & (a > 0)]
+    fig = go.Figure(go.Histogram(x=np.log10(a) if len(a) else a, name="buildings", marker_color="#c2185b"))
+    ticks = [1, 10, 100, 1000, 10000]
+    fig.update_layout(title=f"Building footprint area (n={len(a)})", yaxis_title="buildings", height=320,
+                      xaxis=dict(title="area (m², log scale)", tickvals=np.log10(ticks).tolist(), ticktext=[str(t) for t in ticks]),
+                      margin=dict(l=40, r=10, t=40, b=40), bargap=0.05)
+    return fig
+
+
+def band_histogram_fig(arr: np.ndarray, band_names: Sequence[str] | None = None, nodata=None, bins: int = 128):
+    """One line per band: pixel-value histogram of a (C,H,W) array (native units)."""
+    import plotly.graph_objects as go
+
+    if arr.ndim != 3:
+        raise ValueError(f"band_histogram_fig: expected (C,H,W), got {arr.shape}")
+    colors = ["#d62728", "#2ca02c", "#1f77b4", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22"]
+    fig = go.Figure()
+    for i, band in enumerate(arr):
+        v = band.ravel()
+        if nodata is not None:
+            v = v[v != nodata]
+        if v.size == 0:
+            continue
+        counts, edges = np.histogram(v, bins=bins)
+        name = band_names[i] if band_names and i < len(band_names) else f"band {i + 1}"
+        fig.add_trace(go.Scatter(x=(edges[:-1] + edges[1:]) / 2, y=counts, mode="lines", name=name,
+                                 line=dict(color=colors[i % len(colors)])))
+    fig.update_layout(title="Band histograms (selected tile)", xaxis_title="pixel value", yaxis_title="pixels",
+                      height=320, margin=dict(l=40, r=10, t=40, b=40))
+    return fig
+
+
+def training_curves_fig(metrics: Sequence[Mapping]):
+    """Two panels over the global step: train loss (step records) + val loss (epoch records); val IoU / F1."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    steps = [r for r in metrics if r.get("kind") == "step" and r.get("loss") is not None]
+    epochs = [r for r in metrics if r.get("kind") == "epoch"]
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("Loss", "Validation IoU / F1"))
+    fig.add_trace(go.Scatter(x=[r["step"] for r in steps], y=[r["loss"] for r in steps], mode="lines+markers",
+                             name="train loss", marker=dict(size=4)), row=1, col=1)
+    for key, name, col in (("val_loss", "val loss", 1), ("val_iou", "val IoU", 2), ("val_f1", "val F1", 2)):
+        pts = [r for r in epochs if r.get(key) is not None]
+        fig.add_trace(go.Scatter(x=[r["step"] for r in pts], y=[r[key] for r in pts], mode="lines+markers",
+                                 name=name, text=[f"epoch {r.get('epoch')}" for r in pts]), row=1, col=col)
+    fig.update_xaxes(title_text="step")
+    fig.update_yaxes(range=[0, 1], row=1, col=2)
+    fig.update_layout(height=340, margin=dict(l=40, r=10, t=40, b=40), legend=dict(orientation="h", y=-0.25))
+    return fig
