@@ -1,0 +1,356 @@
+"""Pixels: read SpaceNet GeoTIFF products as (C,H,W) arrays, stretch them for display, normalise them for models.
+
+Two kinds of scaling, on purpose:
+- ``stretch`` / ``to_display_rgb``: per-tile 2-98 % percentile stretch, for looking at one tile.
+- ``band_stats`` + ``normalize``: per-dataset percentiles computed once over (a sample of) the catalog and cached,
+  so every tile a model sees is scaled the same way.
+
+Band indices are 0-based everywhere in this module (``bands=(0, 1, 2)``), unlike GDAL's 1-based band numbers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import rasterio
+from rasterio.errors import NotGeoreferencedWarning, RasterioError
+from rasterio.windows import Window
+
+from bdcore.atomic import atomic_write_json
+from bdcore.paths import cache_dir
+
+log = logging.getLogger(__name__)
+
+GEOTIFF_DRIVERS = ("GTiff", "COG")
+STATS_VERSION = 1
+
+
+class ImageryError(ValueError):
+    """A file that should be a readable GeoTIFF is not (missing, corrupt, truncated, another format)."""
+
+
+def _open(path: str | os.PathLike):
+    """Open ``path`` with rasterio, insisting on a GeoTIFF; every failure becomes an ImageryError naming the file."""
+    path = Path(path)
+    if not path.exists():
+        raise ImageryError(f"{path}: no such image file (check the path or rebuild the catalog)")
+    if path.is_dir():
+        raise ImageryError(f"{path}: is a folder, expected a GeoTIFF file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            src = rasterio.open(path)
+    except RasterioError as exc:
+        raise ImageryError(
+            f"{path}: not a readable GeoTIFF ({_short(exc)}); the file is corrupt or not an image, re-download it"
+        ) from exc
+    if src.driver not in GEOTIFF_DRIVERS:
+        driver = src.driver
+        src.close()
+        raise ImageryError(
+            f"{path}: is a {driver} file, not a GeoTIFF (renamed?); convert it to GeoTIFF or re-download the original"
+        )
+    return src
+
+
+def _short(exc: BaseException) -> str:
+    msg = str(exc).strip().splitlines()
+    return msg[0] if msg else type(exc).__name__
+
+
+def _window(window: Any) -> Window | None:
+    """Accept a rasterio Window or ((row_start, row_stop), (col_start, col_stop))."""
+    if window is None or isinstance(window, Window):
+        return window
+    (r0, r1), (c0, c1) = window
+    return Window.from_slices((r0, r1), (c0, c1))
+
+
+def read_image(path: str | os.PathLike, bands: Sequence[int] | None = None, window: Any = None) -> np.ndarray:
+    """Read a GeoTIFF as a (C,H,W) array in its native dtype. ``bands`` are 0-based indices (None = all)."""
+    with _open(path) as src:
+        if bands is None:
+            indexes = list(range(1, src.count + 1))
+        else:
+            indexes = [int(b) + 1 for b in bands]
+            bad = [b - 1 for b in indexes if not 1 <= b <= src.count]
+            if bad:
+                raise ImageryError(f"{path}: has {src.count} band(s), cannot read band index(es) {bad} (0-based)")
+        try:
+            return src.read(indexes, window=_window(window))
+        except RasterioError as exc:
+            raise ImageryError(
+                f"{path}: pixel data cannot be read ({_short(exc)}); the file is truncated or corrupt, re-download it"
+            ) from exc
+
+
+def _profile(src) -> dict:
+    return {
+        "crs": src.crs,
+        "transform": src.transform,
+        "width": src.width,
+        "height": src.height,
+        "count": src.count,
+        "dtype": src.dtypes[0],
+        "nodata": src.nodata,
+        "bounds": tuple(src.bounds),
+    }
+
+
+def read_profile(path: str | os.PathLike) -> dict:
+    """Header only: crs, transform, width, height, count, dtype, nodata, bounds (image CRS)."""
+    with _open(path) as src:
+        return _profile(src)
+
+
+def check_readable(path: str | os.PathLike) -> dict:
+    """``read_profile`` plus a one-pixel read from the last row of the last band, which catches truncated files
+    (their header parses but the final strips are missing) at the cost of decoding one block."""
+    with _open(path) as src:
+        try:
+            src.read(src.count, window=Window(src.width - 1, src.height - 1, 1, 1))
+        except RasterioError as exc:
+            raise ImageryError(f"{path}: pixel data cannot be read ({_short(exc)}); the file is truncated or corrupt") from exc
+        return _profile(src)
+
+
+def _as_chw(arr: np.ndarray) -> np.ndarray:
+    arr = np.asarray(arr)
+    if arr.ndim == 2:
+        return arr[None]
+    if arr.ndim != 3:
+        raise ValueError(f"expected a (C,H,W) or (H,W) array, got shape {arr.shape}")
+    return arr
+
+
+def _valid_mask(band: np.ndarray, nodata: float | None) -> np.ndarray:
+    valid = np.isfinite(band) if np.issubdtype(band.dtype, np.floating) else np.ones(band.shape, bool)
+    if nodata is not None and not (isinstance(nodata, float) and np.isnan(nodata)):
+        valid &= band != nodata
+    return valid
+
+
+def stretch(arr: np.ndarray, lo: float = 2.0, hi: float = 98.0, nodata: float | None = None) -> np.ndarray:
+    """Per-band percentile stretch to float32 [0, 1] (per tile, for display). Nodata (and NaN) pixels are left out of
+    the percentiles and come out as 0; a constant band comes out as 0."""
+    arr = _as_chw(arr)
+    out = np.zeros(arr.shape, np.float32)
+    for b in range(arr.shape[0]):
+        band = arr[b]
+        valid = _valid_mask(band, nodata)
+        if not valid.any():
+            continue
+        vals = band[valid].astype(np.float64)
+        p_lo, p_hi = np.percentile(vals, [lo, hi])
+        if p_hi <= p_lo:
+            continue
+        scaled = (band.astype(np.float32) - np.float32(p_lo)) / np.float32(p_hi - p_lo)
+        out[b] = np.where(valid, np.clip(scaled, 0.0, 1.0), 0.0)
+    return out
+
+
+def to_display_rgb(
+    arr: np.ndarray, bands: Sequence[int] = (0, 1, 2), lo: float = 2.0, hi: float = 98.0, nodata: float | None = None
+) -> np.ndarray:
+    """Pick three bands (0-based; e.g. (4, 2, 1) for WorldView-3 8-band true colour), stretch, return uint8 (H,W,3).
+    A single-band image is shown as grey."""
+    arr = _as_chw(arr)
+    if arr.shape[0] == 1:
+        bands = (0, 0, 0)
+    bands = tuple(int(b) for b in bands)
+    if len(bands) != 3:
+        raise ValueError(f"to_display_rgb needs exactly 3 band indices, got {bands}")
+    bad = [b for b in bands if not 0 <= b < arr.shape[0]]
+    if bad:
+        raise ValueError(f"band index(es) {bad} out of range for a {arr.shape[0]}-band image (0-based)")
+    s = stretch(arr[list(bands)], lo, hi, nodata)
+    return np.round(np.moveaxis(s, 0, -1) * 255.0).astype(np.uint8)
+
+
+# ---------------------------------------------------------------------------------------------- dataset statistics
+
+
+@dataclass
+class BandStats:
+    """Per-band statistics of one product over a dataset. ``lo``/``hi`` are the 2/98 % percentiles used by
+    ``normalize``; ``mean``/``std`` are of the raw values (nodata excluded)."""
+
+    product: str
+    lo: list[float]
+    hi: list[float]
+    mean: list[float] = field(default_factory=list)
+    std: list[float] = field(default_factory=list)
+    n_tiles: int = 0
+    n_pixels: int = 0
+    key: str = ""
+
+    @property
+    def bands(self) -> int:
+        return len(self.lo)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "BandStats":
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+
+def _stats_key(catalog, product: str, lo: float, hi: float) -> tuple[str, list[str]]:
+    """Cache key: catalog fingerprint (when the catalog carries one) + product + the exact tile set + percentiles."""
+    if product not in catalog.columns:
+        raise ValueError(f"catalog has no column {product!r}; products are PS-RGB, PS-MS, MS, PAN")
+    paths = sorted(str(p) for p in catalog[product].tolist() if p is not None and isinstance(p, str))
+    fp = catalog.attrs.get("fingerprint") if hasattr(catalog, "attrs") else None
+    h = hashlib.sha256()
+    h.update(f"v{STATS_VERSION}|{product}|{lo}|{hi}|".encode())
+    if fp:
+        h.update(str(fp).encode())
+    else:  # no fingerprint: fall back on the files' sizes and mtimes
+        for p in paths:
+            try:
+                st = os.stat(p)
+                h.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
+            except OSError:
+                h.update(b"missing")
+    h.update("\n".join(paths).encode())
+    return h.hexdigest()[:24], paths
+
+
+def _sample_paths(paths: list[str], max_tiles: int) -> list[str]:
+    """Evenly spaced, deterministic sample (sorted input)."""
+    if len(paths) <= max_tiles:
+        return paths
+    idx = np.linspace(0, len(paths) - 1, max_tiles).round().astype(int)
+    return [paths[i] for i in sorted(set(idx.tolist()))]
+
+
+def _read_decimated(path: str, max_side: int) -> tuple[np.ndarray, float | None]:
+    """Read all bands at reduced resolution (nearest), so stats over many tiles stay cheap."""
+    with _open(path) as src:
+        f = max(1, int(np.ceil(max(src.width, src.height) / max_side)))
+        shape = (src.count, max(1, src.height // f), max(1, src.width // f))
+        try:
+            return src.read(out_shape=shape), src.nodata
+        except RasterioError as exc:
+            raise ImageryError(f"{path}: pixel data cannot be read ({_short(exc)}); the file is truncated or corrupt") from exc
+
+
+def band_stats(
+    catalog,
+    product: str = "PS-RGB",
+    max_tiles: int = 64,
+    max_side: int = 256,
+    lo: float = 2.0,
+    hi: float = 98.0,
+    refresh: bool = False,
+) -> BandStats:
+    """Per-band dataset statistics of ``product`` over the catalog, for ``normalize``.
+
+    Sampled (at most ``max_tiles`` evenly spaced tiles, each read decimated to ``max_side`` pixels) and cached as
+    JSON under ``cache_dir()/band_stats/``, keyed by the catalog fingerprint, the product and the tile set.
+    Unreadable tiles in the sample are skipped with a warning; if none is readable, ImageryError."""
+    key, paths = _stats_key(catalog, product, lo, hi)
+    if not paths:
+        raise ImageryError(f"no tile in this catalog has a {product} image; pick another product")
+    cache_file = cache_dir() / "band_stats" / f"{product}-{key}.json"
+    if cache_file.exists() and not refresh:
+        try:
+            return BandStats.from_dict(json.loads(cache_file.read_text()))
+        except (ValueError, TypeError, KeyError) as exc:
+            log.warning("ignoring unreadable band stats cache %s (%s)", cache_file, exc)
+
+    chunks: list[list[np.ndarray]] = []
+    used = 0
+    n_bands = None
+    for p in _sample_paths(paths, max_tiles):
+        try:
+            arr, nodata = _read_decimated(p, max_side)
+        except ImageryError as exc:
+            log.warning("band stats: skipping %s", exc)
+            continue
+        if n_bands is None:
+            n_bands = arr.shape[0]
+            chunks = [[] for _ in range(n_bands)]
+        if arr.shape[0] != n_bands:
+            log.warning("band stats: skipping %s (%d bands, expected %d)", p, arr.shape[0], n_bands)
+            continue
+        for b in range(n_bands):
+            valid = _valid_mask(arr[b], nodata)
+            chunks[b].append(arr[b][valid].astype(np.float64))
+        used += 1
+    if not used:
+        raise ImageryError(f"none of the sampled {product} images could be read (see warnings); check the data folder")
+    los, his, means, stds, n_pix = [], [], [], [], 0
+    for b in range(n_bands):
+        vals = np.concatenate(chunks[b]) if chunks[b] else np.zeros(0)
+        n_pix = max(n_pix, vals.size)
+        if vals.size == 0:
+            los.append(0.0), his.append(1.0), means.append(0.0), stds.append(1.0)
+            continue
+        p_lo, p_hi = np.percentile(vals, [lo, hi])
+        los.append(float(p_lo))
+        his.append(float(p_hi))
+        means.append(float(vals.mean()))
+        stds.append(float(vals.std()))
+    stats = BandStats(product=product, lo=los, hi=his, mean=means, std=stds, n_tiles=used, n_pixels=n_pix, key=key)
+    try:
+        atomic_write_json(cache_file, stats.to_dict())
+    except OSError as exc:  # a read-only cache must not stop training
+        log.warning("could not cache band stats at %s (%s)", cache_file, exc)
+    return stats
+
+
+def normalize(arr: np.ndarray, stats: BandStats, nodata: float | None = None) -> np.ndarray:
+    """(x - lo) / (hi - lo) per band, clipped to [0, 1], float32; nodata/NaN pixels become 0."""
+    arr = _as_chw(arr)
+    if arr.shape[0] != stats.bands:
+        raise ValueError(
+            f"image has {arr.shape[0]} bands but the {stats.product} band stats have {stats.bands}; "
+            "compute stats for the product you are reading"
+        )
+    lo = np.asarray(stats.lo, np.float32)[:, None, None]
+    span = np.maximum(np.asarray(stats.hi, np.float32)[:, None, None] - lo, np.float32(1e-6))
+    out = np.clip((arr.astype(np.float32) - lo) / span, 0.0, 1.0)
+    invalid = ~np.isfinite(out)
+    if nodata is not None and not (isinstance(nodata, float) and np.isnan(nodata)):
+        invalid |= arr == nodata
+    if invalid.any():
+        out[invalid] = 0.0
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+
+
+def _cmd_stats(args) -> int:
+    from bdcore.catalog import load_catalog
+
+    cat = load_catalog(args.dir, refresh=args.refresh)
+    stats = band_stats(cat, product=args.product, max_tiles=args.max_tiles, refresh=args.refresh)
+    if args.json:
+        print(json.dumps(stats.to_dict(), indent=2))
+        return 0
+    print(f"{stats.product} band statistics over {stats.n_tiles} sampled tile(s) of {len(cat)} ({args.dir})")
+    print(f"{'band':>4}  {'p2':>10}  {'p98':>10}  {'mean':>10}  {'std':>10}")
+    for b in range(stats.bands):
+        print(f"{b:>4}  {stats.lo[b]:>10.1f}  {stats.hi[b]:>10.1f}  {stats.mean[b]:>10.1f}  {stats.std[b]:>10.1f}")
+    return 0
+
+
+def register_cli(sub) -> None:
+    p = sub.add_parser("stats", help="per-band dataset statistics (used to normalise model input)")
+    p.add_argument("dir", help="AOI folder (either SpaceNet 2 layout)")
+    p.add_argument("--product", default="PS-RGB", choices=["PS-RGB", "PS-MS", "MS", "PAN"])
+    p.add_argument("--max-tiles", type=int, default=64, help="tiles sampled (default 64)")
+    p.add_argument("--refresh", action="store_true", help="ignore cached catalog and stats")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_cmd_stats)
