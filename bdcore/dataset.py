@@ -1,0 +1,582 @@
+"""Torch datasets over a tile catalog: train/val split, decoded-array cache, crops and augmentation.
+
+Data path per sample (kept cheap so it is never the training bottleneck):
+
+    GeoTIFF + geojson ──(first epoch only)──► ArrayCache .npy (raw uint16 CHW, uint8 masks)
+    .npy memmap ──► crop window (only those pages are read) ──► normalize (BandStats) ──► jitter ──► pad ──► flip/rot90
+
+Randomness: every item draws from its own ``numpy.random.Generator`` seeded by
+``(dataset seed, epoch, index)``. It therefore does not depend on which DataLoader worker serves the item, so
+``num_workers=0`` and ``num_workers=N`` yield identical batches for the same sampler order (a seeded
+DataLoader ``generator``). Call :meth:`SpaceNetSegmentation.set_epoch` once per epoch; if a trainer never does,
+the epoch is taken from torch's per-iteration worker base seed (inside workers) or from a pass counter
+(``num_workers=0``), so augmentations still change from epoch to epoch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from bdcore import paths
+from bdcore.atomic import atomic_write
+
+log = logging.getLogger(__name__)
+
+SPLIT_METHODS = ("random", "blocked")
+AUTO_BLOCK_TILES = (8, 6, 4, 3, 2, 1)
+
+
+class SplitError(ValueError):
+    """A train/val split that cannot be made (too few tiles, bad fraction, no geometry)."""
+
+
+class DatasetError(ValueError):
+    """A catalog/tile selection the dataset cannot use."""
+
+
+# --------------------------------------------------------------------------------------------- split
+
+
+def _tile_ids(catalog) -> list[str]:
+    if "tile_id" in getattr(catalog, "columns", ()):
+        return [str(t) for t in catalog["tile_id"]]
+    return [str(t) for t in catalog.index]
+
+
+def split_tiles(
+    catalog,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    method: str = "random",
+    block_tiles: int | None = None,
+    touch_tolerance: float = 0.01,
+    return_buffer: bool = False,
+):
+    """Split tiles into ``(train_ids, val_ids)`` (sorted lists of str), deterministic in ``seed``.
+
+    ``random``: a seeded permutation of the sorted tile ids; ``round(val_fraction * n)`` tiles (at least 1) go to val.
+
+    ``blocked`` (spatially blocked; no val tile touches a train tile):
+      1. tiles are grouped into square blocks of ``block_tiles`` x ``block_tiles`` tile sizes (a grid anchored at the
+         catalog's lower-left corner; a tile belongs to the cell holding its centroid). ``block_tiles=None`` picks
+         the largest of 8, 6, 4, 3, 2, 1 that gives at least ``max(10, 3 / val_fraction)`` non-empty blocks and a
+         train set at least as large as val (big blocks = fewer buffer tiles lost, more honest validation);
+      2. blocks are taken in a seeded random order into val until val holds ``round(val_fraction * n)`` tiles;
+      3. every other tile that touches a val tile (shares an edge or a corner, or overlaps; distances up to
+         ``touch_tolerance`` x the median tile side count as touching, which absorbs float noise in the
+         footprints) is DROPPED as a buffer: it is in neither list;
+      4. the rest is train.
+    With ``return_buffer=True`` the result is ``(train_ids, val_ids, buffer_ids)``.
+    The catalog needs a ``geometry`` column for ``blocked`` (any CRS; distances are in its units).
+    """
+    if method not in SPLIT_METHODS:
+        raise SplitError(f"unknown split method {method!r}; use one of {SPLIT_METHODS}")
+    if not 0.0 <= float(val_fraction) < 1.0:
+        raise SplitError(f"val_fraction must be in [0, 1), got {val_fraction}; set e.g. val_fraction: 0.2 in the run config")
+    ids = _tile_ids(catalog)
+    if len(set(ids)) != len(ids):
+        raise SplitError("catalog has duplicate tile_id values; rebuild the catalog (python -m bdcore catalog DIR)")
+    n = len(ids)
+    if val_fraction == 0:
+        out = (sorted(ids), [])
+        return (*out, []) if return_buffer else out
+    if n < 2:
+        raise SplitError(f"need at least 2 tiles to split into train and val, the catalog has {n}; add tiles or set val_fraction: 0")
+    n_val = min(n - 1, max(1, int(round(val_fraction * n))))
+    if method == "random":
+        order = sorted(ids)
+        perm = np.random.default_rng(seed).permutation(n)
+        val = sorted(order[i] for i in perm[:n_val])
+        vs = set(val)
+        out = ([t for t in order if t not in vs], val)
+        return (*out, []) if return_buffer else out
+    if block_tiles is not None:
+        train, val, buffer = _blocked_split(catalog, ids, n_val, seed, block_tiles, touch_tolerance)
+    else:
+        min_blocks = max(10, int(np.ceil(3 / val_fraction)))
+        for k in AUTO_BLOCK_TILES:
+            try:
+                train, val, buffer = _blocked_split(
+                    catalog, ids, n_val, seed, k, touch_tolerance, 1 if k == AUTO_BLOCK_TILES[-1] else min_blocks
+                )
+            except SplitError:
+                if k == AUTO_BLOCK_TILES[-1]:
+                    raise
+                continue
+            if len(train) >= len(val) or k == AUTO_BLOCK_TILES[-1]:
+                break
+    return (train, val, buffer) if return_buffer else (train, val)
+
+
+def _blocked_split(catalog, ids, n_val, seed, block_tiles, touch_tolerance, min_blocks=1):
+    from shapely import STRtree
+
+    if "geometry" not in getattr(catalog, "columns", ()):
+        raise SplitError("a blocked split needs tile footprints (a geometry column); use split: random or rebuild the catalog")
+    geoms = np.asarray(catalog.geometry.values, dtype=object)
+    if any(g is None or g.is_empty for g in geoms):
+        raise SplitError("some tiles have no footprint geometry; a blocked split needs all of them (use split: random)")
+    if block_tiles < 1:
+        raise SplitError(f"block_tiles must be >= 1, got {block_tiles}")
+    b = np.array([g.bounds for g in geoms], dtype=float)
+    side = float(np.median(np.maximum(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1])))
+    if not side > 0:
+        raise SplitError("tile footprints have zero size; cannot build spatial blocks (use split: random)")
+    cx, cy = (b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2
+    cell = side * block_tiles
+    gx = np.floor((cx - b[:, 0].min()) / cell).astype(np.int64)
+    gy = np.floor((cy - b[:, 1].min()) / cell).astype(np.int64)
+    blocks: dict[tuple[int, int], list[int]] = {}
+    for i, key in enumerate(zip(gx.tolist(), gy.tolist())):
+        blocks.setdefault(key, []).append(i)
+    keys = sorted(blocks)
+    if len(keys) < min_blocks:
+        raise SplitError(f"only {len(keys)} spatial blocks of {block_tiles}x{block_tiles} tiles (want {min_blocks})")
+    rng = np.random.default_rng(seed)
+    val_idx: set[int] = set()
+    for k in rng.permutation(len(keys)):
+        if len(val_idx) >= n_val:
+            break
+        val_idx.update(blocks[keys[k]])
+    tree = STRtree(geoms)
+    tol = touch_tolerance * side
+    vi = np.array(sorted(val_idx))
+    _, hits = tree.query(geoms[vi], predicate="dwithin", distance=tol)
+    buffer_idx = set(hits.tolist()) - val_idx
+    train = sorted(ids[i] for i in range(len(ids)) if i not in val_idx and i not in buffer_idx)
+    val = sorted(ids[i] for i in val_idx)
+    buffer = sorted(ids[i] for i in buffer_idx)
+    if not train:
+        raise SplitError(
+            f"blocked split left no train tiles ({len(val)} val, {len(buffer)} buffer of {len(ids)}); "
+            "lower val_fraction or block size, or use split: random"
+        )
+    return train, val, buffer
+
+
+def tiles_touch(catalog, a: Iterable[str], b: Iterable[str], touch_tolerance: float = 0.01) -> list[tuple[str, str]]:
+    """Pairs (tile in ``a``, tile in ``b``) whose footprints touch/overlap (same tolerance rule as the split)."""
+    from shapely import STRtree
+
+    ids = _tile_ids(catalog)
+    pos = {t: i for i, t in enumerate(ids)}
+    geoms = np.asarray(catalog.geometry.values, dtype=object)
+    ai = [pos[t] for t in a]
+    bi = [pos[t] for t in b]
+    if not ai or not bi:
+        return []
+    bnd = np.array([g.bounds for g in geoms], dtype=float)
+    side = float(np.median(np.maximum(bnd[:, 2] - bnd[:, 0], bnd[:, 3] - bnd[:, 1])))
+    tree = STRtree(geoms[bi])
+    qa, qb = tree.query(geoms[ai], predicate="dwithin", distance=touch_tolerance * side)
+    return [(ids[ai[x]], ids[bi[y]]) for x, y in zip(qa.tolist(), qb.tolist())]
+
+
+# --------------------------------------------------------------------------------------------- cache
+
+
+def _file_sig(path: str | os.PathLike | None) -> list | None:
+    if path is None:
+        return None
+    p = Path(path).resolve()
+    st = p.stat()  # FileNotFoundError names the file
+    return [str(p), st.st_size, st.st_mtime_ns]
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha1(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
+class ArrayCache:
+    """Decoded arrays as ``.npy`` files under ``root`` (default ``cache_dir()/arrays``), read back as memmaps.
+
+    Keys are (absolute path, size, mtime_ns) of every source file plus the decode options, so an edited file
+    is decoded again and the stale entry is deleted. Writes are atomic (temp file + ``os.replace``): concurrent
+    DataLoader workers or processes may decode the same tile at once and never read half a file. The object holds
+    no open files (only the root path), so it pickles into workers; memmaps are opened per access.
+    """
+
+    def __init__(self, root: str | os.PathLike | None = None):
+        self.root = Path(root) if root is not None else paths.cache_dir() / "arrays"
+        self.hits = 0
+        self.misses = 0
+
+    def __repr__(self) -> str:
+        return f"ArrayCache({str(self.root)!r})"
+
+    # -- paths
+    def _entry(self, kind: str, source: str | os.PathLike, slot: dict, sigs: list) -> Path:
+        """``<stem>-<slot hash>-<version hash>.npy``: the slot is the source path + decode options, the version the
+        files' (size, mtime_ns). A new version of a slot replaces the old file (see ``_drop_stale``)."""
+        src = Path(source).resolve()
+        slot_hash = _digest({"src": str(src), **slot})[:12]
+        return self.root / kind / f"{src.stem}-{slot_hash}-{_digest(sigs)[:16]}.npy"
+
+    def image_entry(self, path, product: str | None = None, bands: Sequence[int] | None = None) -> Path:
+        slot = {"product": product, "bands": list(bands) if bands is not None else None}
+        return self._entry("images", path, slot, [_file_sig(path)])
+
+    def mask_entry(self, image_path, labels_path, boundary: bool = False, boundary_width: int = 3) -> Path:
+        slot = {
+            "labels": str(Path(labels_path).resolve()) if labels_path is not None else None,
+            "boundary": bool(boundary),
+            "boundary_width": int(boundary_width) if boundary else None,
+        }
+        return self._entry("masks", image_path, slot, [_file_sig(image_path), _file_sig(labels_path)])
+
+    # -- access
+    def _get(self, entry: Path, decode: Callable[[], np.ndarray], dtype=None) -> np.ndarray:
+        try:
+            arr = np.load(entry, mmap_mode="r")
+            self.hits += 1
+            return arr
+        except FileNotFoundError:
+            pass
+        except (ValueError, OSError, EOFError):  # foreign/corrupt entry (never ours half-written): redo it
+            log.warning("cache entry %s unreadable; decoding again", entry)
+        self.misses += 1
+        arr = np.ascontiguousarray(decode())
+        if dtype is not None:
+            arr = arr.astype(dtype, copy=False)
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(entry, lambda f: np.save(f, arr, allow_pickle=False))
+        self._drop_stale(entry)
+        return np.load(entry, mmap_mode="r")
+
+    @staticmethod
+    def _drop_stale(entry: Path) -> None:
+        """Remove older entries of the same source file (same name prefix, other key)."""
+        prefix = entry.name.rsplit("-", 1)[0] + "-"
+        for other in entry.parent.glob(f"{prefix}*.npy"):
+            if other != entry and other.name.rsplit("-", 1)[0] + "-" == prefix:
+                try:
+                    other.unlink()
+                except FileNotFoundError:
+                    pass
+
+    def image(self, path, product: str | None = None, bands: Sequence[int] | None = None) -> np.ndarray:
+        """Raw image (C,H,W) in its native dtype, read-only memmap."""
+        from bdcore import imagery
+
+        entry = self.image_entry(path, product, bands)
+        return self._get(entry, lambda: imagery.read_image(path, bands=bands))
+
+    def mask(self, image_path, labels_path, boundary: bool = False, boundary_width: int = 3) -> np.ndarray:
+        """uint8 mask (K,H,W) on the image grid, K=1 (footprint) or 2 (+ boundary band), read-only memmap."""
+        entry = self.mask_entry(image_path, labels_path, boundary, boundary_width)
+        return self._get(entry, lambda: decode_mask(image_path, labels_path, boundary, boundary_width), np.uint8)
+
+    def clear(self) -> None:
+        for kind in ("images", "masks"):
+            for f in (self.root / kind).glob("*.npy"):
+                f.unlink(missing_ok=True)
+
+
+def decode_mask(image_path, labels_path, boundary: bool = False, boundary_width: int = 3) -> np.ndarray:
+    """Mask straight from the label file; a tile without a label file is all background."""
+    if labels_path is None:
+        from bdcore import imagery
+
+        prof = imagery.read_profile(image_path)
+        return np.zeros((2 if boundary else 1, int(prof["height"]), int(prof["width"])), np.uint8)
+    from bdcore import labels
+
+    return labels.tile_mask(image_path, labels_path, boundary=boundary, boundary_width=boundary_width).astype(np.uint8)
+
+
+# --------------------------------------------------------------------------------------------- augmentation
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Augmentation ranges. Geometric ops apply to image and mask alike; photometric ones to the image only."""
+
+    flips: bool = True
+    rot90: bool = True
+    brightness: float = 0.1  # additive shift, uniform in [-b, b] (image is in [0,1] after normalize)
+    contrast: float = 0.2  # multiplicative about the tile mean, uniform in [1-c, 1+c]
+    gamma: float = 0.2  # exponent exp(uniform(-log(1+g), log(1+g)))
+
+
+def random_crop_box(rng: np.random.Generator, h: int, w: int, size: int) -> tuple[int, int, int, int]:
+    """(y0, x0, ch, cw) of a size×size window inside an h×w tile; a side smaller than ``size`` is taken whole."""
+    ch, cw = min(h, size), min(w, size)
+    y0 = int(rng.integers(0, h - ch + 1))
+    x0 = int(rng.integers(0, w - cw + 1))
+    return y0, x0, ch, cw
+
+
+def center_crop_box(h: int, w: int, size: int) -> tuple[int, int, int, int]:
+    ch, cw = min(h, size), min(w, size)
+    return (h - ch) // 2, (w - cw) // 2, ch, cw
+
+
+def pad_to(arr: np.ndarray, h: int, w: int) -> np.ndarray:
+    """Zero-pad (C,h0,w0) at the bottom/right to (C,h,w)."""
+    c, h0, w0 = arr.shape
+    if h0 == h and w0 == w:
+        return arr
+    out = np.zeros((c, h, w), arr.dtype)
+    out[:, :h0, :w0] = arr
+    return out
+
+
+def photometric(img: np.ndarray, rng: np.random.Generator, aug: Augment) -> np.ndarray:
+    """Brightness/contrast/gamma jitter of a float image in [0,1]; the result is clipped back to [0,1]."""
+    b = rng.uniform(-aug.brightness, aug.brightness) if aug.brightness else 0.0
+    c = rng.uniform(1 - aug.contrast, 1 + aug.contrast) if aug.contrast else 1.0
+    g = float(np.exp(rng.uniform(-np.log1p(aug.gamma), np.log1p(aug.gamma)))) if aug.gamma else 1.0
+    if c != 1.0:
+        m = np.float32(img.mean())
+        img = (img - m) * np.float32(c) + m
+    if b:
+        img = img + np.float32(b)
+    np.clip(img, 0.0, 1.0, out=img)
+    if g != 1.0:
+        np.power(img, np.float32(g), out=img)
+    return img
+
+
+def geometric(rng: np.random.Generator, aug: Augment, *arrays: np.ndarray) -> list[np.ndarray]:
+    """The same random flip / 90° rotation of every (C,H,W) array."""
+    fh = aug.flips and rng.random() < 0.5
+    fv = aug.flips and rng.random() < 0.5
+    k = int(rng.integers(0, 4)) if aug.rot90 else 0
+    out = []
+    for a in arrays:
+        if fh:
+            a = a[:, :, ::-1]
+        if fv:
+            a = a[:, ::-1, :]
+        if k:
+            a = np.rot90(a, k, axes=(1, 2))
+        out.append(np.ascontiguousarray(a))
+    return out
+
+
+# --------------------------------------------------------------------------------------------- dataset
+
+
+class SpaceNetSegmentation(Dataset):
+    """Image/mask samples from catalog tiles.
+
+    Item: ``{"image": float32 (C,h,w) in [0,1], "mask": float32 (K,h,w) in {0,1}, "tile_id": str}``,
+    K = 1 (footprint) or 2 (footprint, boundary band). ``len = len(tile_ids) * samples_per_tile``.
+
+    ``crop_size=None``: whole tiles (zero-padded at bottom/right to a multiple of ``pad_multiple``, e.g. 32 for
+    U-Net strides; padded pixels are background). With ``crop_size``: random crops when ``augment`` else centre
+    crops; tiles smaller than the crop are zero-padded. ``stats``: a ``BandStats``; None computes
+    ``imagery.band_stats(catalog, product)`` (cached on disk).
+    """
+
+    def __init__(
+        self,
+        catalog,
+        tile_ids: Sequence[str],
+        product: str = "PS-RGB",
+        crop_size: int | None = 256,
+        augment: bool = False,
+        boundary: bool = False,
+        stats=None,
+        cache: bool | ArrayCache = True,
+        samples_per_tile: int = 1,
+        seed: int | None = None,
+        augmentation: Augment | None = None,
+        pad_multiple: int = 1,
+        boundary_width: int = 3,
+        bands: Sequence[int] | None = None,
+    ):
+        if crop_size is not None and int(crop_size) < 1:
+            raise DatasetError(f"crop_size must be a positive int or None, got {crop_size}")
+        if samples_per_tile < 1:
+            raise DatasetError(f"samples_per_tile must be >= 1, got {samples_per_tile}")
+        self.tile_ids = [str(t) for t in tile_ids]
+        if not self.tile_ids:
+            raise DatasetError("no tiles selected for this dataset; check the split (val_fraction) and the catalog")
+        rows = _rows_for(catalog, self.tile_ids)
+        self.image_paths: list[str] = []
+        self.label_paths: list[str | None] = []
+        for tid, row in zip(self.tile_ids, rows):
+            img = row.get(product) if hasattr(row, "get") else row[product]
+            if img is None or (isinstance(img, float) and np.isnan(img)):
+                raise DatasetError(
+                    f"tile {tid} has no {product} image in the catalog; pick a product every tile has "
+                    "(python -m bdcore catalog DIR lists them)"
+                )
+            lab = row.get("labels") if hasattr(row, "get") else None
+            if isinstance(lab, float) and np.isnan(lab):
+                lab = None
+            self.image_paths.append(str(img))
+            self.label_paths.append(str(lab) if lab is not None else None)
+        self.product = product
+        self.crop_size = int(crop_size) if crop_size is not None else None
+        self.augment = bool(augment)
+        self.boundary = bool(boundary)
+        self.boundary_width = int(boundary_width)
+        self.samples_per_tile = int(samples_per_tile)
+        self.augmentation = augmentation or Augment()
+        self.pad_multiple = max(1, int(pad_multiple))
+        self.bands = list(bands) if bands is not None else None
+        if stats is None:
+            from bdcore import imagery
+
+            stats = imagery.band_stats(catalog, product=product)
+        self.stats = stats
+        if cache is True:
+            self.cache: ArrayCache | None = ArrayCache()
+        elif cache is False or cache is None:
+            self.cache = None
+        else:
+            self.cache = cache
+        self.seed = int(seed) if seed is not None else int(torch.initial_seed()) & 0xFFFFFFFF
+        self.epoch: int | None = None
+        self._calls = 0
+
+    # -- bookkeeping
+    def __len__(self) -> int:
+        return len(self.tile_ids) * self.samples_per_tile
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make augmentation a pure function of (seed, epoch, index); call at the start of every epoch."""
+        self.epoch = int(epoch)
+
+    def _epoch_key(self) -> int:
+        if self.epoch is not None:
+            return self.epoch
+        info = torch.utils.data.get_worker_info()
+        if info is not None:  # per-iteration base seed shared by all workers of this DataLoader pass
+            return (int(info.seed) - int(info.id)) & 0xFFFFFFFFFFFF | (1 << 50)
+        return self._calls // len(self) | (1 << 51)
+
+    def item_rng(self, index: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, self._epoch_key(), int(index)])
+
+    # -- pixels
+    def raw_image(self, t: int) -> np.ndarray:
+        if self.cache is not None:
+            return self.cache.image(self.image_paths[t], self.product, self.bands)
+        from bdcore import imagery
+
+        return imagery.read_image(self.image_paths[t], bands=self.bands)
+
+    def raw_mask(self, t: int) -> np.ndarray:
+        if self.cache is not None:
+            return self.cache.mask(self.image_paths[t], self.label_paths[t], self.boundary, self.boundary_width)
+        return decode_mask(self.image_paths[t], self.label_paths[t], self.boundary, self.boundary_width)
+
+    def warm_cache(self, progress: Callable[[int, int], None] | None = None) -> int:
+        """Decode every tile into the cache now (e.g. before training); returns the tile count."""
+        for t in range(len(self.tile_ids)):
+            self.raw_image(t)
+            self.raw_mask(t)
+            if progress:
+                progress(t + 1, len(self.tile_ids))
+        return len(self.tile_ids)
+
+    def _normalize(self, arr: np.ndarray) -> np.ndarray:
+        from bdcore import imagery
+
+        return np.asarray(imagery.normalize(arr, self.stats), dtype=np.float32)
+
+    def __getitem__(self, index: int) -> dict:
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        t = index // self.samples_per_tile
+        rng = self.item_rng(index)
+        self._calls += 1
+        img_src = self.raw_image(t)
+        mask_src = self.raw_mask(t)
+        _, h, w = img_src.shape
+        if mask_src.shape[1:] != (h, w):
+            raise DatasetError(
+                f"mask {mask_src.shape[1:]} and image {(h, w)} differ for tile {self.tile_ids[t]} "
+                f"({self.image_paths[t]}); clear the cache folder {getattr(self.cache, 'root', '')}"
+            )
+        if self.crop_size is None:
+            y0, x0, ch, cw = 0, 0, h, w
+            m = self.pad_multiple
+            out_h, out_w = -(-h // m) * m, -(-w // m) * m
+        else:
+            box = random_crop_box(rng, h, w, self.crop_size) if self.augment else center_crop_box(h, w, self.crop_size)
+            y0, x0, ch, cw = box
+            out_h = out_w = self.crop_size
+        img = self._normalize(np.asarray(img_src[:, y0 : y0 + ch, x0 : x0 + cw]))
+        mask = np.asarray(mask_src[:, y0 : y0 + ch, x0 : x0 + cw])
+        if self.augment:
+            img = photometric(img, rng, self.augmentation)
+        img, mask = pad_to(img, out_h, out_w), pad_to(mask, out_h, out_w)
+        if self.augment and out_h == out_w:
+            img, mask = geometric(rng, self.augmentation, img, mask)
+        elif self.augment:  # non-square output: 90° turns would change the shape
+            img, mask = geometric(rng, Augment(flips=self.augmentation.flips, rot90=False), img, mask)
+        return {
+            "image": torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32)),
+            "mask": torch.from_numpy(mask.astype(np.float32)),
+            "tile_id": self.tile_ids[t],
+        }
+
+
+def _rows_for(catalog, tile_ids: Sequence[str]) -> list:
+    index = [str(i) for i in catalog.index]
+    if "tile_id" in getattr(catalog, "columns", ()) and index != [str(t) for t in catalog["tile_id"]]:
+        catalog = catalog.set_index(catalog["tile_id"].astype(str), drop=False)
+        index = [str(i) for i in catalog.index]
+    pos = {t: i for i, t in enumerate(index)}
+    missing = [t for t in tile_ids if t not in pos]
+    if missing:
+        raise DatasetError(f"tile ids not in the catalog: {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+    return [catalog.iloc[pos[t]] for t in tile_ids]
+
+
+# --------------------------------------------------------------------------------------------- run config
+
+
+def build_datasets(cfg) -> tuple[SpaceNetSegmentation, SpaceNetSegmentation]:
+    """(train, val) datasets for a RunConfig: split by tile, shared band stats; val = whole tiles padded to /32.
+
+    Train: random ``crop_size`` crops with augmentation (``crop_size=None``: whole tiles padded to /32).
+
+    Only tiles with a label file are used (an unlabelled tile is not known to be empty).
+    """
+    from bdcore import catalog as catalog_mod
+    from bdcore import imagery
+
+    root = cfg.resolved_data_root() if hasattr(cfg, "resolved_data_root") else getattr(cfg, "data_root")
+    product = getattr(cfg, "product", "PS-RGB")
+    seed = int(getattr(cfg, "seed", 0) or 0)
+    boundary = bool(getattr(cfg, "boundary", False))
+    crop = getattr(cfg, "crop_size", 256)
+    cat = catalog_mod.load_catalog(root)
+    labelled = cat[cat["labels"].notna()] if "labels" in cat.columns else cat
+    if len(labelled) == 0:
+        raise DatasetError(f"no tile under {root} has a building label file; training needs geojson_buildings")
+    if product in labelled.columns:
+        labelled = labelled[labelled[product].notna()]
+    if len(labelled) == 0:
+        raise DatasetError(f"no labelled tile under {root} has a {product} image; pick another product in the run config")
+    train_ids, val_ids = split_tiles(
+        labelled, val_fraction=float(getattr(cfg, "val_fraction", 0.2)), seed=seed, method=getattr(cfg, "split", "random")
+    )
+    stats = imagery.band_stats(cat, product=product)
+    train = SpaceNetSegmentation(
+        labelled, train_ids, product=product, crop_size=crop, augment=True, boundary=boundary, stats=stats, seed=seed,
+        pad_multiple=32,
+    )
+    val_ids = val_ids or train_ids[:0]
+    if not val_ids:
+        raise DatasetError("the split gave no validation tiles; set val_fraction above 0 in the run config")
+    val = SpaceNetSegmentation(
+        labelled, val_ids, product=product, crop_size=None, augment=False, boundary=boundary, stats=stats,
+        seed=seed, pad_multiple=32,
+    )
+    return train, val
