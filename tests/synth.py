@@ -290,7 +290,7 @@ def make_aoi(
     writes the labels reprojected to web mercator. ``touching_pair`` adds two buildings sharing an edge per tile.
     """
     from pyproj import Transformer
-    from shapely.ops import transform as shp_transform
+    import shapely
 
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {sorted(LAYOUTS)}, got {layout!r}")
@@ -317,8 +317,8 @@ def make_aoi(
         boxes = [] if (i in empty_tiles or i in missing_labels) else _place_boxes(rng, size, buildings_per_tile, touching_pair)
         polys = []
         for c0, r0, c1, r1 in boxes:
-            x0, y0 = transform * (c0, r1)
-            x1, y1 = transform * (c1, r0)
+            x0, y0 = transform @ (c0, r1)
+            x1, y1 = transform @ (c1, r0)
             polys.append(box(x0, y0, x1, y1))
         images = {}
         for product in products:
@@ -338,7 +338,7 @@ def make_aoi(
         elif i in empty_tiles:
             write_empty_geojson(labels_path, crs_member=not empty_without_crs)
         else:
-            geoms = polys if to_labels is None else [shp_transform(to_labels.transform, g) for g in polys]
+            geoms = polys if to_labels is None else [shapely.transform(g, to_labels.transform, interleaved=False) for g in polys]
             write_geojson(labels_path, geoms, crs=labels_crs, z=z)
         image_id = f"{aoi}_img{n}"
         out.tiles.append(
