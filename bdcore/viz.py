@@ -85,6 +85,7 @@ def base_map(bounds: Sequence[float], osm: bool = False, height: int | None = No
         zoom_start=14,
         tiles=None,
         control_scale=True,
+        zoom_snap=0.25,
         **({"height": height} if height else {}),
     )
     m.default_js = [("leaflet", LEAFLET_JS_URL)]
@@ -297,7 +298,8 @@ def mask_overlay(rgb: np.ndarray, mask: np.ndarray, color=PRED_RGB, alpha: float
 def match_sets(matches, n_truth: int, n_prop: int) -> tuple[set[int], set[int]]:
     """Matched (truth indices, proposal indices) from a ``scoring.match_buildings`` ``matches`` value.
 
-    Accepts pairs ``(truth_idx, prop_idx[, iou])`` or dicts with ``truth``/``prop`` (or ``truth_idx``/``prop_idx``).
+    Tuples are ``(proposal_index, truth_index, iou)`` as scoring returns them; dicts with ``truth``/``prop``
+    (or ``truth_idx``/``prop_idx``) are accepted too.
     """
     mt, mp = set(), set()
     for m in matches or []:
@@ -305,7 +307,7 @@ def match_sets(matches, n_truth: int, n_prop: int) -> tuple[set[int], set[int]]:
             t = m.get("truth", m.get("truth_idx", m.get("truth_index")))
             p = m.get("prop", m.get("prop_idx", m.get("proposal", m.get("prop_index"))))
         else:
-            t, p = m[0], m[1]
+            p, t = m[0], m[1]
         if t is not None and 0 <= int(t) < n_truth:
             mt.add(int(t))
         if p is not None and 0 <= int(p) < n_prop:
@@ -396,3 +398,65 @@ def training_curves_fig(metrics: Sequence[Mapping]):
     fig.update_yaxes(range=[0, 1], row=1, col=2)
     fig.update_layout(height=340, margin=dict(l=40, r=10, t=40, b=40), legend=dict(orientation="h", y=-0.25))
     return fig
+
+
+# --------------------------------------------------------------------------- catalog helpers for the pages
+
+
+def tile_preview(row, product: str = "PS-RGB", bands: Sequence[int] = (0, 1, 2), lo: float = 2.0, hi: float = 98.0,
+                 outlines: bool = True):
+    """(display RGB uint8 with building outlines, raw CHW array, buildings GeoDataFrame in EPSG:4326) of a catalog row."""
+    from bdcore import catalog as cat_mod
+    from bdcore import imagery, labels
+
+    path = cat_mod.product_path(row, product)
+    arr = imagery.read_image(path)
+    bands = tuple(int(b) for b in bands)
+    if arr.shape[0] == 1:
+        bands = (0, 0, 0)
+    elif max(bands) >= arr.shape[0]:
+        raise ValueError(f"{path} has {arr.shape[0]} bands; band {max(bands) + 1} does not exist. Fix: pick bands 1-{arr.shape[0]}.")
+    rgb = imagery.to_display_rgb(arr, bands=bands, lo=lo, hi=hi)
+    lab = row.get("labels") if hasattr(row, "get") else None
+    if lab is None or (isinstance(lab, float) and np.isnan(lab)):
+        import geopandas as gpd
+
+        return rgb, arr, gpd.GeoDataFrame(geometry=[], crs=4326)
+    prof = imagery.read_profile(path)
+    bldg = labels.read_buildings(lab, crs=prof["crs"] or "EPSG:4326")
+    if outlines and len(bldg):
+        rgb = draw_outlines(rgb, labels.pixel_polygons(bldg, prof["transform"]), TRUTH_RGB, 2)
+    return rgb, arr, bldg.to_crs(4326) if bldg.crs is not None else bldg
+
+
+def sample_building_areas(catalog, max_tiles: int = 150, seed: int = 0) -> tuple[np.ndarray, int]:
+    """Building areas (m²) over up to ``max_tiles`` labelled tiles (random sample); returns (areas, tiles read)."""
+    from bdcore import labels
+
+    rows = catalog[catalog["labels"].notna()] if "labels" in catalog else catalog.iloc[:0]
+    if len(rows) > max_tiles:
+        rows = rows.sample(max_tiles, random_state=seed)
+    parts = [building_areas_m2(labels.read_buildings(p)) for p in rows["labels"]]
+    return (np.concatenate(parts) if parts else np.zeros(0)), len(rows)
+
+
+def raster_bounds_4326(path) -> tuple[float, float, float, float] | None:
+    """(minx, miny, maxx, maxy) in lon/lat of a georeferenced raster; None without a CRS."""
+    import rasterio
+    from rasterio.warp import transform_bounds
+
+    with rasterio.open(path) as src:
+        if src.crs is None:
+            return None
+        return tuple(transform_bounds(src.crs, "EPSG:4326", *src.bounds))
+
+
+def checkpoints_of(run_dirs: Iterable) -> dict[str, Path]:
+    """``"<run> · best.pt"`` → path for every best.pt / last.pt found in the given run folders."""
+    out: dict[str, Path] = {}
+    for d in run_dirs:
+        for name in ("best.pt", "last.pt"):
+            p = Path(d) / name
+            if p.is_file():
+                out[f"{Path(d).name} · {name}"] = p
+    return out

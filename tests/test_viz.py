@@ -142,8 +142,12 @@ def test_match_overlay_colours_tp_fp_fn():
     rgb = np.zeros((60, 60, 3), np.uint8)
     sq = lambda x, y: Polygon([(x, y), (x + 8, y), (x + 8, y + 8), (x, y + 8)])
     truth = [sq(5, 5), sq(30, 30)]            # truth 0 matched, truth 1 missed
-    props = [sq(5, 5), sq(45, 5)]              # prop 0 matched, prop 1 false positive
-    out = viz.match_overlay(rgb, truth, props, matches=[(0, 0, 1.0)], thickness=1)
+    props = [sq(45, 5), sq(5, 5)]              # prop 1 matched, prop 0 false positive
+    # real scoring output: (proposal_index, truth_index, iou)
+    from bdcore.scoring import match_buildings
+    matches = match_buildings(truth, props)["matches"]
+    assert [(p, t) for p, t, _ in matches] == [(1, 0)]
+    out = viz.match_overlay(rgb, truth, props, matches=matches, thickness=1)
     assert tuple(out[5, 8]) == viz.TP_RGB
     assert tuple(out[30, 33]) == viz.FN_RGB
     assert tuple(out[5, 48]) == viz.FP_RGB

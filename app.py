@@ -1,0 +1,44 @@
+"""SpaceNet building workbench: ``streamlit run app.py``.
+
+Opens on the embedded synthetic demo AOI; the sidebar picks a downloaded AOI or any folder instead.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+APP_DIR = Path(__file__).resolve().parent
+if str(APP_DIR) not in sys.path:
+    sys.path.insert(0, str(APP_DIR))
+
+import streamlit as st  # noqa: E402
+
+from bdcore import viz  # noqa: E402
+from pages._shared import dataset_picker  # noqa: E402
+
+st.set_page_config(page_title="SpaceNet building workbench", page_icon="🏙️", layout="wide")
+
+
+@st.cache_resource
+def _assets() -> str:
+    return str(viz.ensure_leaflet_assets())
+
+
+try:
+    _assets()
+except FileNotFoundError as exc:
+    st.warning(f"Maps will not render offline: {exc}")
+
+pages = [
+    st.Page("pages/explore.py", title="Explore", icon="🗺️", default=True),
+    st.Page("pages/train.py", title="Train", icon="🏋️"),
+    st.Page("pages/review.py", title="Review", icon="🔍"),
+    st.Page("pages/predict.py", title="Predict", icon="🏗️"),
+]
+nav = st.navigation(pages)
+st.sidebar.title("SpaceNet building workbench")
+dataset_picker()
+nav.run()

@@ -1,0 +1,134 @@
+"""Explore: every tile on a map, the selected tile's image with its buildings, dataset statistics."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import streamlit as st  # noqa: E402
+from streamlit_folium import st_folium  # noqa: E402
+
+from bdcore import viz  # noqa: E402
+from pages._shared import USER_ERRORS, current_root, get_catalog, root_label  # noqa: E402
+
+st.title("Explore")
+root = current_root()
+catalog = get_catalog(root)
+st.caption(f"{root_label(root)} — {len(catalog):,} tiles, {int(catalog['n_buildings'].fillna(0).sum()):,} buildings")
+
+c1, c2, c3, c4 = st.columns([1.2, 1, 1, 1])
+color_by = c1.radio("Colour tiles by", ["building count", "train/val split"], horizontal=True, key="explore_color")
+val_fraction = c2.number_input("Val fraction", 0.05, 0.9, 0.2, 0.05, disabled=color_by != "train/val split")
+method = c3.selectbox("Split method", ["random", "blocked"], disabled=color_by != "train/val split")
+osm = c4.toggle("OpenStreetMap base map", value=False, help="Needs the internet; off by default")
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _splits(root: str, n: int, val_fraction: float, method: str) -> dict[str, str]:
+    from bdcore.dataset import split_tiles
+
+    train_ids, val_ids = split_tiles(catalog, val_fraction=val_fraction, seed=0, method=method)
+    return {**{str(t): "train" for t in train_ids}, **{str(t): "val" for t in val_ids}}
+
+
+splits = None
+if color_by == "train/val split":
+    try:
+        splits = _splits(root, len(catalog), float(val_fraction), method)
+    except USER_ERRORS as exc:
+        st.error(f"Could not split the tiles: {exc}")
+    except ImportError:
+        st.warning("The train/val split is not available yet (bdcore.dataset missing).")
+
+tile_ids = [str(t) for t in catalog.index]
+if st.session_state.get("explore_tile") not in tile_ids:
+    st.session_state["explore_tile"] = tile_ids[0]
+
+
+@st.fragment
+def tile_panel() -> None:
+    """Map + selected tile: a click reruns only this fragment, and the map itself is not rebuilt."""
+    selected = st.session_state["explore_tile"]
+    row = catalog.loc[selected]
+    product_opts = [p for p in ("PS-RGB", "PS-MS", "MS", "PAN") if p in catalog.columns and row.get(p)]
+    st.session_state.setdefault("explore_product", product_opts[0] if product_opts else "PS-RGB")
+    if st.session_state["explore_product"] not in product_opts and product_opts:
+        st.session_state["explore_product"] = product_opts[0]
+
+    preview = err = None
+    try:
+        bands = st.session_state.get("explore_bands", (0, 1, 2))
+        lo, hi = st.session_state.get("explore_stretch", (2.0, 98.0))
+        preview = viz.tile_preview(row, st.session_state["explore_product"], bands, lo, hi)
+    except USER_ERRORS as exc:
+        err = exc
+    buildings = preview[2] if preview else None
+
+    m = viz.tile_map(catalog, color_by="split" if splits is not None else "n_buildings", splits=splits, osm=osm)
+    out = st_folium(
+        m,
+        key=f"explore_map_{root}_{color_by}_{osm}",
+        height=460,
+        use_container_width=True,
+        feature_group_to_add=viz.selection_layer(row.geometry, buildings),
+        returned_objects=["last_object_clicked", "last_object_clicked_tooltip"],
+    )
+    click = (out or {}).get("last_object_clicked")
+    if click and click != st.session_state.get("explore_last_click"):
+        st.session_state["explore_last_click"] = click
+        tid = viz.tile_at(catalog, click.get("lat"), click.get("lng")) or viz.tile_from_tooltip(
+            (out or {}).get("last_object_clicked_tooltip"), tile_ids)
+        if tid and tid != selected:
+            st.session_state["explore_tile"] = tid
+            st.rerun(scope="fragment")
+
+    left, right = st.columns([3, 2])
+    with right:
+        st.selectbox("Tile", tile_ids, key="explore_tile")
+        st.selectbox("Product", product_opts or ["PS-RGB"], key="explore_product")
+        n_bands = int(preview[1].shape[0]) if preview else int(row.get("bands") or 3)
+        if n_bands > 3:
+            bc = st.columns(3)
+            picked = [bc[i].number_input(ch, 1, n_bands, d + 1, key=f"explore_band_{ch}") - 1
+                      for i, (ch, d) in enumerate(zip("RGB", (4, 2, 1) if n_bands >= 5 else (0, 1, 2)))]
+            st.session_state["explore_bands"] = tuple(picked)
+        else:
+            st.session_state["explore_bands"] = (0, 1, 2)
+        st.slider("Stretch percentiles", 0.0, 100.0, (2.0, 98.0), 0.5, key="explore_stretch")
+        st.markdown(f"**{selected}** · {row.get('image_id', '')}")
+        st.markdown(f"Size: {int(row.get('width') or 0)} × {int(row.get('height') or 0)} px, "
+                    f"{n_bands} band(s) · **{int(row.get('n_buildings') or 0)} buildings**")
+        paths = {p: row.get(p) for p in ("PS-RGB", "PS-MS", "MS", "PAN", "labels") if p in catalog.columns and row.get(p)}
+        st.code("\n".join(f"{k}: {v}" for k, v in paths.items()) or "no files", language=None)
+    with left:
+        if err is not None:
+            st.error(f"Cannot show tile {selected}: {err}")
+        else:
+            st.image(preview[0], caption=f"{selected}: stretched image, building outlines in yellow",
+                     width="stretch")
+    if preview is not None:
+        st.plotly_chart(viz.band_histogram_fig(preview[1]), key="explore_hist")
+
+
+tile_panel()
+
+st.subheader("Dataset statistics")
+s1, s2 = st.columns(2)
+s1.plotly_chart(viz.buildings_per_tile_fig(catalog))
+
+
+@st.cache_data(show_spinner="Measuring building areas…", max_entries=4)
+def _areas(root: str, n: int):
+    return viz.sample_building_areas(catalog)
+
+
+try:
+    areas, n_read = _areas(root, len(catalog))
+    fig = viz.building_area_fig(areas)
+    if n_read < int(catalog["labels"].notna().sum()):
+        fig.update_layout(title=f"Building footprint area (sample of {n_read} tiles, n={len(areas)})")
+    s2.plotly_chart(fig)
+except USER_ERRORS as exc:
+    s2.error(f"Could not read building labels: {exc}")

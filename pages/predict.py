@@ -1,0 +1,90 @@
+"""Predict: run a checkpoint on an uploaded GeoTIFF or a catalog tile; map and download the buildings."""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import streamlit as st  # noqa: E402
+from streamlit_folium import st_folium  # noqa: E402
+
+from bdcore import viz  # noqa: E402
+from bdcore.paths import cache_dir  # noqa: E402
+from pages._shared import USER_ERRORS, checkpoint_choices, current_root, get_catalog  # noqa: E402
+
+st.title("Predict")
+
+choices = checkpoint_choices()
+if not choices:
+    st.info("No checkpoints yet: train a model on the **Train** page first (a run writes best.pt / last.pt).")
+    st.stop()
+
+c1, c2, c3, c4 = st.columns([3, 1, 1, 1])
+label = c1.selectbox("Checkpoint", list(choices), key="predict_ckpt")
+threshold = c2.slider("Threshold", 0.05, 0.95, 0.5, 0.05, key="predict_threshold")
+tta = c3.checkbox("Test-time augmentation", key="predict_tta", help="flips; ~4× slower")
+device = c4.selectbox("Device", ["auto", "cpu", "cuda"], key="predict_device")
+checkpoint = choices[label]
+
+source = st.radio("Input", ["Upload a GeoTIFF", "Catalog tile"], horizontal=True, key="predict_source")
+input_path: Path | None = None
+if source == "Upload a GeoTIFF":
+    up = st.file_uploader("GeoTIFF (same bands as the model was trained on)", type=["tif", "tiff"], key="predict_upload")
+    if up is not None:
+        data = up.getvalue()
+        digest = hashlib.sha256(data).hexdigest()[:16]
+        input_path = cache_dir() / "uploads" / f"{Path(up.name).stem[:60]}-{digest}.tif"
+        if not input_path.exists():
+            from bdcore.atomic import atomic_write_bytes
+
+            atomic_write_bytes(input_path, data)
+else:
+    catalog = get_catalog(current_root())
+    tid = st.selectbox("Tile", [str(t) for t in catalog.index], key="predict_tile")
+    row = catalog.loc[tid]
+    product = next((p for p in ("PS-RGB", "PS-MS", "MS", "PAN") if p in catalog.columns and row.get(p)), None)
+    input_path = Path(row[product]) if product else None
+
+if input_path is not None and st.button("Run prediction", type="primary", key="predict_go"):
+    from bdcore import imagery
+    from bdcore.predict import predict_geotiff
+
+    out_dir = cache_dir() / "predictions" / hashlib.sha256(f"{checkpoint}|{input_path}".encode()).hexdigest()[:16]
+    bar = st.progress(0.0, text="Predicting…")
+    try:
+        imagery.read_profile(input_path)  # a clear error for a file that is not a raster
+        result = predict_geotiff(
+            checkpoint, input_path, out_dir, tta=tta, threshold=float(threshold), device=device,
+            progress=lambda done, total: bar.progress(done / max(total, 1), text=f"Predicting… window {done}/{total}"),
+        )
+        bar.progress(1.0, text=f"Done in {result.get('seconds', 0):.1f} s")
+        st.session_state["predict_result"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in result.items()}
+    except USER_ERRORS as exc:
+        bar.empty()
+        st.session_state.pop("predict_result", None)
+        name = getattr(st.session_state.get("predict_upload"), "name", None) or input_path.name
+        st.error(f"Cannot predict on {name}: {exc}")
+
+result = st.session_state.get("predict_result")
+if result:
+    import geopandas as gpd
+
+    st.success(f"{result.get('n_buildings', 0)} buildings found in {result.get('image_id')} "
+               f"({result.get('width')}×{result.get('height')} px, {result.get('windows')} window(s)).")
+    try:
+        gdf = gpd.read_file(result["geojson"])
+        bounds = viz.raster_bounds_4326(result["mask"])
+        m = viz.polygons_map(gdf, bounds=bounds if not len(gdf) else None)
+        st_folium(m, key=f"predict_map_{result['geojson']}", height=460, use_container_width=True, returned_objects=[])
+    except USER_ERRORS as exc:
+        st.error(f"Cannot show the predicted polygons: {exc}")
+    d = st.columns(3)
+    for col, key, label, mime in ((d[0], "geojson", "Download GeoJSON", "application/geo+json"),
+                                  (d[1], "mask", "Download mask GeoTIFF", "image/tiff"),
+                                  (d[2], "csv", "Download SpaceNet CSV", "text/csv")):
+        p = Path(result.get(key) or "")
+        if p.is_file():
+            col.download_button(label, p.read_bytes(), file_name=p.name, mime=mime, key=f"dl_{key}", on_click="ignore")

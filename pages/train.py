@@ -1,0 +1,177 @@
+"""Train: configure and launch detached runs; watch, stop, resume and delete them."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import pandas as pd  # noqa: E402
+import streamlit as st  # noqa: E402
+
+from bdcore import viz  # noqa: E402
+from pages._shared import USER_ERRORS, current_root, get_catalog, root_label  # noqa: E402
+
+ENCODERS = ["resnet18", "resnet34", "resnet50", "efficientnet-b0", "efficientnet-b3", "mobilenet_v2", "timm-regnety_016"]
+CROPS = [64, 128, 256, 384, 512, "full tile"]
+
+st.title("Train")
+
+
+@st.cache_resource(show_spinner=False)
+def device_info() -> tuple[bool, str]:
+    import torch
+
+    if torch.cuda.is_available():
+        return True, f"{torch.cuda.get_device_name(0)} (CUDA, {torch.cuda.device_count()} GPU)"
+    return False, "CPU"
+
+
+root = current_root()
+catalog = get_catalog(root)
+has_gpu, device_name = device_info()
+
+# ----------------------------------------------------------------------------------------------- the run form
+with st.form("run_form"):
+    st.markdown(f"**New run** on {root_label(root)} ({len(catalog):,} tiles)")
+    c = st.columns(4)
+    from bdcore.config import ARCH_NAMES, PRODUCT_BANDS
+
+    arch = c[0].selectbox("Architecture", ARCH_NAMES, key="f_arch")
+    encoder = c[1].selectbox("Encoder", ENCODERS, index=1, key="f_encoder", accept_new_options=True)
+    weights = c[2].selectbox("Encoder weights", ["imagenet", "none"], key="f_weights",
+                             help="ImageNet weights are used only if cached locally (offline); else random init")
+    products = [p for p in PRODUCT_BANDS if p in catalog.columns and catalog[p].notna().any()] or ["PS-RGB"]
+    product = c[3].selectbox("Bands / product", products, key="f_product",
+                             format_func=lambda p: f"{p} ({PRODUCT_BANDS[p]} bands)")
+    c = st.columns(4)
+    epochs = c[0].number_input("Epochs", 1, 1000, 10, key="f_epochs")
+    batch = c[1].number_input("Batch size", 1, 256, 8, key="f_batch")
+    crop = c[2].selectbox("Crop", CROPS, index=2, key="f_crop")
+    lr = c[3].number_input("Learning rate", 1e-6, 1.0, 1e-3, format="%.5f", key="f_lr")
+    c = st.columns(4)
+    val_fraction = c[0].number_input("Val fraction", 0.05, 0.9, 0.2, 0.05, key="f_val")
+    split = c[1].selectbox("Split", ["random", "blocked"], key="f_split",
+                           help="blocked: no val tile touches a train tile")
+    seed = c[2].number_input("Seed", 0, 2**31 - 1, 0, key="f_seed")
+    device = c[3].selectbox("Device", ["auto", "cuda", "cpu"], key="f_device")
+    with st.expander("Advanced"):
+        c = st.columns(4)
+        steps_per_epoch = c[0].number_input("Steps per epoch (0 = one pass)", 0, 100000, 0, key="f_spe")
+        log_every = c[1].number_input("Log every (steps)", 1, 10000, 10, key="f_log")
+        workers = c[2].number_input("Data workers", 0, 32, 2, key="f_workers")
+        boundary = c[3].checkbox("Boundary channel", key="f_boundary")
+        name = st.text_input("Run name (optional)", key="f_name")
+    use_gpu = device == "cuda" or (device == "auto" and has_gpu)
+    if use_gpu and has_gpu:
+        st.info(f"Device: {device_name}")
+    elif device == "cuda":
+        st.error("Device: cuda was asked for, but no GPU is visible: the run would fail. Pick auto or cpu.")
+    else:
+        st.warning("Device: CPU — training will be slow (~1 s per step of 4×256² on 2 cores). "
+                   "Use small crops and few steps, or a machine with a GPU.")
+    submitted = st.form_submit_button("Start training", type="primary")
+
+if submitted:
+    from bdcore import runs
+    from bdcore.config import RunConfig
+
+    try:
+        cfg = RunConfig(
+            data_root="demo" if root == "demo" else root, product=product, arch=arch, encoder=encoder,
+            encoder_weights=None if weights == "none" else weights, epochs=int(epochs), batch_size=int(batch),
+            crop_size=None if crop == "full tile" else int(crop), lr=float(lr), val_fraction=float(val_fraction),
+            split=split, seed=int(seed), device=device, steps_per_epoch=int(steps_per_epoch) or None,
+            log_every=int(log_every), workers=int(workers), boundary=bool(boundary),
+        )
+        run_dir = runs.create_run(cfg, name=name.strip() or None)
+        pid = runs.launch(run_dir)
+        st.session_state["train_selected"] = run_dir.name
+        st.success(f"Started run **{run_dir.name}** (pid {pid}). It keeps running if you close the browser.")
+    except USER_ERRORS as exc:
+        st.error(f"Could not start the run: {exc}")
+
+
+# ----------------------------------------------------------------------------------------------- runs, live
+def _fmt_eta(s) -> str:
+    if s is None:
+        return "—"
+    s = int(s)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def run_actions(info) -> None:
+    from bdcore import runs
+
+    b = st.columns([1, 1, 1, 3])
+    msg = None
+    try:
+        if b[0].button("Stop", disabled=info.state not in ("queued", "running"), key="btn_stop"):
+            with st.spinner("Stopping (saving last.pt)…"):
+                msg = f"Run {info.run_id} is now {runs.stop_run(info.path)}."
+        if b[1].button("Resume", disabled=info.state not in ("stopped", "interrupted", "failed"), key="btn_resume"):
+            msg = f"Resumed {info.run_id} from last.pt (pid {runs.resume_run(info.path)})."
+        if b[2].button("Delete", disabled=info.state in ("queued", "running"), key="btn_delete"):
+            st.session_state["confirm_delete"] = info.run_id
+        if st.session_state.get("confirm_delete") == info.run_id:
+            st.warning(f"Delete run **{info.run_id}** and all its checkpoints? This cannot be undone.")
+            y, n = st.columns([1, 6])
+            if y.button("Yes, delete", type="primary", key="btn_delete_yes"):
+                runs.delete_run(info.path)
+                st.session_state.pop("confirm_delete", None)
+                st.session_state.pop("train_selected", None)
+                msg = f"Deleted {info.run_id}."
+            if n.button("Cancel", key="btn_delete_no"):
+                st.session_state.pop("confirm_delete", None)
+                st.rerun(scope="fragment")
+    except USER_ERRORS as exc:
+        st.error(str(exc))
+    if msg:
+        st.session_state["train_msg"] = msg
+        st.rerun(scope="fragment")
+
+
+@st.fragment(run_every=2)
+def runs_panel() -> None:
+    from bdcore import runs
+
+    st.subheader("Runs")
+    if st.session_state.get("train_msg"):
+        st.success(st.session_state.pop("train_msg"))
+    try:
+        infos = runs.list_runs()
+    except USER_ERRORS as exc:
+        st.error(f"Could not list runs: {exc}")
+        return
+    if not infos:
+        st.info("No runs yet: fill in the form above and press **Start training**.")
+        return
+    table = pd.DataFrame([{
+        "run": i.run_id, "state": i.state, "progress": i.progress,
+        "epoch": f"{i.epoch}/{i.total_epochs}", "step": i.step, "ETA": _fmt_eta(i.eta_s) if i.state == "running" else "—",
+        "img/s": None if i.img_per_s is None else round(i.img_per_s, 1),
+        "val IoU": i.metrics.get("val_iou"), "val F1": i.metrics.get("val_f1"), "config": i.config,
+    } for i in infos])
+    st.dataframe(table, hide_index=True, column_config={
+        "progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0, format="percent"),
+        "val IoU": st.column_config.NumberColumn(format="%.3f"), "val F1": st.column_config.NumberColumn(format="%.3f"),
+    })
+    ids = [i.run_id for i in infos]
+    if st.session_state.get("train_selected") not in ids:
+        st.session_state["train_selected"] = ids[0]
+    sel = st.selectbox("Run", ids, key="train_selected")
+    info = next(i for i in infos if i.run_id == sel)
+    st.markdown(f"**{info.run_id}** — state **{info.state}**, epoch {info.epoch}/{info.total_epochs}, "
+                f"step {info.step}, device {info.device or '?'}")
+    st.progress(min(max(info.progress, 0.0), 1.0), text=f"{info.progress:.0%}")
+    if info.error:
+        st.error(f"Run error: {info.error}")
+    run_actions(info)
+    metrics = runs.read_metrics(info.path)
+    st.plotly_chart(viz.training_curves_fig(metrics), key="train_curves")
+    st.caption(f"{sum(1 for m in metrics if m.get('kind') == 'step')} step records, "
+               f"{sum(1 for m in metrics if m.get('kind') == 'epoch')} epoch records · refreshed every 2 s")
+
+
+runs_panel()
