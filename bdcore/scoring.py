@@ -213,6 +213,8 @@ def read_spacenet_csv(path: str | Path) -> pd.DataFrame:
     ``Confidence`` column becomes 1.0. Unparsable WKT raises :class:`ScoringError` naming file and row.
     """
     path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such SpaceNet CSV (check the path)")
     try:
         df = pd.read_csv(path, encoding="utf-8-sig", dtype={"ImageId": str}, keep_default_na=False)
     except pd.errors.EmptyDataError:

@@ -276,3 +276,18 @@ def test_pixel_metrics_edge_cases():
     assert empty == {"iou": 0.0, "precision": 0.0, "recall": 0.0, "f1": 0.0, "tp": 0, "fp": 0, "fn": 0}
     with pytest.raises(ValueError, match="shape"):
         pixel_metrics(np.zeros((3, 3)), np.zeros((3, 4)))
+
+
+def test_header_only_proposals_score_every_truth_as_missed(golden, tmp_path):
+    truth, _ = golden
+    empty = tmp_path / "none.csv"
+    write_spacenet_csv(empty, [])
+    per_aoi, per_image = score_spacenet(truth, read_spacenet_csv(empty))
+    # 172 rows: one POLYGON EMPTY and two buildings under 20 px² do not count
+    assert per_image["FalseNeg"].sum() == 169 and per_image["TruePos"].sum() == 0
+    assert per_aoi["F1Score"].tolist() == [0.0, 0.0]
+
+
+def test_missing_csv_is_file_not_found(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.csv"):
+        read_spacenet_csv(tmp_path / "nope.csv")
