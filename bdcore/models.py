@@ -1,0 +1,220 @@
+"""Model factory over segmentation-models-pytorch, and safe checkpoints.
+
+Pretrained encoder weights are only used when they are already in the local Hugging Face cache:
+a fresh or offline machine gets random init and one log line, never a hang on the network.
+Checkpoints hold plain tensors and containers only and are read with ``weights_only=True``, so
+a checkpoint file can never run code.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import warnings
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+import segmentation_models_pytorch as smp
+import torch
+from torch import nn
+
+from bdcore.atomic import atomic_write
+from bdcore.config import ARCH_NAMES, RunConfig, check_encoder
+
+log = logging.getLogger(__name__)
+
+ARCHITECTURES: dict[str, type[nn.Module]] = {
+    "Unet": smp.Unet,
+    "UnetPlusPlus": smp.UnetPlusPlus,
+    "FPN": smp.FPN,
+    "DeepLabV3Plus": smp.DeepLabV3Plus,
+}
+assert tuple(ARCHITECTURES) == ARCH_NAMES
+
+CHECKPOINT_FORMAT = "bdcore-checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is truncated, not a bdcore checkpoint, or for another model than expected."""
+
+
+# --------------------------------------------------------------------------- pretrained weights
+def cached_encoder_weights(encoder: str, weights: str = "imagenet") -> Optional[Path]:
+    """Path of the encoder's pretrained safetensors in the local HF cache, or None (never downloads)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    if encoder.startswith("tu-"):
+        import timm
+
+        try:
+            cfg = timm.models.get_pretrained_cfg(encoder[3:])
+        except Exception:  # noqa: BLE001 - unknown tag: simply not cached
+            return None
+        repo = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
+        revision = None
+    else:
+        settings = smp.encoders.encoders[encoder]["pretrained_settings"].get(weights)
+        if settings is None:
+            return None
+        repo, revision = settings["repo_id"], settings.get("revision")
+    if not repo:
+        return None
+    for rev in (revision, None):
+        try:
+            found = try_to_load_from_cache(repo, "model.safetensors", revision=rev)
+        except Exception:  # noqa: BLE001 - malformed cache: treat as absent
+            found = None
+        if isinstance(found, str) and os.path.isfile(found):
+            return Path(found)
+    return None
+
+
+def adapt_first_conv(pretrained: torch.Tensor, in_channels: int) -> torch.Tensor:
+    """Fit RGB first-conv weights (out, 3, k, k) to ``in_channels`` bands.
+
+    More bands: the RGB weights are copied to bands 0-2 and every extra band gets their mean.
+    Fewer bands: each band gets the RGB sum divided by the band count (keeps the activation scale).
+    """
+    out, c, *k = pretrained.shape
+    if c == in_channels:
+        return pretrained.clone()
+    if in_channels > c:
+        new = pretrained.new_empty((out, in_channels, *k))
+        new[:, :c] = pretrained
+        new[:, c:] = pretrained.mean(dim=1, keepdim=True)
+        return new
+    return (pretrained.sum(dim=1, keepdim=True) / in_channels).repeat(1, in_channels, *[1] * len(k))
+
+
+def load_pretrained_encoder(model: nn.Module, state: Mapping[str, torch.Tensor]) -> int:
+    """Copy a (RGB) encoder state dict into ``model.encoder``, adapting first-conv band counts.
+
+    Returns the number of tensors loaded.
+    """
+    own = model.encoder.state_dict()
+    fitted = {}
+    for key, value in state.items():
+        if key not in own:
+            continue
+        target = own[key]
+        if value.shape != target.shape and value.ndim == 4 and value.shape[0] == target.shape[0] \
+                and value.shape[2:] == target.shape[2:]:
+            value = adapt_first_conv(value, target.shape[1])
+        if value.shape == target.shape:
+            fitted[key] = value.to(target.dtype)
+    model.encoder.load_state_dict(fitted, strict=False)
+    return len(fitted)
+
+
+def build_model(arch: str = "Unet", encoder: str = "resnet34", in_channels: int = 3, classes: int = 1,
+                encoder_weights: Optional[str] = "imagenet") -> nn.Module:
+    """An smp model; ImageNet encoder weights when cached locally, else random init (one log line)."""
+    name = next((a for a in ARCHITECTURES if a.lower() == str(arch).lower()), None)
+    if name is None:
+        raise ValueError(f"unknown arch {arch!r}; allowed: {', '.join(ARCHITECTURES)}")
+    check_encoder(encoder)
+    cls = ARCHITECTURES[name]
+    if encoder_weights and encoder.startswith("tu-"):
+        # timm loads its own weights (and adapts in_channels); only let it when they are cached.
+        if cached_encoder_weights(encoder) is not None:
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            return cls(encoder_name=encoder, encoder_weights=True, in_channels=in_channels, classes=classes)
+        log.info("no cached pretrained weights for %s: starting from random init", encoder)
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        return cls(encoder_name=encoder, encoder_weights=None, in_channels=in_channels, classes=classes)
+
+    model = cls(encoder_name=encoder, encoder_weights=None, in_channels=in_channels, classes=classes)
+    if encoder_weights:
+        path = cached_encoder_weights(encoder, encoder_weights)
+        if path is None:
+            os.environ["HF_HUB_OFFLINE"] = "1"
+            log.info("no cached %s weights for %s (offline?): starting from random init", encoder_weights, encoder)
+        else:
+            from safetensors.torch import load_file
+
+            n = load_pretrained_encoder(model, load_file(str(path), device="cpu"))
+            log.info("loaded %s %s weights (%d tensors) from %s", encoder, encoder_weights, n, path)
+    return model
+
+
+def model_from_config(cfg: RunConfig, pretrained: bool = True) -> nn.Module:
+    return build_model(cfg.arch, cfg.encoder, cfg.in_channels, cfg.classes,
+                       cfg.encoder_weights if pretrained else None)
+
+
+# --------------------------------------------------------------------------- checkpoints
+def save_checkpoint(path: str | Path, payload: Mapping[str, Any]) -> None:
+    """Write ``payload`` atomically (temp file, fsync, rename): a kill never leaves half a checkpoint."""
+    data = {"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION, **payload}
+    atomic_write(path, lambda f: torch.save(data, f), "wb")
+
+
+def _reason(exc: BaseException) -> str:
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    for ln in lines:
+        if "GLOBAL" in ln or "Unsupported" in ln:
+            return ln[:200]
+    if not lines:
+        return type(exc).__name__
+    first = lines[0].split(". ")[0][:200]
+    return first if len(first) > 12 else f"{type(exc).__name__}: {first}"
+
+
+def _describe(ck: Mapping[str, Any]) -> str:
+    return f"{ck.get('arch')}/{ck.get('encoder')}/{ck.get('in_channels')} bands/{ck.get('classes')} classes"
+
+
+def load_checkpoint(path: str | Path, expect: Optional[RunConfig | Mapping[str, Any]] = None,
+                    map_location: Any = "cpu") -> dict:
+    """Read a bdcore checkpoint safely; ``expect`` (a RunConfig or dict with arch/encoder/in_channels/classes)
+    makes a checkpoint of another model a ``CheckpointError`` naming both."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ck = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"{path}: not a bdcore checkpoint, or it contains objects that would run code when loaded "
+            f"(refused; nothing was executed): {_reason(exc)}"
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - any other failure to parse = corrupt file
+        raise CheckpointError(
+            f"{path}: truncated or corrupt checkpoint ({_reason(exc)}); "
+            f"delete it and resume from another checkpoint or retrain"
+        ) from None
+    if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT or "model" not in ck:
+        raise CheckpointError(f"{path}: not a bdcore checkpoint (no '{CHECKPOINT_FORMAT}' marker)")
+    if int(ck.get("format_version", 0)) > CHECKPOINT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint format {ck['format_version']} is newer than this bdcore "
+                              f"({CHECKPOINT_VERSION}); upgrade bdcore")
+    if expect is not None:
+        if isinstance(expect, RunConfig):
+            want = {"arch": expect.arch, "encoder": expect.encoder, "in_channels": expect.in_channels,
+                    "classes": expect.classes}
+        else:
+            want = dict(expect)
+        diff = [k for k, v in want.items() if k in ("arch", "encoder", "in_channels", "classes") and ck.get(k) != v]
+        if diff:
+            raise CheckpointError(
+                f"{path}: checkpoint is for {_describe(ck)} but the run expects {_describe(want)} "
+                f"(differs in {', '.join(diff)}); use a checkpoint of the same model or a new run folder"
+            )
+    return ck
+
+
+def load_model(checkpoint_path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, RunConfig]:
+    """Model (eval mode, on ``device``) and its RunConfig from a checkpoint, for inference."""
+    ck = load_checkpoint(checkpoint_path)
+    cfg = RunConfig.from_dict(ck["config"], source=f"{checkpoint_path} (config)")
+    model = model_from_config(cfg, pretrained=False)
+    try:
+        model.load_state_dict(ck["model"])
+    except RuntimeError as exc:
+        raise CheckpointError(f"{checkpoint_path}: weights do not fit {_describe(ck)}: "
+                              f"{_reason(exc)}") from None
+    return model.to(device).eval(), cfg
