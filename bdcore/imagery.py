@@ -204,14 +204,14 @@ class BandStats:
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
 
-def _stats_key(catalog, product: str, lo: float, hi: float) -> tuple[str, list[str]]:
-    """Cache key: catalog fingerprint (when the catalog carries one) + product + the exact tile set + percentiles."""
+def _stats_key(catalog, product: str, settings: str) -> tuple[str, list[str]]:
+    """Cache key: catalog fingerprint (when the catalog carries one) + product + the exact tile set + settings."""
     if product not in catalog.columns:
         raise ValueError(f"catalog has no column {product!r}; products are PS-RGB, PS-MS, MS, PAN")
     paths = sorted(str(p) for p in catalog[product].tolist() if p is not None and isinstance(p, str))
     fp = catalog.attrs.get("fingerprint") if hasattr(catalog, "attrs") else None
     h = hashlib.sha256()
-    h.update(f"v{STATS_VERSION}|{product}|{lo}|{hi}|".encode())
+    h.update(f"v{STATS_VERSION}|{product}|{settings}|".encode())
     if fp:
         h.update(str(fp).encode())
     else:  # no fingerprint: fall back on the files' sizes and mtimes
@@ -258,7 +258,7 @@ def band_stats(
     Sampled (at most ``max_tiles`` evenly spaced tiles, each read decimated to ``max_side`` pixels) and cached as
     JSON under ``cache_dir()/band_stats/``, keyed by the catalog fingerprint, the product and the tile set.
     Unreadable tiles in the sample are skipped with a warning; if none is readable, ImageryError."""
-    key, paths = _stats_key(catalog, product, lo, hi)
+    key, paths = _stats_key(catalog, product, f"{lo}|{hi}|{max_tiles}|{max_side}")
     if not paths:
         raise ImageryError(f"no tile in this catalog has a {product} image; pick another product")
     cache_file = cache_dir() / "band_stats" / f"{product}-{key}.json"

@@ -26,7 +26,6 @@ from typing import Iterable, Sequence
 import numpy as np
 import rasterio
 from affine import Affine
-from rasterio.transform import from_bounds
 from shapely.geometry import box, mapping
 from shapely.geometry.base import BaseGeometry
 
@@ -89,7 +88,8 @@ def write_geotiff(
         if bounds is None:
             left, top = PARIS_ORIGIN
             bounds = (left, top - h * PIXEL_DEG, left + w * PIXEL_DEG, top)
-        transform = from_bounds(*bounds, width=w, height=h)
+        left, bottom, right, top = bounds
+        transform = Affine((right - left) / w, 0.0, left, 0.0, -(top - bottom) / h, top)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     profile = dict(driver="GTiff", width=w, height=h, count=c, dtype=array.dtype.name, transform=transform)

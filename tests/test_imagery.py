@@ -1,0 +1,194 @@
+"""imagery: reading GeoTIFF products, stretching, dataset band statistics, failure modes."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import rasterio
+
+from bdcore import imagery
+from bdcore.catalog import load_catalog
+from bdcore.imagery import (
+    BandStats,
+    ImageryError,
+    band_stats,
+    normalize,
+    read_image,
+    read_profile,
+    stretch,
+    to_display_rgb,
+)
+from bdcore.paths import cache_dir
+from synth import make_aoi, write_garbage, write_geotiff, write_png_as_tif, write_truncated_tif
+
+
+def test_read_real_vegas_tile(vegas_root):
+    tif = vegas_root / "PS-RGB" / "RGB-PanSharpen_AOI_2_Vegas_img1265.tif"
+    arr = read_image(tif)
+    assert arr.shape == (3, 650, 650) and arr.dtype == np.uint16
+    with rasterio.open(tif) as src:
+        np.testing.assert_array_equal(arr, src.read())
+    prof = read_profile(tif)
+    assert (prof["width"], prof["height"], prof["count"], prof["dtype"]) == (650, 650, 3, "uint16")
+    assert prof["crs"].to_epsg() == 4326 and prof["nodata"] is None
+    sub = read_image(tif, bands=[2, 0], window=((10, 20), (30, 45)))
+    np.testing.assert_array_equal(sub, arr[[2, 0], 10:20, 30:45])
+    rgb = to_display_rgb(arr)
+    assert rgb.shape == (650, 650, 3) and rgb.dtype == np.uint8
+    # 2-98 % stretch: about 2 % of pixels saturate at each end per band
+    for b in range(3):
+        assert 0.005 < (rgb[..., b] == 0).mean() < 0.05
+        assert 0.005 < (rgb[..., b] == 255).mean() < 0.05
+
+
+def test_eight_band_read_and_display(tmp_path):
+    data = np.stack([np.full((20, 30), 100 * (b + 1), np.uint16) for b in range(8)])
+    data[:, :, 15:] += 50  # right half brighter in every band
+    p = write_geotiff(tmp_path / "ms.tif", data)
+    arr = read_image(p)
+    assert arr.shape == (8, 20, 30)
+    np.testing.assert_array_equal(arr, data)
+    np.testing.assert_array_equal(read_image(p, bands=[4, 2, 1])[0], data[4])
+    rgb = to_display_rgb(arr, bands=(4, 2, 1))
+    assert rgb.shape == (20, 30, 3)
+    assert (rgb[:, :15] == 0).all() and (rgb[:, 15:] == 255).all()
+    with pytest.raises(ImageryError, match="8 band"):
+        read_image(p, bands=[8])
+    with pytest.raises(ValueError, match="out of range"):
+        to_display_rgb(arr, bands=(0, 1, 9))
+
+
+def test_stretch_known_values_and_nodata():
+    band = np.arange(1, 101, dtype=np.uint16).reshape(10, 10)  # values 1..100
+    s = stretch(band[None], lo=0, hi=100)
+    np.testing.assert_allclose(s[0], (band - 1) / 99.0, rtol=1e-6)
+    # nodata pixels are left out of the percentiles and come out 0
+    with_nd = band.copy()
+    with_nd[0, :5] = 0
+    s2 = stretch(with_nd[None], lo=0, hi=100, nodata=0)
+    assert (s2[0, 0, :5] == 0).all()
+    valid = with_nd[with_nd != 0].astype(np.float64)
+    np.testing.assert_allclose(s2[0, 5:], (with_nd[5:] - valid.min()) / (valid.max() - valid.min()), rtol=1e-6)
+    # constant band → zeros, not NaN
+    assert not np.isnan(stretch(np.full((1, 4, 4), 7, np.uint16))).any()
+    # float NaN treated as nodata
+    f = np.array([[[np.nan, 1.0], [2.0, 3.0]]], np.float32)
+    out = stretch(f, lo=0, hi=100)
+    assert out[0, 0, 0] == 0 and out[0, 1, 1] == 1.0
+
+
+def test_single_band_displays_as_grey():
+    arr = np.arange(64, dtype=np.uint16).reshape(1, 8, 8)
+    rgb = to_display_rgb(arr)
+    assert (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all()
+
+
+@pytest.mark.parametrize("kind", ["truncated", "png", "garbage", "empty", "missing", "folder"])
+def test_bad_files_raise_imagery_error_naming_the_file(tmp_path, kind):
+    p = tmp_path / f"bad_{kind}.tif"
+    if kind == "truncated":
+        write_truncated_tif(p)
+    elif kind == "png":
+        write_png_as_tif(p)
+    elif kind == "garbage":
+        write_garbage(p)
+    elif kind == "empty":
+        p.write_bytes(b"")
+    elif kind == "folder":
+        p.mkdir()
+    with pytest.raises(ImageryError) as exc:
+        read_image(p)
+    assert str(p) in str(exc.value)
+    assert isinstance(exc.value, ValueError)
+    if kind == "png":
+        assert "PNG" in str(exc.value)
+    if kind != "truncated":  # a truncated file's header may still parse; its pixels may not
+        with pytest.raises(ImageryError):
+            read_profile(p)
+    with pytest.raises(ImageryError):
+        imagery.check_readable(p)
+
+
+def test_band_stats_cached_and_normalize(tmp_path):
+    aoi = make_aoi(tmp_path / "aoi", n_tiles=4, bands=8, size=32, products=("PS-RGB", "PS-MS"))
+    cat = load_catalog(aoi.root)
+    stats = band_stats(cat, product="PS-MS", max_side=32)
+    assert stats.product == "PS-MS" and stats.bands == 8 and stats.n_tiles == 4
+    # exact reference: percentiles over every pixel of every tile
+    allpix = np.concatenate([read_image(t.images["PS-MS"]).reshape(8, -1) for t in aoi.tiles], axis=1).astype(float)
+    np.testing.assert_allclose(stats.lo, np.percentile(allpix, 2, axis=1), rtol=1e-9)
+    np.testing.assert_allclose(stats.hi, np.percentile(allpix, 98, axis=1), rtol=1e-9)
+    np.testing.assert_allclose(stats.mean, allpix.mean(axis=1), rtol=1e-9)
+    files = list((cache_dir() / "band_stats").glob("PS-MS-*.json"))
+    assert any(json.loads(f.read_text())["key"] == stats.key for f in files)
+
+    # served from the cache: reading pixels again would fail
+    def boom(*a, **k):
+        raise AssertionError("band stats recomputed instead of read from the cache")
+
+    orig = imagery._read_decimated
+    imagery._read_decimated = boom
+    try:
+        again = band_stats(cat, product="PS-MS", max_side=32)
+    finally:
+        imagery._read_decimated = orig
+    assert again == stats
+    # a different product is a different key
+    rgb = band_stats(cat, product="PS-RGB", max_side=32)
+    assert rgb.bands == 3 and rgb.key != stats.key
+
+    x = read_image(aoi.tiles[0].images["PS-MS"])
+    n = normalize(x, stats)
+    assert n.dtype == np.float32 and n.shape == x.shape and n.min() >= 0 and n.max() <= 1
+    b = 3
+    exp = np.clip((x[b].astype(np.float32) - stats.lo[b]) / (stats.hi[b] - stats.lo[b]), 0, 1)
+    np.testing.assert_allclose(n[b], exp, rtol=1e-5)
+    with pytest.raises(ValueError, match="stats have 8"):
+        normalize(x[:3], stats)
+
+
+def test_band_stats_sampling_and_nodata(tmp_path):
+    aoi = make_aoi(tmp_path / "aoi", n_tiles=6, size=16)
+    # tile 0: set a nodata value and fill half with it; those pixels must not drag the low percentile down
+    p = aoi.tiles[0].images["PS-RGB"]
+    arr = read_image(p)
+    arr[:, :8] = 0
+    write_geotiff(p, arr, transform=aoi.tiles[0].transform, nodata=0)
+    cat = load_catalog(aoi.root)
+    stats = band_stats(cat, max_tiles=3)
+    assert stats.n_tiles == 3
+    full = band_stats(cat, max_tiles=64)
+    assert full.n_tiles == 6 and full.key != stats.key
+    assert min(full.lo) > 100  # ground is ~300; nodata zeros excluded
+    n = normalize(arr, full, nodata=0)
+    assert (n[:, :8] == 0).all()
+
+
+def test_band_stats_skips_unreadable_tiles(tmp_path, caplog):
+    aoi = make_aoi(tmp_path / "aoi", n_tiles=3, size=16)
+    cat = load_catalog(aoi.root)
+    write_truncated_tif(aoi.tiles[1].images["PS-RGB"], size=16)  # corrupted after cataloguing
+    cat.attrs["fingerprint"] = "changed"
+    stats = band_stats(cat)
+    assert stats.n_tiles == 2
+    assert "img2" in caplog.text or "truncated" in caplog.text
+
+
+def test_bandstats_roundtrip():
+    s = BandStats(product="PS-RGB", lo=[1.0, 2.0, 3.0], hi=[4.0, 5.0, 6.0], mean=[2.0] * 3, std=[1.0] * 3, n_tiles=2)
+    assert BandStats.from_dict(json.loads(json.dumps(s.to_dict()))) == s
+
+
+def test_stats_cli(vegas_root, capsys):
+    from bdcore.cli import main
+
+    assert main(["stats", str(vegas_root)]) == 0
+    out = capsys.readouterr().out
+    assert "PS-RGB" in out and "10 sampled tile(s)" in out
+    assert main(["stats", str(vegas_root), "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert len(d["lo"]) == 3 and all(lo < hi for lo, hi in zip(d["lo"], d["hi"]))
+    assert main(["stats", str(vegas_root), "--product", "PS-MS"]) == 2
+    assert "PS-MS" in capsys.readouterr().err
