@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, ValidationInfo
 
 from bdcore.atomic import atomic_write
 
@@ -125,18 +125,18 @@ class RunConfig(BaseModel):
             raise ValueError(f"unknown device {v!r}; allowed: auto, cpu, cuda, cuda:N, mps")
         return v
 
-    @model_validator(mode="after")
-    def _weights_exist(self) -> "RunConfig":
-        if self.encoder_weights is not None and not self.encoder.startswith("tu-"):
+    @field_validator("encoder_weights")
+    @classmethod
+    def _weights_exist(cls, v: Optional[str], info: ValidationInfo) -> Optional[str]:
+        encoder = info.data.get("encoder")
+        if v is not None and encoder and not encoder.startswith("tu-"):
             import segmentation_models_pytorch as smp
 
-            settings = smp.encoders.encoders[self.encoder].get("pretrained_settings", {})
-            if self.encoder_weights not in settings:
+            settings = smp.encoders.encoders[encoder].get("pretrained_settings", {})
+            if v not in settings:
                 allowed = ", ".join([*settings, "none"])
-                raise ValueError(
-                    f"encoder_weights {self.encoder_weights!r} do not exist for {self.encoder}; allowed: {allowed}"
-                )
-        return self
+                raise ValueError(f"encoder_weights {v!r} do not exist for {encoder}; allowed: {allowed}")
+        return v
 
     # ---------------------------------------------------------------- derived
     @property
