@@ -35,62 +35,64 @@ def _fill_small_holes(mask: np.ndarray, hole_area: float) -> np.ndarray:
     return mask | small[bg]
 
 
-def _grow(labels: np.ndarray, allowed: np.ndarray, priority: np.ndarray | None = None, levels: int = 8) -> np.ndarray:
-    """Grow seed labels into ``allowed`` pixels (a flooding watershed).
+def _grow(seeds: np.ndarray, footprint: np.ndarray, blobs: np.ndarray) -> np.ndarray:
+    """Give each footprint pixel the label of its nearest seed in the same footprint blob.
 
-    With ``priority`` the flood visits pixels of high priority first (``levels`` quantised steps), so two
-    seeds meet along the priority valley between them; without, it is a plain geodesic growth.
+    One Euclidean distance transform does nearly all of it; the few pixels whose nearest seed lies across
+    a gap (another blob) get a geodesic growth inside their own blob instead.
     """
-    labels = labels.copy()
-    if priority is None:
-        thresholds = [None]
-    else:
-        vals = priority[allowed]
-        if vals.size == 0:
-            return labels
-        thresholds = list(np.quantile(vals, np.linspace(1.0, 0.0, levels + 1)[1:]))
-        thresholds[-1] = None
-    for th in thresholds:
-        open_ = allowed if th is None else (allowed & (priority >= th))
-        while True:
-            todo = open_ & (labels == 0)
-            if not todo.any():
-                break
-            grown = ndimage.grey_dilation(labels, footprint=_CROSS)
-            new = todo & (grown > 0)
-            if not new.any():
-                break
-            labels[new] = grown[new]
+    if seeds.max() == 0:
+        return seeds
+    _, (ri, ci) = ndimage.distance_transform_edt(seeds == 0, return_indices=True)
+    near = seeds[ri, ci]
+    seed_blob = np.zeros(int(seeds.max()) + 1, dtype=blobs.dtype)
+    seed_blob[seeds[seeds > 0]] = blobs[seeds > 0]
+    ok = footprint & (seed_blob[near] == blobs)
+    labels = np.where(ok, near, 0).astype(np.int32)
+    todo = footprint & ~ok
+    while todo.any():
+        grown = ndimage.grey_dilation(labels, footprint=_CROSS)
+        new = todo & (grown > 0)
+        if not new.any():
+            break
+        labels[new] = grown[new]
+        todo &= ~new
     return labels
 
 
-def _instances(footprint: np.ndarray, prob: np.ndarray, boundary: np.ndarray | None, boundary_threshold: float,
-               split: str, min_seed_area: int) -> np.ndarray:
+def _instances(footprint: np.ndarray, boundary: np.ndarray | None, boundary_threshold: float, split: str,
+               min_seed_area: int, min_seed_depth: float = 2.0) -> np.ndarray:
     """Instance labels (int32, 0 = background) of a binary footprint."""
+    blobs, nb = ndimage.label(footprint, structure=_CROSS)
     if boundary is not None:
         seeds_mask = footprint & ~(boundary > boundary_threshold)
-        seeds, _ = ndimage.label(seeds_mask, structure=_CROSS)
-        priority = prob
+        # seeds need a core at least ``min_seed_depth`` px thick: the thin rim of footprint that a blurry
+        # prediction leaves outside the boundary band is not a building
+        depth = ndimage.distance_transform_edt(seeds_mask)
     elif split == "watershed":
         dist = ndimage.distance_transform_edt(footprint)
         # seeds: local maxima of the distance map at least 2 px inside the footprint and at least 40% as
-        # deep as the deepest point of their connected blob (so a neck between two houses is no seed)
-        blobs, nb = ndimage.label(footprint, structure=_CROSS)
-        deepest = np.concatenate([[0.0], ndimage.maximum(dist, blobs, index=np.arange(1, nb + 1))])
+        # deep as the deepest point of their blob (so a neck between two houses is no seed)
+        deepest = np.zeros(nb + 1)
+        np.maximum.at(deepest, blobs[footprint], dist[footprint])
         peaks = ((dist == ndimage.maximum_filter(dist, size=5)) & (dist >= 2.0) & footprint
                  & (dist >= 0.4 * deepest[blobs]))
-        seeds, _ = ndimage.label(ndimage.binary_dilation(peaks, iterations=1) & footprint, structure=_CROSS)
-        priority = dist
+        seeds_mask = ndimage.binary_dilation(peaks, iterations=1) & footprint
+        depth = None
     else:
-        seeds, _ = ndimage.label(footprint, structure=_CROSS)
-        return seeds.astype(np.int32)
-    if min_seed_area > 1 and seeds.max() > 0:
-        sizes = np.bincount(seeds.ravel())
-        drop = sizes < min_seed_area
+        return blobs.astype(np.int32)
+    seeds, ns = ndimage.label(seeds_mask, structure=_CROSS)
+    if ns:
+        drop = np.bincount(seeds.ravel(), minlength=ns + 1) < min_seed_area
+        if depth is not None:
+            deep = np.zeros(ns + 1, dtype=bool)
+            deep[seeds[depth >= min_seed_depth]] = True
+            drop |= ~deep
         drop[0] = False
-        seeds[drop[seeds]] = 0
-    labels = _grow(seeds, footprint, priority)
-    # footprint parts no seed could reach (all boundary, say) become instances of their own
+        if drop.any():
+            seeds[drop[seeds]] = 0
+    labels = _grow(seeds, footprint, blobs)
+    # footprint parts no seed reached (a blob that is all boundary, say) become instances of their own
     rest = footprint & (labels == 0)
     if rest.any():
         extra, _ = ndimage.label(rest, structure=_CROSS)
@@ -107,8 +109,8 @@ def mask_to_polygons(prob: np.ndarray, threshold: float = 0.5, min_area: float =
     ``confidence`` is the mean probability of the building's pixels. Holes smaller than ``hole_area`` px
     are filled; ``simplify`` is a topology-preserving Douglas-Peucker tolerance in px (0 = exact pixel
     edges); polygons with area < ``min_area`` px² are dropped. Touching buildings are split with the
-    ``boundary`` channel (seeds = footprint minus boundary, grown back over the footprint in order of
-    probability) or, with ``split="watershed"``, by a distance-transform watershed.
+    ``boundary`` channel (seeds = footprint minus boundary, each footprint pixel then joins its nearest seed)
+    or, with ``split="watershed"``, by seeds at the peaks of the footprint's distance transform.
     """
     prob = np.asarray(prob)
     if prob.ndim == 3 and prob.shape[0] == 1:
@@ -127,7 +129,7 @@ def mask_to_polygons(prob: np.ndarray, threshold: float = 0.5, min_area: float =
     footprint = _fill_small_holes(prob > threshold, hole_area)
     if not footprint.any():
         return []
-    labels = _instances(footprint, prob, boundary, boundary_threshold, split, min_seed_area)
+    labels = _instances(footprint, boundary, boundary_threshold, split, min_seed_area)
     n = int(labels.max())
     sums = ndimage.sum_labels(prob, labels, index=np.arange(n + 1))
     counts = np.bincount(labels.ravel(), minlength=n + 1)

@@ -72,6 +72,29 @@ def test_touching_buildings_split_by_boundary_channel():
     assert sorted(round(c, 3) for _, c in polys) == [0.8, 0.9]
 
 
+def test_blurry_prediction_with_inner_boundary_band():
+    """A soft footprint spills a pixel past the building while the boundary band sits on the building's
+    inner edge (as labels.boundary_band draws it): the rim outside the band must not become buildings."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(0)
+    truth = []
+    for r in range(0, 200, 40):
+        for c in range(0, 200, 40):
+            w, h = (int(v) for v in rng.integers(15, 41, size=2))  # w or h == 40: touches the neighbour
+            truth.append(box(c, r, c + w, r + h))
+    mask = polygons_to_mask(truth, (200, 200)).astype(np.float32)
+    prob = ndimage.gaussian_filter(mask, 1.5) * 0.9 + rng.random(mask.shape).astype(np.float32) * 0.1
+    boundary = np.zeros_like(prob)
+    for p in truth:
+        x0, y0, x1, y1 = (int(v) for v in p.bounds)
+        boundary[y0:y1, [x0, x1 - 1]] = 1
+        boundary[[y0, y1 - 1], x0:x1] = 1
+    r = match_buildings(truth, mask_to_polygons(prob, boundary=boundary))
+    assert (r["tp"], r["fp"], r["fn"]) == (len(truth), 0, 0)
+    assert match_buildings(truth, mask_to_polygons(prob))["tp"] < len(truth)  # the band is what splits them
+
+
 def test_watershed_split_without_boundary():
     prob = np.zeros((60, 80), np.float32)
     prob[10:30, 10:30] = 1
