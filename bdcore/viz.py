@@ -460,3 +460,30 @@ def checkpoints_of(run_dirs: Iterable) -> dict[str, Path]:
             if p.is_file():
                 out[f"{Path(d).name} · {name}"] = p
     return out
+
+
+def review_images(prob: np.ndarray, image_path, labels_path, threshold: float = 0.5, min_area: float = 20.0,
+                  lo: float = 2.0, hi: float = 98.0) -> dict[str, np.ndarray]:
+    """The Review page's four views of one tile from its probabilities (K,H,W in [0,1]):
+
+    ``image`` (stretched), ``truth`` (ground-truth outlines), ``prediction`` (mask tint + predicted outlines),
+    ``matches`` (TP green / FP red / FN blue, SpaceNet IoU ≥ 0.5 matching).
+    """
+    from bdcore import imagery, labels, scoring
+    from bdcore.polygons import mask_to_polygons
+
+    arr = imagery.read_image(image_path)
+    prof = imagery.read_profile(image_path)
+    rgb = imagery.to_display_rgb(arr, bands=(0, 1, 2) if arr.shape[0] >= 3 else (0, 0, 0), lo=lo, hi=hi)
+    truth = []
+    if labels_path:
+        truth = labels.pixel_polygons(labels.read_buildings(labels_path, crs=prof["crs"]), prof["transform"])
+    props = [p for p, _ in mask_to_polygons(prob[0], threshold=threshold, min_area=min_area,
+                                            boundary=prob[1] if prob.shape[0] > 1 else None)]
+    m = scoring.match_buildings(truth, props, min_area=min_area)
+    return {
+        "image": rgb,
+        "truth": draw_outlines(rgb, truth, TRUTH_RGB),
+        "prediction": draw_outlines(mask_overlay(rgb, prob[0] > threshold, PRED_RGB, 0.35), props, PRED_RGB),
+        "matches": match_overlay(rgb, truth, props, m["matches"]),
+    }
