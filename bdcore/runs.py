@@ -265,11 +265,14 @@ def run_info(run_dir: str | os.PathLike) -> RunInfo:
     elif total:
         frac = 0.0
         spe = status.get("steps_per_epoch") or cfg.get("steps_per_epoch")
-        if spe and steps:
-            last = steps[-1]
-            in_epoch = int(last.get("step", 0)) - int(spe) * done_epochs
-            if last.get("epoch") is not None and int(last["epoch"]) >= done_epochs:
-                frac = min(max(in_epoch / float(spe), 0.0), 0.999)
+        if spe and state in ACTIVE_STATES + ("stopped", "interrupted", "failed"):
+            if status.get("epoch_step") is not None:
+                in_epoch = int(status["epoch_step"])
+            elif steps:
+                in_epoch = int(steps[-1].get("step", 0)) - int(spe) * done_epochs
+            else:
+                in_epoch = 0
+            frac = min(max(in_epoch / float(spe), 0.0), 0.999)
         progress = min((done_epochs + frac) / total, 1.0)
     else:
         progress = 0.0
@@ -428,7 +431,8 @@ def wait_run(run_dir: str | os.PathLike, timeout: float | None = None, poll: flo
 # ----------------------------------------------------------------------------------------- stop/resume/delete
 
 
-def _signal_run(run_dir: Path, sig: int) -> bool:
+def _signal_run(run_dir: Path, sig: int, group: bool = False) -> bool:
+    """Send ``sig`` to the trainer (``group``: to its whole process group, DataLoader workers included)."""
     pids = []
     for src in (_read_json(run_dir / LAUNCH_NAME), read_status(run_dir)):
         if src.get("pid") and _pid_alive(src["pid"]):
@@ -436,20 +440,22 @@ def _signal_run(run_dir: Path, sig: int) -> bool:
     sent = False
     for pid in dict.fromkeys(pids):
         try:
-            os.killpg(os.getpgid(pid), sig)
+            if group:
+                os.killpg(os.getpgid(pid), sig)
+            else:
+                os.kill(pid, sig)
             sent = True
         except (ProcessLookupError, PermissionError):
-            try:
-                os.kill(pid, sig)
-                sent = True
-            except ProcessLookupError:
-                pass
+            pass
     return sent
 
 
 def stop_run(run_dir: str | os.PathLike, timeout: float = 60.0) -> str:
-    """SIGTERM to the trainer's process group (it saves ``last.pt`` and marks itself ``stopped``), wait for it to exit;
-    SIGKILL after ``timeout``. Returns the state afterwards."""
+    """SIGTERM to the trainer (it finishes the step, saves ``last.pt`` and marks itself ``stopped``), wait for it to
+    exit; SIGKILL to its whole process group after ``timeout``. Returns the state afterwards.
+
+    SIGTERM goes to the main process only: DataLoader workers share its process group and die on SIGTERM, which the
+    trainer would report as a failure instead of stopping cleanly; they exit with their parent."""
     run_dir = run_path(run_dir)
     if not is_alive(run_dir):
         state = effective_state(run_dir)
@@ -457,7 +463,7 @@ def stop_run(run_dir: str | os.PathLike, timeout: float = 60.0) -> str:
     _signal_run(run_dir, signal.SIGTERM)
     state = wait_run(run_dir, timeout=timeout, poll=0.2)
     if is_alive(run_dir):
-        _signal_run(run_dir, signal.SIGKILL)
+        _signal_run(run_dir, signal.SIGKILL, group=True)
         state = wait_run(run_dir, timeout=10, poll=0.2)
     if state in ACTIVE_STATES or state == "interrupted":
         # killed before it could write its own final state: record it (the trainer is gone, so we are the writer)

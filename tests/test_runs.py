@@ -43,6 +43,7 @@ FAKE_TRAINER = textwrap.dedent(
 
     def status(state, **kw):
         atomic_write_json(run / "status.json", dict(state=state, pid=os.getpid(), epoch=step // spe, step=step,
+                          steps_per_epoch=spe, epoch_step=step % spe,
                           total_epochs=epochs, heartbeat=time.time(), started=started, device="cpu", **kw))
 
     def save():
@@ -60,7 +61,7 @@ FAKE_TRAINER = textwrap.dedent(
             m.write(json.dumps(dict(kind="step", epoch=(step - 1) // spe, step=step, time=time.time(), lr=1e-3,
                                     loss=1.0 / step, img_per_s=100.0)) + "\\n"); m.flush()
             if step % spe == 0:
-                m.write(json.dumps(dict(kind="epoch", epoch=step // spe - 1, step=step, time=time.time(),
+                m.write(json.dumps(dict(kind="epoch", epoch=step // spe, step=step, time=time.time(),
                                         loss=1.0 / step, val_iou=0.1 * step / spe, val_loss=0.5)) + "\\n"); m.flush()
                 save()
             status("running")
@@ -256,23 +257,37 @@ def test_cli_runs_table_and_stop_errors(tmp_path, monkeypatch, capsys):
 
 
 @pytest.mark.slow
-def test_real_detached_training_run(tmp_path, monkeypatch):
-    """bdcore.train as a detached process on a tiny synthetic AOI: running → finished, checkpoints written."""
-    pytest.importorskip("bdcore.train")
+def test_real_detached_training_run_stop_and_resume(tmp_path):
+    """bdcore.train as a detached process on a tiny synthetic AOI: running → stop (SIGTERM, it saves) → stopped →
+    resume → finished, with checkpoints and per-epoch metrics."""
     from bdcore.config import RunConfig
     from synth import make_aoi
 
     aoi = make_aoi(tmp_path / "aoi", n_tiles=6, size=64, seed=1)
     cfg = RunConfig(data_root=str(aoi.root), arch="Unet", encoder="resnet18", encoder_weights=None, epochs=2,
-                    crop_size=64, batch_size=2, workers=0, device="cpu", val_fraction=0.34, building_f1_tiles=0)
+                    steps_per_epoch=3, crop_size=64, batch_size=2, workers=0, device="cpu", val_fraction=0.34,
+                    building_f1_tiles=0, log_every=1)
     run_dir = runs.create_run(cfg, name="real")
     runs.launch(run_dir)
-    _wait_for(lambda: _state(run_dir) != "queued" or not runs.is_alive(run_dir), timeout=120)
+    _wait_for(lambda: runs.read_status(run_dir).get("step", 0) >= 1 or not runs.is_alive(run_dir), timeout=180)
+    listed = {i.run_id: i for i in runs.list_runs()}
+    assert listed["real"].state == "running", (run_dir / "train.log").read_text()[-3000:]
+    assert listed["real"].device == "cpu" and listed["real"].total_epochs == 2
+
+    assert runs.stop_run(run_dir, timeout=120) == "stopped"
+    status = runs.read_status(run_dir)
+    assert status["state"] == "stopped" and status.get("stopped_by") == "SIGTERM"
+    assert (run_dir / "last.pt").exists()
+    stopped_step = status["step"]
+
+    runs.resume_run(run_dir)
     state = runs.wait_run(run_dir, timeout=300)
     log = (run_dir / "train.log").read_text()
     assert state == "finished", log[-3000:]
-    assert (run_dir / "last.pt").exists() and (run_dir / "best.pt").exists()
+    assert (run_dir / "best.pt").exists()
     epochs = runs.read_metrics(run_dir, kind="epoch")
-    assert [e["epoch"] for e in epochs][-1] == 1 and "val_iou" in epochs[-1]
+    assert [e["epoch"] for e in epochs] == [1, 2] and "val_iou" in epochs[-1] and epochs[-1]["step"] == 6
+    steps = [r["step"] for r in runs.read_metrics(run_dir, kind="step")]
+    assert steps == list(range(1, 7)) and 1 <= stopped_step < 6  # resumed exactly where it stopped
     info = runs.run_info(run_dir)
-    assert info.progress == 1.0 and info.total_epochs == 2
+    assert info.progress == 1.0 and info.epoch == 2 and info.state == "finished"
