@@ -327,7 +327,6 @@ def make_scene(n_tiles: int, seed: int) -> Scene:
         b.shadow = unary_union(hulls)
 
     # Trees: anywhere but roads and buildings, denser in empty (park) tiles.
-    trees: list[tuple[Point, float]] = []
     blocked = unary_union(sidewalks + [b.footprint for b in buildings] + parking)
     shapely.prepare(blocked)
     n_trees = int(W * H / 9000)
@@ -335,13 +334,13 @@ def make_scene(n_tiles: int, seed: int) -> Scene:
     for k in empty:
         r, c = divmod(k, cols)
         candidates = np.vstack([candidates, rng.uniform([c * TILE, r * TILE], [(c + 1) * TILE, (r + 1) * TILE], size=(60, 2))])
-    for x, y in candidates:
-        radius = float(rng.uniform(5, 16))
-        p = Point(x, y)
-        if p.buffer(radius + 2).intersects(blocked):
-            continue
-        if rng.random() < 0.6 or any(e.contains(p) for e in exclusion):
-            trees.append((p, radius))
+    radii = rng.uniform(5, 16, len(candidates))
+    keep = rng.random(len(candidates)) < 0.6
+    points = shapely.points(candidates)
+    if exclusion:
+        keep |= shapely.contains(unary_union(exclusion), points)
+    free = ~shapely.dwithin(blocked, points, radii + 2)
+    trees = [(points[i], float(radii[i])) for i in np.flatnonzero(free & keep)]
     return Scene(cols, rows, sidewalks, roads, markings, parking, cars, trees, buildings, empty)
 
 
@@ -350,14 +349,10 @@ def make_scene(n_tiles: int, seed: int) -> Scene:
 
 def _burn(geoms, shape, ox: float, oy: float, values=None, dtype="uint8") -> np.ndarray:
     """Rasterize global-pixel geometries into a window whose top-left is (ox, oy); pixel-centre rule."""
-    shifted = []
-    for i, g in enumerate(geoms):
-        if g is None or g.is_empty:
-            continue
-        shifted.append((affinity.translate(g, -ox, -oy), 1 if values is None else values[i]))
-    if not shifted:
+    pairs = [(g, 1 if values is None else values[i]) for i, g in enumerate(geoms) if g is not None and not g.is_empty]
+    if not pairs:
         return np.zeros(shape, dtype=dtype)
-    return _rio_rasterize(shifted, out_shape=shape, transform=Affine.identity(), fill=0, dtype=dtype)
+    return _rio_rasterize(pairs, out_shape=shape, transform=Affine.translation(ox, oy), fill=0, dtype=dtype)
 
 
 class _Field:
