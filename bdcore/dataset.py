@@ -188,9 +188,9 @@ def tiles_touch(catalog, a: Iterable[str], b: Iterable[str], touch_tolerance: fl
 def _file_sig(path: str | os.PathLike | None) -> list | None:
     if path is None:
         return None
-    p = Path(path).resolve()
-    st = p.stat()  # FileNotFoundError names the file
-    return [str(p), st.st_size, st.st_mtime_ns]
+    p = os.path.abspath(path)  # no symlink resolution: cheap, and a link is its own cache slot
+    st = os.stat(p)  # FileNotFoundError names the file
+    return [p, st.st_size, st.st_mtime_ns]
 
 
 def _digest(obj: Any) -> str:
@@ -210,6 +210,7 @@ class ArrayCache:
         self.root = Path(root) if root is not None else paths.cache_dir() / "arrays"
         self.hits = 0
         self.misses = 0
+        self._slots: dict[tuple, str] = {}  # memo of entry-name prefixes (plain strings: pickles fine)
 
     def __repr__(self) -> str:
         return f"ArrayCache({str(self.root)!r})"
@@ -218,9 +219,13 @@ class ArrayCache:
     def _entry(self, kind: str, source: str | os.PathLike, slot: dict, sigs: list) -> Path:
         """``<stem>-<slot hash>-<version hash>.npy``: the slot is the source path + decode options, the version the
         files' (size, mtime_ns). A new version of a slot replaces the old file (see ``_drop_stale``)."""
-        src = Path(source).resolve()
-        slot_hash = _digest({"src": str(src), **slot})[:12]
-        return self.root / kind / f"{src.stem}-{slot_hash}-{_digest(sigs)[:16]}.npy"
+        src = os.path.abspath(source)
+        memo = (kind, src, json.dumps(slot, sort_keys=True))
+        prefix = self._slots.get(memo)
+        if prefix is None:
+            prefix = f"{Path(src).stem}-{_digest({'src': src, **slot})[:12]}"
+            self._slots[memo] = prefix
+        return self.root / kind / f"{prefix}-{_digest(sigs)[:16]}.npy"
 
     def image_entry(self, path, product: str | None = None, bands: Sequence[int] | None = None) -> Path:
         slot = {"product": product, "bands": list(bands) if bands is not None else None}
@@ -228,7 +233,7 @@ class ArrayCache:
 
     def mask_entry(self, image_path, labels_path, boundary: bool = False, boundary_width: int = 3) -> Path:
         slot = {
-            "labels": str(Path(labels_path).resolve()) if labels_path is not None else None,
+            "labels": os.path.abspath(labels_path) if labels_path is not None else None,
             "boundary": bool(boundary),
             "boundary_width": int(boundary_width) if boundary else None,
         }
@@ -332,15 +337,15 @@ def pad_to(arr: np.ndarray, h: int, w: int) -> np.ndarray:
 
 
 def photometric(img: np.ndarray, rng: np.random.Generator, aug: Augment) -> np.ndarray:
-    """Brightness/contrast/gamma jitter of a float image in [0,1]; the result is clipped back to [0,1]."""
+    """Brightness/contrast/gamma jitter of a float32 image in [0,1], IN PLACE; clipped back to [0,1]."""
     b = rng.uniform(-aug.brightness, aug.brightness) if aug.brightness else 0.0
     c = rng.uniform(1 - aug.contrast, 1 + aug.contrast) if aug.contrast else 1.0
     g = float(np.exp(rng.uniform(-np.log1p(aug.gamma), np.log1p(aug.gamma)))) if aug.gamma else 1.0
+    shift = np.float32(float(img.mean()) * (1.0 - c) + b) if c != 1.0 else np.float32(b)
     if c != 1.0:
-        m = np.float32(img.mean())
-        img = (img - m) * np.float32(c) + m
-    if b:
-        img = img + np.float32(b)
+        img *= np.float32(c)  # (x - mean) * c + mean + b, folded into one multiply-add, in place
+    if shift:
+        img += shift
     np.clip(img, 0.0, 1.0, out=img)
     if g != 1.0:
         np.power(img, np.float32(g), out=img)
@@ -416,8 +421,8 @@ class SpaceNetSegmentation(Dataset):
             lab = row.get("labels") if hasattr(row, "get") else None
             if isinstance(lab, float) and np.isnan(lab):
                 lab = None
-            self.image_paths.append(str(img))
-            self.label_paths.append(str(lab) if lab is not None else None)
+            self.image_paths.append(os.path.abspath(str(img)))
+            self.label_paths.append(os.path.abspath(str(lab)) if lab is not None else None)
         self.product = product
         self.crop_size = int(crop_size) if crop_size is not None else None
         self.augment = bool(augment)
@@ -441,6 +446,8 @@ class SpaceNetSegmentation(Dataset):
         self.seed = int(seed) if seed is not None else int(torch.initial_seed()) & 0xFFFFFFFF
         self.epoch: int | None = None
         self._calls = 0
+        self._lo: np.ndarray | None = None
+        self._span: np.ndarray | None = None
 
     # -- bookkeeping
     def __len__(self) -> int:
@@ -484,9 +491,19 @@ class SpaceNetSegmentation(Dataset):
         return len(self.tile_ids)
 
     def _normalize(self, arr: np.ndarray) -> np.ndarray:
+        """``imagery.normalize`` (bit-identical), done in place for integer images to save temporaries."""
         from bdcore import imagery
 
-        return np.asarray(imagery.normalize(arr, self.stats), dtype=np.float32)
+        if not np.issubdtype(arr.dtype, np.integer) or len(self.stats.lo) != arr.shape[0]:
+            return np.asarray(imagery.normalize(arr, self.stats), dtype=np.float32)
+        if self._lo is None:
+            self._lo = np.asarray(self.stats.lo, np.float32)[:, None, None]
+            hi = np.asarray(self.stats.hi, np.float32)[:, None, None]
+            self._span = np.maximum(hi - self._lo, np.float32(1e-6))
+        out = arr.astype(np.float32)
+        out -= self._lo
+        out /= self._span
+        return np.clip(out, 0.0, 1.0, out=out)
 
     def __getitem__(self, index: int) -> dict:
         if not 0 <= index < len(self):
@@ -542,7 +559,10 @@ def _rows_for(catalog, tile_ids: Sequence[str]) -> list:
 
 
 def build_datasets(cfg) -> tuple[SpaceNetSegmentation, SpaceNetSegmentation]:
-    """(train, val) datasets for a RunConfig: split by tile, shared band stats; val = whole tiles padded to /32.
+    """(train, val) datasets for a RunConfig: split by tile, shared band stats.
+
+    Val: whole tiles at their true size, no augmentation (the evaluator pads to the network stride and crops back,
+    so metrics never count padding).
 
     Train: random ``crop_size`` crops with augmentation (``crop_size=None``: whole tiles padded to /32).
 
@@ -577,6 +597,6 @@ def build_datasets(cfg) -> tuple[SpaceNetSegmentation, SpaceNetSegmentation]:
         raise DatasetError("the split gave no validation tiles; set val_fraction above 0 in the run config")
     val = SpaceNetSegmentation(
         labelled, val_ids, product=product, crop_size=None, augment=False, boundary=boundary, stats=stats,
-        seed=seed, pad_multiple=32,
+        seed=seed,
     )
     return train, val
