@@ -85,19 +85,9 @@ def root_label(root: str) -> str:
 
 def dataset_picker() -> None:
     """Sidebar: the demo, a downloaded AOI, a recent folder, or any folder path. Shared by all pages."""
-    current = current_root()
-    state = load_app_state()
-    options = [DEMO] + downloaded_aois() + [r for r in state.get("recent", [])]
-    options = list(dict.fromkeys(options))
-    if current not in options:
-        options.append(current)
     with st.sidebar:
         st.markdown("### Dataset")
-        choice = st.selectbox("Dataset", options, index=options.index(current), format_func=root_label,
-                              label_visibility="collapsed", key="dataset_choice")
-        if choice != current:
-            set_root(choice)
-            st.rerun()
+        choice_box = st.container()
         with st.form("dataset_folder", border=False):
             path = st.text_input("Folder path", placeholder="/data/AOI_3_Paris_Train",
                                  help="A SpaceNet 2 AOI folder (original or bucket layout)")
@@ -107,7 +97,15 @@ def dataset_picker() -> None:
                     st.error(f"{p} is not a folder. Fix: give the path of a downloaded SpaceNet AOI.")
                 else:
                     set_root(str(p))
-                    st.rerun()
+        # drawn after the form (so a submitted folder shows at once), displayed above it
+        current = current_root()
+        options = [DEMO] + downloaded_aois() + list(load_app_state().get("recent", []))
+        options = list(dict.fromkeys(options))
+        if current not in options:
+            options.append(current)
+        st.session_state["dataset_choice"] = current  # follow choices made elsewhere (the form, another tab)
+        choice_box.selectbox("Dataset", options, format_func=root_label, label_visibility="collapsed",
+                             key="dataset_choice", on_change=lambda: set_root(st.session_state["dataset_choice"]))
 
 
 @st.cache_resource(show_spinner="Reading the tile catalog…", max_entries=4)
@@ -141,3 +139,13 @@ def checkpoint_choices() -> dict[str, Path]:
     except USER_ERRORS as exc:
         st.error(f"Could not list runs: {exc}")
         return {}
+
+
+def rerun_fragment() -> None:
+    """Rerun only the current fragment when inside a fragment rerun; else the whole page."""
+    from streamlit.errors import StreamlitAPIException
+
+    try:
+        st.rerun(scope="fragment")
+    except StreamlitAPIException:
+        st.rerun()

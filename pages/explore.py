@@ -11,7 +11,7 @@ import streamlit as st  # noqa: E402
 from streamlit_folium import st_folium  # noqa: E402
 
 from bdcore import viz  # noqa: E402
-from pages._shared import USER_ERRORS, current_root, get_catalog, root_label  # noqa: E402
+from pages._shared import USER_ERRORS, current_root, get_catalog, rerun_fragment, root_label  # noqa: E402
 
 st.title("Explore")
 root = current_root()
@@ -82,7 +82,7 @@ def tile_panel() -> None:
             (out or {}).get("last_object_clicked_tooltip"), tile_ids)
         if tid and tid != selected:
             st.session_state["explore_tile"] = tid
-            st.rerun(scope="fragment")
+            rerun_fragment()
 
     left, right = st.columns([3, 2])
     with right:

@@ -11,7 +11,7 @@ import pandas as pd  # noqa: E402
 import streamlit as st  # noqa: E402
 
 from bdcore import viz  # noqa: E402
-from pages._shared import USER_ERRORS, current_root, get_catalog, root_label  # noqa: E402
+from pages._shared import USER_ERRORS, current_root, get_catalog, rerun_fragment, root_label  # noqa: E402
 
 ENCODERS = ["resnet18", "resnet34", "resnet50", "efficientnet-b0", "efficientnet-b3", "mobilenet_v2", "timm-regnety_016"]
 CROPS = [64, 128, 256, 384, 512, "full tile"]
@@ -78,6 +78,8 @@ if submitted:
     from bdcore.config import RunConfig
 
     try:
+        if device == "cuda" and not has_gpu:
+            raise ValueError("device cuda was asked for, but torch sees no GPU on this machine. Fix: pick auto or cpu.")
         cfg = RunConfig(
             data_root="demo" if root == "demo" else root, product=product, arch=arch, encoder=encoder,
             encoder_weights=None if weights == "none" else weights, epochs=int(epochs), batch_size=int(batch),
@@ -124,12 +126,12 @@ def run_actions(info) -> None:
                 msg = f"Deleted {info.run_id}."
             if n.button("Cancel", key="btn_delete_no"):
                 st.session_state.pop("confirm_delete", None)
-                st.rerun(scope="fragment")
+                rerun_fragment()
     except USER_ERRORS as exc:
         st.error(str(exc))
     if msg:
         st.session_state["train_msg"] = msg
-        st.rerun(scope="fragment")
+        rerun_fragment()
 
 
 @st.fragment(run_every=2)
