@@ -261,9 +261,8 @@ class Predictor:
         ph = (-h) % self.stride
         pw = (-w) % self.stride
         x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
-        if ph or pw:
-            mode = "reflect" if (ph < h and pw < w) else "replicate"
-            x = torch.nn.functional.pad(x, (0, pw, 0, ph), mode=mode)
+        if ph or pw:  # zero padding bottom/right, as training's validation does (train.forward_padded)
+            x = torch.nn.functional.pad(x, (0, pw, 0, ph))
         x = x.to(self.device)
         with torch.inference_mode():
             if tta:
