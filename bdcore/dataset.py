@@ -15,6 +15,7 @@ the epoch is taken from torch's per-iteration worker base seed (inside workers) 
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import logging
@@ -211,6 +212,7 @@ class ArrayCache:
         self.hits = 0
         self.misses = 0
         self._slots: dict[tuple, str] = {}  # memo of entry-name prefixes (plain strings: pickles fine)
+        self._warned = False
 
     def __repr__(self) -> str:
         return f"ArrayCache({str(self.root)!r})"
@@ -240,7 +242,7 @@ class ArrayCache:
         return self._entry("masks", image_path, slot, [_file_sig(image_path), _file_sig(labels_path)])
 
     # -- access
-    def _get(self, entry: Path, decode: Callable[[], np.ndarray], dtype=None) -> np.ndarray:
+    def _get(self, entry: Path, decode: Callable[[], np.ndarray], recheck: Callable[[], Path], dtype=None) -> np.ndarray:
         try:
             arr = np.load(entry, mmap_mode="r")
             self.hits += 1
@@ -253,16 +255,23 @@ class ArrayCache:
         arr = np.ascontiguousarray(decode())
         if dtype is not None:
             arr = arr.astype(dtype, copy=False)
-        entry.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(entry, lambda f: np.save(f, arr, allow_pickle=False))
+        if recheck() != entry:  # a source file changed while we decoded: use the pixels, cache nothing
+            return arr
+        try:
+            atomic_write(entry, lambda f: np.save(f, arr, allow_pickle=False))
+        except OSError as exc:  # read-only or full cache disk: train on, uncached
+            if not self._warned:
+                log.warning("cannot write the array cache under %s (%s); decoding every time", self.root, exc)
+                self._warned = True
+            return arr
         self._drop_stale(entry)
         return np.load(entry, mmap_mode="r")
 
     @staticmethod
     def _drop_stale(entry: Path) -> None:
-        """Remove older entries of the same source file (same name prefix, other key)."""
+        """Remove older entries of the same slot (same source file and options, other file version)."""
         prefix = entry.name.rsplit("-", 1)[0] + "-"
-        for other in entry.parent.glob(f"{prefix}*.npy"):
+        for other in entry.parent.glob(glob.escape(prefix) + "*.npy"):
             if other != entry and other.name.rsplit("-", 1)[0] + "-" == prefix:
                 try:
                     other.unlink()
@@ -274,12 +283,19 @@ class ArrayCache:
         from bdcore import imagery
 
         entry = self.image_entry(path, product, bands)
-        return self._get(entry, lambda: imagery.read_image(path, bands=bands))
+        return self._get(
+            entry, lambda: imagery.read_image(path, bands=bands), lambda: self.image_entry(path, product, bands)
+        )
 
     def mask(self, image_path, labels_path, boundary: bool = False, boundary_width: int = 3) -> np.ndarray:
         """uint8 mask (K,H,W) on the image grid, K=1 (footprint) or 2 (+ boundary band), read-only memmap."""
         entry = self.mask_entry(image_path, labels_path, boundary, boundary_width)
-        return self._get(entry, lambda: decode_mask(image_path, labels_path, boundary, boundary_width), np.uint8)
+        return self._get(
+            entry,
+            lambda: decode_mask(image_path, labels_path, boundary, boundary_width),
+            lambda: self.mask_entry(image_path, labels_path, boundary, boundary_width),
+            np.uint8,
+        )
 
     def clear(self) -> None:
         for kind in ("images", "masks"):
@@ -509,7 +525,7 @@ class SpaceNetSegmentation(Dataset):
         if not 0 <= index < len(self):
             raise IndexError(index)
         t = index // self.samples_per_tile
-        rng = self.item_rng(index)
+        rng = self.item_rng(index) if self.augment else None
         self._calls += 1
         img_src = self.raw_image(t)
         mask_src = self.raw_mask(t)

@@ -2,9 +2,11 @@
 
     python bench/data.py [--demo-tiles 200] [--epoch-tiles 1148] [--workers 2] [--link]
 
-1. tiles/s for decode + normalise + rasterize (image via ``imagery.read_image`` + ``normalize``, mask via
-   ``labels.tile_mask``) straight from GeoTIFF/GeoJSON vs from the cache (memmap + ``normalize``), on the real
-   Vegas sample and on a synthetic demo AOI (``demo.write_demo_aoi``, 650x650x3 uint16 tiles).
+1. tiles/s (and CPU ms/tile, which shared machines disturb less) for the dataset's whole-tile item: decode +
+   normalise + rasterize straight from GeoTIFF/GeoJSON (``cache=False``) vs from the cache (memmap + normalise),
+   on the real Vegas sample and on a synthetic demo AOI (``demo.write_demo_aoi``, 650x650x3 uint16 tiles).
+   ``decode_only_*``: the arrays alone (uint16 image + uint8 mask, no normalisation), i.e. what the cache replaces;
+   the full item also pays the per-sample normalisation (~1 ms/tile), which is the same on both paths.
 2. A full epoch over ``--epoch-tiles`` Paris-sized tiles (650x650x3 uint16) from the cache: the demo tiles' cache
    entries are replicated (copied; ``--link`` hard-links them) under new tile names, so no GeoTIFF is decoded.
    Timed as training (random 256 crops + augmentation through a DataLoader) and as validation (whole tiles).
@@ -37,47 +39,62 @@ def _pairs_from_catalog(cat, product="PS-RGB"):
     return [(str(r[product]), (str(r["labels"]) if isinstance(r["labels"], str) else None)) for _, r in rows.iterrows()]
 
 
-def _rate(fn, pairs, min_seconds: float) -> float:
-    n, t0 = 0, time.perf_counter()
+def _rate(fn, n_items: int, min_seconds: float) -> tuple[float, float]:
+    """(items per wall second, CPU ms per item) over whole passes lasting at least ``min_seconds``."""
+    n, t0, c0 = 0, time.perf_counter(), time.process_time()
     while True:
-        for p in pairs:
-            fn(*p)
+        for i in range(n_items):
+            fn(i)
             n += 1
         dt = time.perf_counter() - t0
         if dt >= min_seconds:
-            return n / dt
+            return n / dt, (time.process_time() - c0) / n * 1000
 
 
 def bench_paths(cat, label: str, min_seconds: float) -> dict:
-    from bdcore import imagery, labels
-    from bdcore.dataset import ArrayCache
+    """The dataset's own whole-tile item path (image decode + normalise, mask rasterize -> float tensors),
+    once with ``cache=False`` (GeoTIFF/GeoJSON every time) and once from the cache."""
+    from bdcore import imagery
+    from bdcore.dataset import ArrayCache, SpaceNetSegmentation
 
     stats = imagery.band_stats(cat, "PS-RGB")
-    pairs = _pairs_from_catalog(cat)
-    cache = ArrayCache()
-
-    def raw(img, lab):
-        x = imagery.normalize(imagery.read_image(img), stats)
-        m = labels.tile_mask(img, lab) if lab else np.zeros((1,) + x.shape[1:], np.uint8)
-        return x, m
-
-    def cold(img, lab):
-        return imagery.normalize(np.asarray(cache.image(img, "PS-RGB")), stats), np.asarray(cache.mask(img, lab))
-
+    ids = [t for t in cat.index if isinstance(cat.loc[t, "PS-RGB"], str)]
+    raw = SpaceNetSegmentation(cat, ids, crop_size=None, stats=stats, cache=False)
+    cached = SpaceNetSegmentation(cat, ids, crop_size=None, stats=stats, cache=ArrayCache())
     t0 = time.perf_counter()
-    for p in pairs:
-        cold(*p)  # first pass: decode + write the cache
-    first_pass = len(pairs) / (time.perf_counter() - t0)
-    raw_rate = _rate(raw, pairs, min_seconds)
-    cached_rate = _rate(cold, pairs, min_seconds)
+    for i in range(len(cached)):  # first pass: decode + write the cache
+        cached[i]
+    fill = len(cached) / (time.perf_counter() - t0)
+    for i in range(len(raw)):  # the raw path and the cache give the same items
+        a, b = raw[i], cached[i]
+        assert np.array_equal(a["image"].numpy(), b["image"].numpy()) and np.array_equal(a["mask"].numpy(), b["mask"].numpy())
+    from bdcore.dataset import decode_mask
+
+    def decode_raw(i):
+        return imagery.read_image(raw.image_paths[i]), decode_mask(raw.image_paths[i], raw.label_paths[i])
+
+    def decode_cached(i):  # materialised copies, so the memmap's lazy reads are paid for
+        return np.array(cached.raw_image(i)), np.array(cached.raw_mask(i))
+
+    dec_raw, dec_raw_cpu = _rate(decode_raw, len(raw), min_seconds)
+    dec_cached, dec_cached_cpu = _rate(decode_cached, len(cached), min_seconds)
+    raw_rate, raw_cpu = _rate(raw.__getitem__, len(raw), min_seconds)
+    cached_rate, cached_cpu = _rate(cached.__getitem__, len(cached), min_seconds)
     return {
         "set": label,
-        "tiles": len(pairs),
-        "shape": list(imagery.read_image(pairs[0][0]).shape),
+        "tiles": len(ids),
+        "shape": list(raw[0]["image"].shape),
         "raw_tiles_per_s": round(raw_rate, 1),
-        "cache_fill_tiles_per_s": round(first_pass, 1),
+        "raw_cpu_ms_per_tile": round(raw_cpu, 2),
+        "cache_fill_tiles_per_s": round(fill, 1),
         "cached_tiles_per_s": round(cached_rate, 1),
-        "speedup": round(cached_rate / raw_rate, 1),
+        "cached_cpu_ms_per_tile": round(cached_cpu, 2),
+        "speedup_wall": round(cached_rate / raw_rate, 1),
+        "speedup_cpu": round(raw_cpu / cached_cpu, 1),
+        "decode_only_raw_tiles_per_s": round(dec_raw, 1),
+        "decode_only_cached_tiles_per_s": round(dec_cached, 1),
+        "decode_only_speedup_wall": round(dec_cached / dec_raw, 1),
+        "decode_only_speedup_cpu": round(dec_raw_cpu / dec_cached_cpu, 1),
     }
 
 
@@ -123,6 +140,10 @@ def bench_epoch(rep, stats, workers: int) -> dict:
     out = {"tiles": len(rep)}
     train = SpaceNetSegmentation(rep, list(rep.index), crop_size=256, augment=True, stats=stats, seed=0)
     train.set_epoch(0)
+    t0 = time.perf_counter()
+    for i in range(len(train)):  # first touch of the freshly written entries (page cache, writeback)
+        train[i]
+    out["first_touch_pass_s"] = round(time.perf_counter() - t0, 2)
     for nw in sorted({0, workers}):
         g = torch.Generator().manual_seed(0)
         dl = DataLoader(train, batch_size=16, shuffle=True, num_workers=nw, generator=g)
@@ -156,6 +177,7 @@ def main(argv=None) -> int:
     ap.add_argument("--epoch-tiles", type=int, default=1148)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--min-seconds", type=float, default=3.0, help="time each rate over at least this long")
+    ap.add_argument("--torch-threads", type=int, default=1, help="torch intra-op threads in the main process")
     ap.add_argument("--link", action="store_true", help="hard-link replicated cache entries instead of copying")
     args = ap.parse_args(argv)
 
@@ -164,14 +186,19 @@ def main(argv=None) -> int:
         os.environ["BDCORE_CACHE_DIR"] = str(tmp / "cache")
         import torch
 
-        torch.set_num_threads(max(1, os.cpu_count() or 1))
+        # The data path needs no torch intra-op threads (DataLoader workers run with 1 thread too). With 2 threads
+        # on a busy 2-core machine, default_collate's torch.stack spins in OpenMP and a num_workers=0 epoch got
+        # ~6x slower, which measured the machine, not the pipeline.
+        torch.set_num_threads(args.torch_threads)
         from bdcore import catalog, demo, imagery
 
         result = {
+            "load_avg_1m_start": round(os.getloadavg()[0], 2),
             "python": platform.python_version(),
             "cpus": os.cpu_count(),
             "machine": platform.machine(),
             "page_cache": "warm",
+            "torch_threads": args.torch_threads,
             "sets": [],
         }
         if VEGAS.is_dir():
@@ -186,6 +213,7 @@ def main(argv=None) -> int:
         result["replicate_s"] = round(time.perf_counter() - t0, 1)
         result["epoch"] = bench_epoch(rep, imagery.band_stats(dcat, "PS-RGB"), args.workers)
         result["epoch"]["entries"] = "hard links" if args.link else "copies"
+        result["load_avg_1m_end"] = round(os.getloadavg()[0], 2)
     print(json.dumps(result, indent=2))
     return 0
 

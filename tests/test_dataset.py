@@ -215,6 +215,46 @@ def test_cache_recovers_from_corrupt_entry_and_missing_labels(tmp_path):
         cache.image(tmp_path / "nope.tif")
 
 
+def test_cache_unwritable_or_source_changing_still_gives_pixels(tmp_path, monkeypatch, caplog):
+    aoi = synth.make_aoi(tmp_path / "aoi", n_tiles=1, size=32, seed=6)
+    img_path = aoi.tiles[0].images["PS-RGB"]
+    truth = imagery.read_image(img_path)
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the cache folder should be")
+    cache = ArrayCache(blocker / "arrays")
+    np.testing.assert_array_equal(cache.image(img_path), truth)
+    np.testing.assert_array_equal(cache.image(img_path), truth)  # warns once, keeps working
+    assert cache.misses == 2 and sum("cannot write the array cache" in r.message for r in caplog.records) == 1
+
+    # the source is rewritten while it is being decoded: the result is not cached under the old key
+    real = imagery.read_image
+
+    def racing(path, bands=None, window=None):
+        out = real(path, bands=bands, window=window)
+        st = os.stat(path)
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10_000_000))
+        return out
+
+    monkeypatch.setattr(imagery, "read_image", racing)
+    cache = ArrayCache(tmp_path / "c")
+    np.testing.assert_array_equal(cache.image(img_path), truth)
+    assert not (tmp_path / "c" / "images").exists() or not list((tmp_path / "c" / "images").glob("*.npy"))
+
+
+def test_cache_names_with_glob_characters(tmp_path):
+    img = synth.write_geotiff(tmp_path / "tile[1]*.tif", np.full((3, 8, 8), 5, np.uint16))
+    other = synth.write_geotiff(tmp_path / "tile1x.tif", np.full((3, 8, 8), 9, np.uint16))
+    cache = ArrayCache(tmp_path / "c")
+    cache.image(other)
+    cache.image(img)
+    st = os.stat(img)
+    os.utime(img, ns=(st.st_atime_ns, st.st_mtime_ns + 10_000_000))
+    cache.image(img)  # replaces its own stale entry only
+    names = sorted(f.name for f in (tmp_path / "c" / "images").glob("*.npy"))
+    assert len(names) == 2 and sum(n.startswith("tile1x-") for n in names) == 1
+    assert int(cache.image(other)[0, 0, 0]) == 9
+
+
 # ------------------------------------------------------------------------------------------------ items
 
 
