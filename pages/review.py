@@ -63,7 +63,7 @@ m[1].metric("Pixel IoU", f"{summary['pixel_iou']:.3f}")
 m[2].metric("SpaceNet F1", f"{summary['F1Score']:.3f}")
 m[3].metric("Precision", f"{summary['Precision']:.3f}")
 m[4].metric("Recall", f"{summary['Recall']:.3f}")
-m[5].metric("TP / FP / FN", f"{summary['TruePos']} / {summary['FalsePos']} / {summary['FalseNeg']}")
+m[5].metric("TP · FP · FN", f"{summary['TruePos']}·{summary['FalsePos']}·{summary['FalseNeg']}")
 
 table = per_tile.sort_values(["f1", "pixel_iou"]).reset_index(drop=True)[
     ["tile_id", "pixel_iou", "f1", "precision", "recall", "tp", "fp", "fn", "n_truth", "n_pred"]]

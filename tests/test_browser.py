@@ -228,6 +228,7 @@ def test_train_stop_resume_review_predict(server, page):
     assert after[0] == before[-1] + 1, (before, after)  # step numbers continue where the run stopped
     page.get_by_role("button", name="Stop", exact=True).click()
     page.get_by_text("browser-run — state stopped").wait_for(timeout=120000)
+    page.locator(".js-plotly-plot").first.wait_for(timeout=30000)
     assert_clean(page)
     shot(page, "train_stopped")
 
