@@ -502,11 +502,15 @@ def delete_run(run_dir: str | os.PathLike) -> None:
 
 # ------------------------------------------------------------------------------------------------------ CLI
 
+def _int_or_none(text: str) -> int | None:
+    return None if text.strip().lower() in ("none", "null", "") else int(text)
+
+
 # RunConfig fields offered as flags, with their argparse types (values are validated by RunConfig itself).
 _CLI_FIELDS: dict[str, Any] = {
     "data_root": str, "product": str, "arch": str, "encoder": str, "encoder_weights": str, "epochs": int,
-    "batch_size": int, "crop_size": int, "lr": float, "weight_decay": float, "val_fraction": float, "split": str,
-    "schedule": str, "warmup_epochs": float, "seed": int, "device": str, "workers": int, "steps_per_epoch": int,
+    "batch_size": int, "crop_size": _int_or_none, "lr": float, "weight_decay": float, "val_fraction": float, "split": str,
+    "schedule": str, "warmup_epochs": float, "seed": int, "device": str, "workers": int, "steps_per_epoch": _int_or_none,
     "eval_every": int, "log_every": int, "grad_clip": float, "threshold": float, "samples_per_tile": int,
     "bce_weight": float, "dice_weight": float, "building_f1_tiles": int,
 }
@@ -563,7 +567,7 @@ def _follow(run_dir: Path, pid: int) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     RunConfig = _run_config_cls()
     cfg = RunConfig.load(args.config) if args.config else RunConfig()
-    updates = {k: getattr(args, k) for k in list(_CLI_FIELDS) + list(_BOOL_FIELDS) if getattr(args, k, None) is not None}
+    updates = {k: getattr(args, k) for k in list(_CLI_FIELDS) + list(_BOOL_FIELDS) if hasattr(args, k)}
     if updates:
         cfg = RunConfig.from_dict({**cfg.model_dump(), **updates}, source="command-line flags")
     run_dir = create_run(cfg, name=args.name)
@@ -614,9 +618,9 @@ def register_cli(sub) -> None:
     p.add_argument("--name", help="run id (default: timestamp + arch/encoder)")
     p.add_argument("--detach", action="store_true", help="print the run id and return; the run goes on")
     for name, typ in _CLI_FIELDS.items():
-        p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=typ, default=None)
+        p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=typ, default=argparse.SUPPRESS)
     for name in _BOOL_FIELDS:
-        p.add_argument(f"--{name}", dest=name, action=argparse.BooleanOptionalAction, default=None)
+        p.add_argument(f"--{name}", dest=name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS)
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("resume", help="resume a stopped/interrupted/failed run from last.pt")

@@ -253,6 +253,25 @@ def test_cli_runs_table_and_stop_errors(tmp_path, monkeypatch, capsys):
     assert main(["stop", "no-such-run"]) == 2
 
 
+def test_cli_train_foreground_and_detach(tmp_path, monkeypatch, capsys, fake_trainer):
+    from bdcore.cli import main
+
+    monkeypatch.setenv("BDCORE_RUNS_DIR", str(tmp_path / "runs"))
+    flags = ["--encoder", "resnet18", "--encoder-weights", "none", "--epochs", "2", "--steps-per-epoch", "3",
+             "--crop-size", "none"]
+    assert main(["train", "--name", "fg", *flags]) == 0  # foreground: follows the run to the end
+    out = capsys.readouterr().out
+    assert "fg" in out and "finished" in out and "epoch 2/2" in out
+    cfg = json.loads((tmp_path / "runs" / "fg" / "config.json").read_text())
+    assert cfg["crop_size"] is None and cfg["encoder_weights"] is None and cfg["steps_per_epoch"] == 3
+    assert main(["train", "--name", "bg", "--detach", *flags]) == 0
+    assert capsys.readouterr().out.strip() == "bg"
+    assert runs.wait_run(tmp_path / "runs" / "bg", timeout=30) == "finished"
+    assert main(["train", "--epochs", "0"]) == 2  # invalid config: one-line error, no run folder left behind
+    assert "epochs" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["bg", "fg"]
+
+
 # ------------------------------------------------------------------------------------------- the real trainer
 
 
