@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 SPLIT_METHODS = ("random", "blocked")
 AUTO_BLOCK_TILES = (8, 6, 4, 3, 2, 1)
+COMPACT_IF_BUFFER_OVER = 0.10  # scattered blocks losing more than this share of tiles: try one compact val region
 
 
 class SplitError(ValueError):
@@ -77,6 +78,9 @@ def split_tiles(
          ``touch_tolerance`` x the median tile side count as touching, which absorbs float noise in the
          footprints) is DROPPED as a buffer: it is in neither list;
       4. the rest is train.
+    With ``block_tiles=None``, when scattered blocks would drop more than 10 % of the tiles (small, dense AOIs such as
+    the 24-tile demo), one compact val region is grown instead (seeded start tile; each step adds the touching tile
+    that enlarges the buffer least) and kept if it drops fewer tiles.
     With ``return_buffer=True`` the result is ``(train_ids, val_ids, buffer_ids)``.
     The catalog needs a ``geometry`` column for ``blocked`` (any CRS; distances are in its units).
     """
@@ -101,21 +105,34 @@ def split_tiles(
         vs = set(val)
         out = ([t for t in order if t not in vs], val)
         return (*out, []) if return_buffer else out
+    if "geometry" not in getattr(catalog, "columns", ()):
+        raise SplitError("a blocked split needs tile footprints (a geometry column); use split: random or rebuild the catalog")
+    if any(g is None or g.is_empty for g in catalog.geometry.values):
+        raise SplitError("some tiles have no footprint geometry; a blocked split needs all of them (use split: random)")
     if block_tiles is not None:
         train, val, buffer = _blocked_split(catalog, ids, n_val, seed, block_tiles, touch_tolerance)
     else:
+        best = None
         min_blocks = max(10, int(np.ceil(3 / val_fraction)))
         for k in AUTO_BLOCK_TILES:
             try:
-                train, val, buffer = _blocked_split(
+                best = _blocked_split(
                     catalog, ids, n_val, seed, k, touch_tolerance, 1 if k == AUTO_BLOCK_TILES[-1] else min_blocks
                 )
             except SplitError:
-                if k == AUTO_BLOCK_TILES[-1]:
-                    raise
                 continue
-            if len(train) >= len(val) or k == AUTO_BLOCK_TILES[-1]:
+            if len(best[0]) >= len(best[1]):
                 break
+        if best is None or len(best[2]) > COMPACT_IF_BUFFER_OVER * len(ids):
+            try:
+                compact = _compact_split(catalog, ids, n_val, seed, touch_tolerance)
+            except SplitError:
+                if best is None:
+                    raise
+            else:
+                if best is None or len(compact[2]) < len(best[2]):
+                    best = compact
+        train, val, buffer = best
     return (train, val, buffer) if return_buffer else (train, val)
 
 
@@ -163,6 +180,51 @@ def _blocked_split(catalog, ids, n_val, seed, block_tiles, touch_tolerance, min_
             "lower val_fraction or block size, or use split: random"
         )
     return train, val, buffer
+
+
+def _neighbours(geoms: np.ndarray, tol: float) -> list[set[int]]:
+    from shapely import STRtree
+
+    a, b = STRtree(geoms).query(geoms, predicate="dwithin", distance=tol)
+    nb: list[set[int]] = [set() for _ in range(len(geoms))]
+    for i, j in zip(a.tolist(), b.tolist()):
+        if i != j:
+            nb[i].add(j)
+    return nb
+
+
+def _compact_split(catalog, ids, n_val, seed, touch_tolerance):
+    """One val region grown from a seeded random tile, always adding the touching tile that enlarges the buffer
+    least (ties broken by the seed); jumps to a new random start when a connected group is used up."""
+    geoms = np.asarray(catalog.geometry.values, dtype=object)
+    b = np.array([g.bounds for g in geoms], dtype=float)
+    side = float(np.median(np.maximum(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1])))
+    nb = _neighbours(geoms, touch_tolerance * side)
+    rng = np.random.default_rng(seed)
+    tie = rng.random(len(ids))  # fixed random tie-break order
+    order = sorted(range(len(ids)), key=lambda i: ids[i])
+    val: set[int] = set()
+    buffer: set[int] = set()
+    frontier: set[int] = set()
+    while len(val) < n_val:
+        cand = frontier - val
+        if not cand:
+            rest = [i for i in order if i not in val and i not in buffer]
+            if not rest:
+                break
+            cand = {rest[int(rng.integers(len(rest)))]}
+        pick = min(cand, key=lambda i: (len(nb[i] - val - buffer - {i}), tie[i]))
+        val.add(pick)
+        buffer.discard(pick)
+        buffer |= nb[pick] - val
+        frontier = (frontier | nb[pick]) - val
+    train = sorted(ids[i] for i in range(len(ids)) if i not in val and i not in buffer)
+    if not train:
+        raise SplitError(
+            f"blocked split left no train tiles ({len(val)} val, {len(buffer)} buffer of {len(ids)}); "
+            "lower val_fraction or use split: random"
+        )
+    return train, sorted(ids[i] for i in val), sorted(ids[i] for i in buffer)
 
 
 def tiles_touch(catalog, a: Iterable[str], b: Iterable[str], touch_tolerance: float = 0.01) -> list[tuple[str, str]]:

@@ -114,6 +114,18 @@ def test_blocked_split_no_touch_synthetic(rows, cols, k):
         assert all(touching_pairs_bruteforce(cat, [b], va, eps=1e-9) for b in bu)
 
 
+def test_blocked_split_small_dense_grid_keeps_most_tiles():
+    """A 6x4 AOI (like the 24-tile demo): a compact val region loses far fewer tiles than scattered blocks."""
+    cat = grid_catalog(4, 6, side=0.00175)
+    for seed in range(5):
+        tr, va, bu = split_tiles(cat, 0.2, seed=seed, method="blocked", return_buffer=True)
+        assert len(va) == 5 and len(tr) >= 10 and touching_pairs_bruteforce(cat, tr, va, eps=1e-9) == 0
+        scattered = split_tiles(cat, 0.2, seed=seed, method="blocked", block_tiles=1, return_buffer=True)
+        assert len(bu) <= len(scattered[2])
+    with pytest.raises(SplitError, match="no train tiles"):
+        split_tiles(grid_catalog(2, 2), 0.25, method="blocked")  # every tile touches every other
+
+
 def test_random_split_on_paris_has_touching_pairs_blocked_has_none(paris_tile_index):
     """The no-touch check is not vacuous: a random split on the real index leaks across edges, blocked does not."""
     cat = paris_catalog(paris_tile_index)
