@@ -188,9 +188,24 @@ def effective_state(run_dir: str | os.PathLike, status: dict | None = None) -> s
     if state in ACTIVE_STATES:
         if is_alive(run_dir):
             return state
-        launched = (run_dir / LAUNCH_NAME).exists() or status.get("pid")
-        return "interrupted" if launched else "queued"
+        if state == "running" or status.get("pid"):
+            return "interrupted"
+        # launched, but the trainer died before it ever reported (bad environment, import error, ...)
+        return "failed" if (run_dir / LAUNCH_NAME).exists() else "queued"
     return state
+
+
+def log_tail(run_dir: str | os.PathLike, lines: int = 1) -> str:
+    """Last non-empty lines of ``train.log`` (where a trainer that died early left its traceback)."""
+    try:
+        with open(Path(run_dir) / "train.log", "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 16384))
+            text = f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    kept = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("=== ")]
+    return "\n".join(kept[-lines:])
 
 
 # --------------------------------------------------------------------------------------------------- RunInfo
@@ -311,7 +326,8 @@ def run_info(run_dir: str | os.PathLike) -> RunInfo:
         device=status.get("device") or cfg.get("device"),
         config=config_summary(cfg),
         pid=pid,
-        error=status.get("error"),
+        error=status.get("error") or (
+            f"the trainer exited before reporting; train.log says: {log_tail(run_dir)}" if state == "failed" else None),
     )
 
 
@@ -483,9 +499,11 @@ def resume_run(run_dir: str | os.PathLike) -> int:
     if state == "finished":
         raise RunError(f"run {run_dir.name} is finished: all epochs done; start a new run to train longer")
     if not (run_dir / "last.pt").exists():
-        if state == "queued":
-            return launch(run_dir, resume=False)
-        raise RunError(f"run {run_dir.name} ({state}) has no last.pt to resume from: start a new run instead")
+        # nothing durable yet (it never finished a checkpoint): start over, keeping the old metrics aside
+        metrics = run_dir / "metrics.jsonl"
+        if metrics.exists():
+            os.replace(metrics, run_dir / f"metrics-before-restart-{int(time.time())}.jsonl")
+        return launch(run_dir, resume=False)
     return launch(run_dir, resume=True)
 
 

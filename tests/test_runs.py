@@ -240,6 +240,18 @@ def test_state_without_process_is_interrupted_not_running(tmp_path):
     assert info.state == "failed" and info.error == "boom"
 
 
+def test_trainer_dying_before_it_reports_is_failed_with_the_log_line(tmp_path, monkeypatch):
+    monkeypatch.setattr(runs, "TRAIN_MODULE", "bdcore_no_such_trainer_module")
+    run_dir = runs.create_run(_cfg(), name="r7", root=tmp_path)
+    runs.launch(run_dir)
+    assert runs.wait_run(run_dir, timeout=60) == "failed"
+    info = runs.run_info(run_dir)
+    assert "No module named bdcore_no_such_trainer_module" in info.error
+    # no checkpoint yet: resume starts it over (and fails again here, the same way)
+    runs.resume_run(run_dir)
+    assert runs.wait_run(run_dir, timeout=60) == "failed"
+
+
 def test_cli_runs_table_and_stop_errors(tmp_path, monkeypatch, capsys):
     from bdcore.cli import main
 
