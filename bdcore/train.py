@@ -557,7 +557,9 @@ def _train_loop(cfg, run_dir, resume, datasets, stop_at_step, dist_info, device,
     model = model.to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # fused AdamW (one kernel for all tensors) on CPU/CUDA; the per-tensor Python loop is a third of a CPU step
+    fast = {"fused": True} if device.type in ("cpu", "cuda") else {"foreach": True}
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, **fast)
     sched = make_scheduler(opt, cfg, steps)
     use_amp = cfg.amp and device.type == "cuda"
     amp_dtype = torch.bfloat16 if (use_amp and torch.cuda.is_bf16_supported()) else torch.float16
