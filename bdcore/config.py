@@ -62,7 +62,7 @@ class RunConfig(BaseModel):
     val_fraction: float = Field(0.2, gt=0.0, lt=1.0)
     split: Literal["random", "blocked"] = "random"
     crop_size: Optional[int] = Field(256, description="training crop (multiple of 32); None = full tiles")
-    samples_per_tile: int = Field(1, ge=1, description="random crops drawn per tile per pass")
+    samples_per_tile: int = Field(1, ge=1, description="random crops per train tile per epoch (distinct crops)")
     # optimisation
     batch_size: int = Field(8, ge=1)
     epochs: int = Field(10, ge=1)

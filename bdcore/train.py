@@ -306,6 +306,25 @@ def seg_loss(logits: torch.Tensor, target: torch.Tensor, cfg: RunConfig) -> torc
     return loss
 
 
+def make_optimizer(model: nn.Module, cfg: RunConfig, device: torch.device) -> torch.optim.Optimizer:
+    # fused AdamW (one kernel for all tensors) on CPU/CUDA; the per-tensor Python loop is a third of a CPU step
+    fast = {"fused": True} if device.type in ("cpu", "cuda") else {"foreach": True}
+    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, **fast)
+
+
+def make_amp(amp: bool, device: torch.device) -> tuple[Callable[[], Any], torch.amp.GradScaler]:
+    """(autocast context factory, grad scaler): bf16 autocast on CUDA (fp16 + loss scaling where bf16 is
+    missing), plain fp32 elsewhere."""
+    use_amp = bool(amp) and device.type == "cuda"
+    dtype = torch.bfloat16 if (use_amp and torch.cuda.is_bf16_supported()) else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and dtype == torch.float16)
+
+    def autocast():
+        return torch.autocast(device_type=device.type, dtype=dtype, enabled=use_amp)
+
+    return autocast, scaler
+
+
 def make_scheduler(opt: torch.optim.Optimizer, cfg: RunConfig, steps_per_epoch: int):
     total = max(1, cfg.epochs * steps_per_epoch)
     if cfg.schedule == "onecycle":
@@ -323,6 +342,24 @@ def make_scheduler(opt: torch.optim.Optimizer, cfg: RunConfig, steps_per_epoch: 
         return 0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * progress))
 
     return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, opt: torch.optim.Optimizer, sched: Any,
+               scaler: torch.amp.GradScaler, cfg: RunConfig, autocast: Callable[[], Any]) -> torch.Tensor:
+    """One optimisation step (forward under autocast, fp32 loss, backward, clip, step); returns the loss."""
+    with autocast():
+        logits = model(x)
+    loss = seg_loss(logits, y, cfg)
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if cfg.grad_clip > 0:
+        scaler.unscale_(opt)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    scaler.step(opt)
+    scaler.update()
+    if sched is not None:
+        sched.step()
+    return loss.detach()
 
 
 def forward_padded(model: nn.Module, x: torch.Tensor, multiple: int = 32) -> torch.Tensor:
@@ -526,6 +563,22 @@ def train(cfg: RunConfig, run_dir: str | os.PathLike, resume: bool = False, *,
                 dist.destroy_process_group()
 
 
+def _fit_samples_per_tile(train_ds: Any, cfg: RunConfig, world: int) -> None:
+    """Make every sample of an epoch a distinct random crop.
+
+    ``SpaceNetSegmentation`` seeds each item's crop/augmentation by (seed, epoch, index), so an index drawn twice
+    in one epoch repeats the same crop. An epoch of ``steps_per_epoch`` batches larger than one pass therefore
+    gets ``samples_per_tile`` raised so that one pass covers it (and ``cfg.samples_per_tile`` is honoured).
+    """
+    tiles = getattr(train_ds, "tile_ids", None)
+    if tiles is None or not hasattr(train_ds, "samples_per_tile") or not len(tiles):
+        return
+    want = max(int(train_ds.samples_per_tile), cfg.samples_per_tile)
+    if cfg.steps_per_epoch:
+        want = max(want, math.ceil(cfg.steps_per_epoch * cfg.batch_size * world / len(tiles)))
+    train_ds.samples_per_tile = want
+
+
 def _train_loop(cfg, run_dir, resume, datasets, stop_at_step, dist_info, device, status, metrics, stop,
                 last_path, best_path) -> dict:
     main = dist_info.main
@@ -542,6 +595,7 @@ def _train_loop(cfg, run_dir, resume, datasets, stop_at_step, dist_info, device,
 
         datasets = build_datasets(cfg)
     train_ds, val_ds = datasets
+    _fit_samples_per_tile(train_ds, cfg, dist_info.world)
     n_train = len(train_ds)
     steps = steps_in_epoch(n_train, cfg, dist_info.world)
     status.update(steps_per_epoch=steps, write=True)
@@ -557,16 +611,9 @@ def _train_loop(cfg, run_dir, resume, datasets, stop_at_step, dist_info, device,
     model = model.to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    # fused AdamW (one kernel for all tensors) on CPU/CUDA; the per-tensor Python loop is a third of a CPU step
-    fast = {"fused": True} if device.type in ("cpu", "cuda") else {"foreach": True}
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, **fast)
+    opt = make_optimizer(model, cfg, device)
     sched = make_scheduler(opt, cfg, steps)
-    use_amp = cfg.amp and device.type == "cuda"
-    amp_dtype = torch.bfloat16 if (use_amp and torch.cuda.is_bf16_supported()) else torch.float16
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
-
-    def autocast():
-        return torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=use_amp)
+    autocast, scaler = make_amp(cfg.amp, device)
 
     start_epoch, epoch_step, global_step, best_iou, elapsed0 = 0, 0, 0, -1.0, 0.0
     acc = {"epoch_loss": 0.0, "epoch_items": 0, "window_loss": 0.0, "window_steps": 0, "epoch_time": 0.0}
@@ -575,6 +622,11 @@ def _train_loop(cfg, run_dir, resume, datasets, stop_at_step, dist_info, device,
         sched.load_state_dict(ck["scheduler"])
         if ck.get("scaler"):
             scaler.load_state_dict(ck["scaler"])
+        if int(ck.get("steps_per_epoch", steps)) != steps:
+            raise TrainError(
+                f"{last_path}: the run had {ck['steps_per_epoch']} steps per epoch, the data now gives {steps} "
+                "(tiles or batch size changed); restore the data or start a new run"
+            )
         start_epoch, epoch_step, global_step = int(ck["epoch"]), int(ck["epoch_step"]), int(ck["step"])
         best_iou = float(ck.get("best_metric", -1.0))
         elapsed0 = float(ck.get("elapsed", 0.0))
@@ -647,17 +699,7 @@ def _train_loop(cfg, run_dir, resume, datasets, stop_at_step, dist_info, device,
             if device.type == "cuda":
                 x = x.contiguous(memory_format=torch.channels_last)
             lr = opt.param_groups[0]["lr"]
-            with autocast():
-                logits = ddp_model(x)
-            loss = seg_loss(logits, y, cfg)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if cfg.grad_clip > 0:
-                scaler.unscale_(opt)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            scaler.step(opt)
-            scaler.update()
-            sched.step()
+            loss = train_step(ddp_model, x, y, opt, sched, scaler, cfg, autocast)
             epoch_step += 1
             global_step += 1
             loss_v = float(loss.detach())
@@ -747,8 +789,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
         cfg = RunConfig.load(args.run_dir / "config.json")
+    except ValueError as exc:  # never started: say so in status.json too, so the app shows why
+        status_path = args.run_dir / STATUS_NAME
+        if status_path.parent.is_dir():
+            try:
+                old = json.loads(status_path.read_text())
+            except (OSError, ValueError):
+                old = {}
+            now = time.time()
+            atomic_write_json(status_path, {**old, "state": "failed", "error": str(exc), "pid": os.getpid(),
+                                            "heartbeat": now, "updated": now})
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
         result = train(cfg, args.run_dir, resume=args.resume)
-    except ValueError as exc:
+    except ValueError as exc:  # status.json already says failed, with this message
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0 if result["state"] in ("finished", "stopped") else 1

@@ -153,7 +153,7 @@ def test_learns_real_vegas_buildings(vegas_root, tmp_path):
     tr = SpaceNetSegmentation(cat, ids, crop_size=64, augment=True, stats=stats, seed=0)
     va = SpaceNetSegmentation(cat, ids, crop_size=None, augment=False, stats=stats, seed=0, pad_multiple=32)
     cfg = RunConfig(data_root=str(vegas_root), encoder="resnet18", encoder_weights=None, crop_size=64,
-                    batch_size=16, epochs=4, steps_per_epoch=10, workers=0, lr=3e-3, warmup_epochs=0.2,
+                    batch_size=16, epochs=4, steps_per_epoch=20, workers=0, lr=1e-3, warmup_epochs=0.2,
                     device="cpu", log_every=5, eval_every=4, building_f1_tiles=2)
     out = train(cfg, tmp_path / "run", datasets=(tr, va))
     assert out["state"] == "finished"
@@ -169,7 +169,7 @@ def test_learns_demo_aoi_on_held_out_tiles(tmp_path):
 
     root = write_demo_aoi(tmp_path / "demo", n_tiles=6, seed=0)
     cfg = RunConfig(data_root=str(root), encoder="resnet18", encoder_weights=None, crop_size=64, batch_size=16,
-                    epochs=4, steps_per_epoch=10, workers=0, lr=3e-3, warmup_epochs=0.2, val_fraction=0.34,
+                    epochs=4, steps_per_epoch=20, workers=0, lr=1e-3, warmup_epochs=0.2, val_fraction=0.34,
                     device="cpu", log_every=5, eval_every=4, building_f1_tiles=2)
     out = train(cfg, tmp_path / "run")
     last = out["last_epoch"]
@@ -179,9 +179,9 @@ def test_learns_demo_aoi_on_held_out_tiles(tmp_path):
 
 
 # --------------------------------------------------------------------------- resume
-@pytest.mark.parametrize("stop_step", [9, 12])  # mid-epoch (epoch 2, batch 3 of 6) and an epoch boundary
+@pytest.mark.parametrize("stop_step", [7, 4])  # mid-epoch (epoch 2, batch 3 of 4) and an epoch boundary
 def test_resume_is_exact(tiny_aoi, tmp_path, stop_step):
-    cfg = _tiny_cfg(tiny_aoi)
+    cfg = _tiny_cfg(tiny_aoi, epochs=3, steps_per_epoch=4)
     straight = train(cfg, tmp_path / "a")
     part = train(cfg, tmp_path / "b", stop_at_step=stop_step)
     assert part["state"] == "stopped" and part["step"] == stop_step
@@ -198,7 +198,7 @@ def test_resume_is_exact(tiny_aoi, tmp_path, stop_step):
     ra = _strip(read_metrics(tmp_path / "a" / "metrics.jsonl"))
     rb = _strip(read_metrics(tmp_path / "b" / "metrics.jsonl"))
     assert ra == rb
-    assert len(ra) == 3 * 6 + 3
+    assert len(ra) == 3 * 4 + 3
 
 
 def test_fresh_start_over_a_checkpoint_is_refused(tiny_aoi, tmp_path):
@@ -246,6 +246,8 @@ def test_module_entry_point_reports_bad_config_in_one_line(tmp_path, capsys):
     assert main(["--run-dir", str(run)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "config.json" in err and "unknown encoder 'resnet35'" in err
+    status = json.loads((run / "status.json").read_text())
+    assert status["state"] == "failed" and "resnet35" in status["error"]
 
 
 # --------------------------------------------------------------------------- processes and signals

@@ -1,0 +1,133 @@
+"""Training throughput: model-only (one batch already in device memory) vs the full pipeline
+(ArrayCache memmaps -> crop/augment in DataLoader workers -> host-to-device copy -> model), on the demo AOI.
+
+Both use ``bdcore.train.train_step`` (the trainer's exact step). Goal: pipeline >= 95 % of model-only.
+Prints one JSON object.
+
+    python bench/train.py                                  # CPU defaults (small)
+    python bench/train.py --device cuda --batch 16 --crop 512 --bf16 --channels-last --workers 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
+
+from bdcore.config import RunConfig  # noqa: E402
+from bdcore.models import model_from_config  # noqa: E402
+from bdcore.train import epoch_batches, make_amp, make_optimizer, resolve_device, train_step  # noqa: E402
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed_steps(step, batches, device, warmup: int) -> tuple[float, int]:
+    """Run ``step`` on each batch; time all but the first ``warmup`` (wall clock, device synced)."""
+    it = iter(batches)
+    for _ in range(warmup):
+        step(next(it))
+    _sync(device)
+    t0, n = time.perf_counter(), 0
+    for b in it:
+        n += int(step(b))
+    _sync(device)
+    return time.perf_counter() - t0, n
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--crop", type=int, default=128)
+    p.add_argument("--steps", type=int, default=12, help="timed steps per measurement")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1))
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None, help="default: on for CUDA")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="default: on for CUDA")
+    p.add_argument("--arch", default="Unet")
+    p.add_argument("--encoder", default="resnet34")
+    p.add_argument("--data-root", default="demo", help='AOI folder, or "demo" (written to the cache on first use)')
+    args = p.parse_args(argv)
+
+    device = resolve_device(args.device)
+    bf16 = args.bf16 if args.bf16 is not None else device.type == "cuda"
+    channels_last = args.channels_last if args.channels_last is not None else device.type == "cuda"
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    cfg = RunConfig(data_root=args.data_root, arch=args.arch, encoder=args.encoder, encoder_weights=None,
+                    crop_size=args.crop, batch_size=args.batch, workers=args.workers, amp=bf16, device=args.device)
+    from bdcore.dataset import build_datasets
+
+    train_ds, _ = build_datasets(cfg)
+    t0 = time.perf_counter()
+    if hasattr(train_ds, "warm_cache"):
+        train_ds.warm_cache()  # decode once, as after the first epoch of a run
+    warm_s = time.perf_counter() - t0
+
+    torch.manual_seed(0)
+    model = model_from_config(cfg, pretrained=False).to(device).train()
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(memory_format=fmt)
+    opt = make_optimizer(model, cfg, device)
+    autocast, scaler = make_amp(bf16, device)
+    total = args.warmup + args.steps
+
+    def step(batch) -> int:
+        x = batch["image"].to(device, non_blocking=True).contiguous(memory_format=fmt)
+        y = batch["mask"].to(device, non_blocking=True)
+        loss = train_step(model, x, y, opt, None, scaler, cfg, autocast)
+        float(loss)  # the trainer reads the loss every step too
+        return x.shape[0]
+
+    # model only: one batch, already on the device
+    one = next(iter(DataLoader(train_ds, batch_size=args.batch, shuffle=True)))
+    one = {"image": one["image"].to(device).contiguous(memory_format=fmt), "mask": one["mask"].to(device)}
+    model_s, model_n = _timed_steps(step, [one] * total, device, args.warmup)
+
+    # data only: how fast the loader alone produces batches
+    batches = epoch_batches(len(train_ds), args.batch, total, seed=0, epoch=0)
+    pin = device.type == "cuda"
+
+    def loader():
+        return DataLoader(train_ds, batch_sampler=batches, num_workers=args.workers, pin_memory=pin,
+                          prefetch_factor=4 if args.workers else None, persistent_workers=False)
+
+    t0 = time.perf_counter()
+    data_n = sum(b["image"].shape[0] for b in loader())
+    data_s = time.perf_counter() - t0
+
+    # full pipeline: the trainer's loader feeding the trainer's step
+    pipe_s, pipe_n = _timed_steps(step, loader(), device, args.warmup)
+
+    out = {
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else device.type,
+        "torch_threads": torch.get_num_threads(),
+        "arch": args.arch, "encoder": args.encoder, "batch": args.batch, "crop": args.crop,
+        "bf16": bf16, "channels_last": channels_last, "workers": args.workers, "timed_steps": args.steps,
+        "train_tiles": len(train_ds), "cache_warm_s": round(warm_s, 3),
+        "model_only_img_s": round(model_n / model_s, 3),
+        "pipeline_img_s": round(pipe_n / pipe_s, 3),
+        "data_only_img_s": round(data_n / data_s, 3),
+    }
+    out["pipeline_vs_model"] = round(out["pipeline_img_s"] / out["model_only_img_s"], 4)
+    out["goal_met"] = out["pipeline_vs_model"] >= 0.95
+    print(json.dumps(out, indent=2))
+    return out
+
+
+if __name__ == "__main__":
+    main()
