@@ -19,7 +19,7 @@ import streamlit as st  # noqa: E402
 from bdcore import viz  # noqa: E402
 from pages._shared import dataset_picker  # noqa: E402
 
-st.set_page_config(page_title="SpaceNet building workbench", page_icon="🏙️", layout="wide")
+st.set_page_config(page_title="SpaceNet building workbench", page_icon=":material/location_city:", layout="wide")
 
 
 @st.cache_resource
@@ -33,10 +33,10 @@ except FileNotFoundError as exc:
     st.warning(f"Maps will not render offline: {exc}")
 
 pages = [
-    st.Page("pages/explore.py", title="Explore", icon="🗺️", default=True),
-    st.Page("pages/train.py", title="Train", icon="🏋️"),
-    st.Page("pages/review.py", title="Review", icon="🔍"),
-    st.Page("pages/predict.py", title="Predict", icon="🏗️"),
+    st.Page("pages/explore.py", title="Explore", icon=":material/map:", default=True),
+    st.Page("pages/train.py", title="Train", icon=":material/model_training:"),
+    st.Page("pages/review.py", title="Review", icon=":material/fact_check:"),
+    st.Page("pages/predict.py", title="Predict", icon=":material/online_prediction:"),
 ]
 nav = st.navigation(pages)
 st.sidebar.title("SpaceNet building workbench")

@@ -668,7 +668,7 @@ def build_datasets(cfg) -> tuple[SpaceNetSegmentation, SpaceNetSegmentation]:
     stats = imagery.band_stats(cat, product=product)
     train = SpaceNetSegmentation(
         labelled, train_ids, product=product, crop_size=crop, augment=True, boundary=boundary, stats=stats, seed=seed,
-        pad_multiple=32,
+        pad_multiple=32, samples_per_tile=int(getattr(cfg, "samples_per_tile", 1) or 1),
     )
     val_ids = val_ids or train_ids[:0]
     if not val_ids:

@@ -193,7 +193,11 @@ def load_prediction(run_dir: str | os.PathLike, which: str, tile_id: str, comput
 
 def score_tile(prob: np.ndarray, image_path: str, labels_path: str | None, threshold: float = 0.5,
                min_area: float = 20.0) -> dict:
-    """Pixel metrics and SpaceNet building matching of one tile's probabilities (K,H,W in [0,1]) against its labels."""
+    """Pixel metrics and SpaceNet building matching of one tile's probabilities (K,H,W in [0,1]) against its labels.
+
+    A tile with no buildings and no prediction is scored as perfect (IoU, precision, recall, F1 = 1), not 0: the
+    model got it right, and the Review table must not list it among the worst tiles. Aggregates use summed counts
+    (``summarize``), which such a tile does not change."""
     from bdcore import imagery, labels, scoring
     from bdcore.polygons import mask_to_polygons
 
@@ -209,6 +213,10 @@ def score_tile(prob: np.ndarray, image_path: str, labels_path: str | None, thres
     props = mask_to_polygons(prob[0], threshold=threshold, min_area=min_area,
                              boundary=prob[1] if prob.shape[0] > 1 else None)
     m = scoring.match_buildings(truth_polys, [p for p, _ in props], [c for _, c in props], min_area=min_area)
+    if pix["tp"] + pix["fp"] + pix["fn"] == 0:
+        pix.update(iou=1.0, precision=1.0, recall=1.0, f1=1.0)
+    if m["tp"] + m["fp"] + m["fn"] == 0:
+        m.update(precision=1.0, recall=1.0, f1=1.0)
     return {
         "pixel_iou": pix["iou"], "pixel_precision": pix["precision"], "pixel_recall": pix["recall"],
         "pixel_f1": pix["f1"], "pixel_tp": int(pix["tp"]), "pixel_fp": int(pix["fp"]), "pixel_fn": int(pix["fn"]),

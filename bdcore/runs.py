@@ -94,9 +94,8 @@ def read_config(run_dir: str | os.PathLike) -> dict:
     return _read_json(Path(run_dir) / "config.json")
 
 
-def read_metrics(run_dir: str | os.PathLike, kind: str | None = None) -> list[dict]:
-    """Records of ``metrics.jsonl``; a partial or corrupt line (e.g. the one being written) is skipped."""
-    path = Path(run_dir) / "metrics.jsonl"
+def read_jsonl(path: str | os.PathLike, kind: str | None = None) -> list[dict]:
+    """Records of a metrics log; a partial or corrupt line (e.g. the one being written) is skipped."""
     out: list[dict] = []
     try:
         with open(path, "rb") as f:
@@ -114,6 +113,11 @@ def read_metrics(run_dir: str | os.PathLike, kind: str | None = None) -> list[di
         if isinstance(rec, dict) and (kind is None or rec.get("kind") == kind):
             out.append(rec)
     return out
+
+
+def read_metrics(run_dir: str | os.PathLike, kind: str | None = None) -> list[dict]:
+    """Records of the run's ``metrics.jsonl`` (optionally only ``kind`` = "step" or "epoch")."""
+    return read_jsonl(Path(run_dir) / "metrics.jsonl", kind)
 
 
 # -------------------------------------------------------------------------------------------------- liveness
@@ -589,6 +593,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if updates:
         cfg = RunConfig.from_dict({**cfg.model_dump(), **updates}, source="command-line flags")
     run_dir = create_run(cfg, name=args.name)
+    if args.create_only:  # e.g. for `torchrun ... -m bdcore.train --run-dir RUN_DIR`
+        print(run_dir)
+        return 0
     pid = launch(run_dir)
     if args.detach:
         print(run_dir.name)
@@ -635,6 +642,8 @@ def register_cli(sub) -> None:
     p.add_argument("--config", help="RunConfig YAML/JSON file; flags below override it")
     p.add_argument("--name", help="run id (default: timestamp + arch/encoder)")
     p.add_argument("--detach", action="store_true", help="print the run id and return; the run goes on")
+    p.add_argument("--create-only", action="store_true",
+                   help="write the run folder (config.json) and print its path without starting it (for torchrun)")
     for name, typ in _CLI_FIELDS.items():
         p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=typ, default=argparse.SUPPRESS)
     for name in _BOOL_FIELDS:

@@ -205,19 +205,9 @@ class MetricsLog:
 
 def read_metrics(path: str | Path) -> list[dict]:
     """Records of a metrics.jsonl (a torn last line is skipped)."""
-    out = []
-    try:
-        text = Path(path).read_text(encoding="utf-8", errors="replace")
-    except FileNotFoundError:
-        return out
-    for raw in text.splitlines():
-        try:
-            rec = json.loads(raw)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(rec, dict):
-            out.append(rec)
-    return out
+    from bdcore.runs import read_jsonl
+
+    return read_jsonl(path)
 
 
 # --------------------------------------------------------------------------- RNG
@@ -595,6 +585,10 @@ def _train_loop(cfg, run_dir, resume, datasets, stop_at_step, dist_info, device,
 
         datasets = build_datasets(cfg)
     train_ds, val_ds = datasets
+    # The normalisation the model was trained with travels in every checkpoint, so inference on another
+    # machine (no access to the training catalog) normalises exactly as training did.
+    band_stats = getattr(train_ds, "stats", None)
+    band_stats = band_stats.to_dict() if hasattr(band_stats, "to_dict") else None
     _fit_samples_per_tile(train_ds, cfg, dist_info.world)
     n_train = len(train_ds)
     steps = steps_in_epoch(n_train, cfg, dist_info.world)
@@ -663,6 +657,7 @@ def _train_loop(cfg, run_dir, resume, datasets, stop_at_step, dist_info, device,
             "scaler": scaler.state_dict(), "rng": rng_state(),
             "epoch": epoch_done, "epoch_step": in_epoch, "step": global_step, "steps_per_epoch": steps,
             "best_metric": best_iou, "elapsed": elapsed(), "accumulators": dict(acc), "time": time.time(),
+            "band_stats": band_stats,
         }
 
     def stop_now() -> bool:

@@ -123,3 +123,43 @@ def test_cli_evaluate(short_run, capsys):
     assert main(["evaluate", str(run_dir), "--tiles", "all"]) == 0
     out = capsys.readouterr().out
     assert "6 tiles" in out and "SpaceNet F1" in out
+
+
+def test_checkpoint_carries_training_band_stats_for_inference_elsewhere(short_run, tmp_path, monkeypatch):
+    """Inference normalises exactly as training did even where the training data is absent."""
+    import shutil
+
+    from bdcore.catalog import load_catalog
+    from bdcore.imagery import band_stats
+    from bdcore.models import load_checkpoint
+    from bdcore.predict import Predictor
+
+    run_dir, aoi, cfg = short_run
+    stats = band_stats(load_catalog(cfg.resolved_data_root()), product=cfg.product)
+    payload = load_checkpoint(run_dir / "last.pt")
+    assert payload["band_stats"]["lo"] == stats.lo and payload["band_stats"]["hi"] == stats.hi
+    # the checkpoint alone (copied away, data root unknown to it) still gives training's normalisation
+    ck = tmp_path / "moved.pt"
+    shutil.copy(run_dir / "last.pt", ck)
+    import bdcore.predict
+
+    monkeypatch.setattr(bdcore.predict, "training_band_stats", lambda cfg: None)  # the data is not on this machine
+    pred = Predictor.from_checkpoint(ck, device="cpu")
+    assert pred.normalization.source == "checkpoint"
+    assert list(pred.normalization.lo) == stats.lo and list(pred.normalization.hi) == stats.hi
+
+
+def test_empty_tile_predicted_empty_is_perfect_not_worst(tmp_path):
+    """No buildings and no prediction: per-tile scores are 1, so the Review table does not rank it worst."""
+    from synth import make_aoi
+
+    aoi = make_aoi(tmp_path / "aoi", n_tiles=2, size=64, seed=3, empty_tiles=[0])
+    t = aoi.tiles[0]
+    assert not t.boxes_px
+    row = E.score_tile(np.zeros((1, 64, 64), np.float32), str(t.images["PS-RGB"]), str(t.labels))
+    assert (row["pixel_iou"], row["f1"], row["n_truth"], row["n_pred"]) == (1.0, 1.0, 0, 0)
+    # one false building on that empty tile: precision 0, F1 0
+    prob = np.zeros((1, 64, 64), np.float32)
+    prob[0, 10:30, 10:30] = 1.0
+    row = E.score_tile(prob, str(t.images["PS-RGB"]), str(t.labels))
+    assert (row["pixel_iou"], row["f1"], row["fp"]) == (0.0, 0.0, 1)

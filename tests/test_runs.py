@@ -282,6 +282,11 @@ def test_cli_train_foreground_and_detach(tmp_path, monkeypatch, capsys, fake_tra
     assert main(["train", "--epochs", "0"]) == 2  # invalid config: one-line error, no run folder left behind
     assert "epochs" in capsys.readouterr().err
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["bg", "fg"]
+    # --create-only: the run folder for torchrun, nothing started
+    assert main(["train", "--name", "ddp", "--create-only", *flags]) == 0
+    assert capsys.readouterr().out.strip() == str(tmp_path / "runs" / "ddp")
+    info = runs.run_info(tmp_path / "runs" / "ddp")
+    assert info.state == "queued" and not (tmp_path / "runs" / "ddp" / "launch.json").exists()
 
 
 # ------------------------------------------------------------------------------------------- the real trainer
