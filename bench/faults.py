@@ -1,0 +1,336 @@
+"""Fault campaign: ``kill -9`` a real detached training run again and again, resume it each time, let it finish.
+
+A small run (demo AOI of a few tiles, Unet/resnet18 from scratch, crop 64, batch 2, CPU) is started with
+``runs.launch``; each trial kills the trainer's whole process group with SIGKILL at a random moment, some trials
+deliberately while ``last.pt`` is being written (the kill lands as soon as bdcore.atomic's temp file
+``.last.pt.*.tmp`` has reached a random fraction of a checkpoint's size), then ``runs.resume_run`` continues it.
+
+Per trial: step/epoch at the kill (metrics.jsonl is fsynced per step; status.json is up to one heartbeat old),
+the checkpoint step the resume starts from, steps/epochs lost, whether ``last.pt``/``best.pt`` load, which temp
+files the kill left and whether any survives the resume. At the end: every step 1..N logged exactly once, every
+epoch once, final state ``finished``, ``last.pt`` at step N.
+
+Goals: <= 1 epoch lost per kill, 0 corrupt files, 0 duplicated (or missing) steps.
+
+    python bench/faults.py [--trials 10] [--seed 0] [--json OUT] [--workdir DIR] [--keep]
+
+Prints one JSON document (also written to OUT with --json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bdcore import runs  # noqa: E402
+from bdcore.atomic import atomic_write_json  # noqa: E402
+from bdcore.config import RunConfig  # noqa: E402
+from bdcore.models import CheckpointError, load_checkpoint  # noqa: E402
+
+CHECKPOINTS = ("last.pt", "best.pt")
+POLL_S = 0.002  # checkpoint temp files live ~0.5 s; 2 ms polling lands the kill inside the write
+
+
+class CampaignError(RuntimeError):
+    """The campaign itself could not proceed (trainer failed on its own, a wait timed out)."""
+
+
+def tiny_config(data_root: Path, epochs: int, steps_per_epoch: int, **overrides: Any) -> RunConfig:
+    base = dict(data_root=str(data_root), arch="Unet", encoder="resnet18", encoder_weights=None, crop_size=64,
+                batch_size=2, epochs=epochs, steps_per_epoch=steps_per_epoch, workers=0, device="cpu",
+                log_every=1, val_fraction=0.2, building_f1_tiles=0, seed=0)
+    base.update(overrides)
+    return RunConfig(**base)
+
+
+# ------------------------------------------------------------------------------------------------ observation
+def temp_files(run_dir: Path) -> set[str]:
+    return {p.name for p in run_dir.glob(".*.tmp")}
+
+
+def checkpoint_state(path: Path, cfg: RunConfig) -> dict:
+    """{'exists', 'loads', 'step', 'epoch', 'error'} for one checkpoint file."""
+    if not path.exists():
+        return {"exists": False, "loads": None, "step": None, "epoch": None, "error": None}
+    try:
+        ck = load_checkpoint(path, expect=cfg)
+    except CheckpointError as exc:
+        return {"exists": True, "loads": False, "step": None, "epoch": None, "error": str(exc)[:300]}
+    return {"exists": True, "loads": True, "step": int(ck["step"]), "epoch": int(ck["epoch"]), "error": None}
+
+
+def last_logged(run_dir: Path, since: float = 0.0) -> Optional[dict]:
+    """The newest step/epoch record (by step) written at or after ``since`` (epoch seconds)."""
+    recs = [r for r in runs.read_metrics(run_dir) if float(r.get("time", 0)) >= since]
+    return max(recs, key=lambda r: (int(r.get("step", 0)), r.get("kind") == "epoch")) if recs else None
+
+
+def _log_tail(run_dir: Path, n: int = 15) -> str:
+    return runs.log_tail(run_dir, n)
+
+
+def _wait(pred: Callable[[], Any], run_dir: Path, timeout: float, what: str, poll: float = 0.02) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value:
+            return value
+        if not runs.is_alive(run_dir):
+            value = pred()
+            if value:
+                return value
+            raise CampaignError(f"trainer exited (state {runs.effective_state(run_dir)}) while waiting for {what}; "
+                                f"train.log:\n{_log_tail(run_dir)}")
+        if time.monotonic() > deadline:
+            raise CampaignError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(poll)
+
+
+def kill_group(run_dir: Path, pid: int, timeout: float = 30.0) -> None:
+    """SIGKILL the trainer's process group (launch() gives it its own session: pgid == pid), wait until gone."""
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    state = runs.wait_run(run_dir, timeout=timeout, poll=0.02)
+    if runs.is_alive(run_dir):
+        raise CampaignError(f"pid {pid} still alive {timeout:.0f} s after SIGKILL (state {state})")
+
+
+# ------------------------------------------------------------------------------------------------ kill moments
+def _kill_at_step(run_dir: Path, pid: int, since: float, target: int, step_s: float, rng: random.Random,
+                  timeout: float) -> dict:
+    """Wait until global step ``target`` is logged by this process, then a random fraction of a step more."""
+    _wait(lambda: (r := last_logged(run_dir, since)) and int(r["step"]) >= target, run_dir, timeout,
+          f"step {target}")
+    time.sleep(rng.uniform(0.0, step_s))
+    kill_group(run_dir, pid)
+    return {"moment": f"after step {target} + random fraction of a step", "target_step": target}
+
+
+def _kill_in_checkpoint_write(run_dir: Path, pid: int, known_tmp: set[str], rng: random.Random,
+                              timeout: float, names: tuple[str, ...] = ("last.pt",)) -> dict:
+    """Kill while one of ``names`` is being written (the first such write to start): as soon as its temp file
+    has a random fraction of a checkpoint's bytes (0 = the moment it appears)."""
+    sizes = [(run_dir / n).stat().st_size for n in CHECKPOINTS if (run_dir / n).exists()]
+    expect = sizes[0] if sizes else 0  # before the first checkpoint: kill the moment the temp file appears
+    frac = rng.choice([0.0, rng.uniform(0.05, 0.95)])
+    want = int(frac * expect)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        tmps = [p for n in names for p in run_dir.glob(f".{n}.*.tmp") if p.name not in known_tmp]
+        for tmp in tmps:
+            name = tmp.name[1:].rsplit(".", 2)[0]
+            try:
+                size = tmp.stat().st_size
+            except FileNotFoundError:  # renamed into place before we got there: wait for the next write
+                known_tmp.add(tmp.name)
+                continue
+            if size >= want:
+                kill_group(run_dir, pid)
+                try:
+                    size = tmp.stat().st_size
+                except FileNotFoundError:
+                    size = None
+                return {"moment": f"during {name} write", "tmp_bytes_at_kill": size,
+                        "tmp_fraction_at_kill": None if not expect or size is None else round(size / expect, 3)}
+        if not runs.is_alive(run_dir):
+            raise CampaignError(f"trainer exited (state {runs.effective_state(run_dir)}) before writing "
+                                f"{' or '.join(names)}; train.log:\n{_log_tail(run_dir)}")
+        time.sleep(POLL_S)
+    raise CampaignError(f"timed out after {timeout:.0f} s waiting for a {' or '.join(names)} write")
+
+
+# ------------------------------------------------------------------------------------------------ the campaign
+def run_campaign(workdir: str | os.PathLike, trials: int = 10, seed: int = 0, checkpoint_trials: Optional[int] = None,
+                 checkpoint_trial_ids: Optional[list[int]] = None,
+                 epochs: Optional[int] = None, steps_per_epoch: int = 4, n_tiles: int = 6,
+                 timeout: float = 300.0, log: Callable[[str], None] = lambda s: None, **overrides: Any) -> dict:
+    """Run the campaign in ``workdir`` (demo AOI + run folder go there); returns the report dict.
+
+    ``checkpoint_trials`` (default max(3, 30 % of trials), at most ``trials``; or the 0-based
+    ``checkpoint_trial_ids``) of the trials kill during a checkpoint write (``last.pt``; every other one the
+    epoch end's first write, ``best.pt`` when the epoch improved); the others at a random step
+    (1 .. 2 epochs - 1 past the resume point) plus a random fraction of a step. ``overrides`` go into the RunConfig.
+    """
+    from bdcore.demo import write_demo_aoi
+
+    t_campaign = time.time()
+    rng = random.Random(seed)
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    if checkpoint_trials is None:
+        checkpoint_trials = max(3, round(0.3 * trials))
+    if checkpoint_trial_ids is not None:  # explicit 0-based trial numbers (tests)
+        ck_trials = {int(i) for i in checkpoint_trial_ids if 0 <= int(i) < trials}
+    else:
+        ck_trials = set(rng.sample(range(trials), min(checkpoint_trials, trials)))
+    checkpoint_trials = len(ck_trials)
+    if epochs is None:  # random trials advance ~0.5 epoch on average, checkpoint-write trials never do
+        epochs = max(3, math.ceil((trials - checkpoint_trials) * 0.5) + 2)
+    S = steps_per_epoch
+    total_steps = epochs * S
+
+    aoi = workdir / "aoi"
+    if not aoi.exists():
+        write_demo_aoi(aoi, n_tiles=n_tiles, seed=seed)
+    cfg = tiny_config(aoi, epochs, S, **overrides)
+    run_dir = runs.create_run(cfg, name=f"faults-seed{seed}-{int(time.time())}", root=workdir / "runs")
+    log(f"run {run_dir} ({epochs} epochs x {S} steps), {trials} trials, {checkpoint_trials} during last.pt writes")
+
+    pid = runs.launch(run_dir)
+    since = time.time() - 1.0
+    resumed_from = 0
+    step_s = 0.3  # the random part of a random-step kill: up to about one CPU step past the target step
+    report_trials: list[dict] = []
+    corrupt = 0
+    for i in range(trials):
+        kind = "checkpoint-write" if i in ck_trials else "random-step"
+        known_tmp = temp_files(run_dir)
+        if kind == "checkpoint-write":
+            # every other one: the first checkpoint write of the epoch end (best.pt when the epoch improved)
+            n_ck = sum(1 for t in report_trials if t["kind"] == kind)
+            names = ("last.pt",) if n_ck % 2 == 0 else ("best.pt", "last.pt")
+            info = _kill_in_checkpoint_write(run_dir, pid, known_tmp, rng, timeout, names)
+        else:
+            # resume points are epoch ends (kill -9 never lets a mid-epoch checkpoint happen), so this stays
+            # at least one step past the resume point and short of the run's last step
+            target = min(resumed_from + rng.randint(1, 2 * S - 1), total_steps - 1)
+            info = _kill_at_step(run_dir, pid, since, target, step_s, rng, timeout)
+        t_kill, killed_pid = time.time(), pid
+        status = runs.read_status(run_dir)
+        rec = last_logged(run_dir) or {}
+        step_at_kill = int(rec.get("step", 0))
+        epoch_rec_at_kill = rec.get("kind") == "epoch"
+        cks = {n: checkpoint_state(run_dir / n, cfg) for n in CHECKPOINTS}
+        corrupt += sum(1 for c in cks.values() if c["loads"] is False)
+        tmp_at_kill = sorted(temp_files(run_dir))
+        last = cks["last.pt"]
+        new_from = last["step"] if last["loads"] else 0
+        # ---- resume
+        state_before = runs.effective_state(run_dir)
+        t_resume = time.time()
+        pid = runs.resume_run(run_dir)
+        since = t_resume
+        # the resumed trainer cleans temp files and truncates the log before its first step; wait for that step
+        first = _wait(lambda: (r := last_logged(run_dir, since)) and r, run_dir, timeout, "the first resumed step")
+        recovery_s = time.time() - t_resume
+        left = sorted(set(tmp_at_kill) & temp_files(run_dir))
+        lost = step_at_kill - new_from
+        trial = {
+            "trial": i + 1, "kind": kind, **info, "pid_killed": killed_pid,
+            "step_at_kill": step_at_kill, "epoch_at_kill": int(rec.get("epoch", 0)),
+            "epoch_record_at_kill": epoch_rec_at_kill,
+            "status_step_at_kill": status.get("step"), "state_after_kill": state_before,
+            "resumed_from_step": new_from, "resumed_from_epoch": last["epoch"] if last["loads"] else 0,
+            "restart_from_scratch": not last["exists"],
+            "steps_lost": lost, "epochs_lost": round(lost / S, 3),
+            "last_pt": {"exists": last["exists"], "loads": last["loads"], "step": last["step"]},
+            "best_pt": {"exists": cks["best.pt"]["exists"], "loads": cks["best.pt"]["loads"],
+                        "step": cks["best.pt"]["step"]},
+            "checkpoint_errors": [c["error"] for c in cks.values() if c["error"]],
+            "tmp_left_by_kill": tmp_at_kill, "tmp_left_after_resume": left,
+            "first_resumed_step": int(first.get("step", 0)), "recovery_s": round(recovery_s, 2),
+            "kill_to_resume_s": round(t_resume - t_kill, 2),
+        }
+        report_trials.append(trial)
+        log(f"trial {i + 1}/{trials} {kind}: killed at step {step_at_kill}, resumed from {new_from} "
+            f"(lost {lost} steps), tmp left {tmp_at_kill} -> {left}")
+        resumed_from = new_from
+
+    # ---- let it finish
+    state = runs.wait_run(run_dir, timeout=max(timeout, 60.0 * epochs), poll=0.2)
+    recs = runs.read_metrics(run_dir)
+    step_ids = [int(r["step"]) for r in recs if r.get("kind") == "step"]
+    epoch_ids = [int(r["epoch"]) for r in recs if r.get("kind") == "epoch"]
+    dup_steps = sorted({s for s in step_ids if step_ids.count(s) > 1})
+    missing_steps = sorted(set(range(1, total_steps + 1)) - set(step_ids))
+    dup_epochs = sorted({e for e in epoch_ids if epoch_ids.count(e) > 1})
+    missing_epochs = sorted(set(range(1, epochs + 1)) - set(epoch_ids))
+    final_cks = {n: checkpoint_state(run_dir / n, cfg) for n in CHECKPOINTS}
+    corrupt += sum(1 for c in final_cks.values() if c["loads"] is False)
+    status = runs.read_status(run_dir)
+    leftover_tmp = sorted(temp_files(run_dir))
+    max_epochs_lost = max((t["epochs_lost"] for t in report_trials), default=0.0)
+    final = {
+        "state": state, "status_state": status.get("state"), "status_step": status.get("step"),
+        "steps_logged": len(step_ids), "expected_steps": total_steps, "in_order": step_ids == sorted(step_ids),
+        "duplicated_steps": dup_steps, "missing_steps": missing_steps,
+        "duplicated_epochs": dup_epochs, "missing_epochs": missing_epochs,
+        "last_pt": {k: final_cks["last.pt"][k] for k in ("loads", "step", "epoch")},
+        "best_pt": {k: final_cks["best.pt"][k] for k in ("loads", "step", "epoch")},
+        "tmp_files_left": leftover_tmp,
+        "restarts_kept_aside": sorted(p.name for p in run_dir.glob("metrics-before-restart-*.jsonl")),
+    }
+    goals = {
+        "max_epochs_lost_per_kill": max_epochs_lost,
+        "total_steps_lost": sum(t["steps_lost"] for t in report_trials),
+        "corrupt_files": corrupt,
+        "duplicated_steps": len(dup_steps),
+        "missing_steps": len(missing_steps),
+        "tmp_left_after_resume": sum(len(t["tmp_left_after_resume"]) for t in report_trials) + len(leftover_tmp),
+        "checkpoint_write_kills": sum(1 for t in report_trials if t["kind"] == "checkpoint-write"),
+    }
+    goals["all_met"] = bool(
+        max_epochs_lost <= 1.0 and corrupt == 0 and not dup_steps and not missing_steps and not dup_epochs
+        and not missing_epochs and goals["tmp_left_after_resume"] == 0 and state == "finished"
+        and final_cks["last.pt"]["step"] == total_steps and step_ids == sorted(step_ids)
+    )
+    return {
+        "benchmark": "faults", "seed": seed, "trials_requested": trials,
+        "config": {k: v for k, v in cfg.model_dump(mode="json").items() if k != "data_root"} | {"n_tiles": n_tiles},
+        "run_dir": str(run_dir), "trials": report_trials, "final": final, "goals": goals,
+        "mean_recovery_s": round(sum(t["recovery_s"] for t in report_trials) / max(1, len(report_trials)), 2),
+        "wall_s": round(time.time() - t_campaign, 1),
+    }
+
+
+def main(argv: Optional[list[str]] = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--trials", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint-trials", type=int, default=None,
+                   help="trials killed during a last.pt write (default max(3, 30%% of trials))")
+    p.add_argument("--epochs", type=int, default=None, help="default: enough that the kills never finish the run")
+    p.add_argument("--steps-per-epoch", type=int, default=4)
+    p.add_argument("--tiles", type=int, default=6)
+    p.add_argument("--encoder", default="resnet18")
+    p.add_argument("--workdir", type=Path, default=None, help="default: a temp folder, removed unless --keep")
+    p.add_argument("--keep", action="store_true", help="keep the work folder (run folder, train.log)")
+    p.add_argument("--json", type=Path, default=None, help="also write the JSON document here")
+    p.add_argument("--quiet", action="store_true")
+    a = p.parse_args(argv)
+    if a.trials < 1:
+        p.error("--trials must be >= 1")
+    workdir = a.workdir or Path(tempfile.mkdtemp(prefix="bdcore-faults-"))
+    os.environ.setdefault("BDCORE_CACHE_DIR", str(workdir / "cache"))  # the trainer inherits it
+    os.environ.setdefault("BDCORE_RUNS_DIR", str(workdir / "runs"))
+    say = (lambda s: None) if a.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
+    try:
+        report = run_campaign(workdir, trials=a.trials, seed=a.seed, checkpoint_trials=a.checkpoint_trials,
+                              epochs=a.epochs, steps_per_epoch=a.steps_per_epoch, n_tiles=a.tiles, log=say,
+                              encoder=a.encoder)
+    finally:
+        if a.workdir is None and not a.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+    if a.json:
+        atomic_write_json(a.json, report)
+    print(json.dumps(report, indent=2))
+    return report
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main()["goals"]["all_met"] else 1)
