@@ -155,7 +155,8 @@ def _reason(exc: BaseException) -> str:
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
     for ln in lines:
         if "GLOBAL" in ln or "Unsupported" in ln:
-            return ln[:200]
+            # keep what was refused, not torch's advice to allow-list it (that would let the file run code)
+            return ln.split(". Please", 1)[0][:200]
     if not lines:
         return type(exc).__name__
     first = lines[0].split(". ")[0][:200]
@@ -207,6 +208,24 @@ def load_checkpoint(path: str | Path, expect: Optional[RunConfig | Mapping[str, 
     return ck
 
 
+def _state_dict_diff(model: nn.Module, state: Any) -> str:
+    """Why ``state`` does not fit ``model``, in a few words (counts and the first offending tensor)."""
+    if not isinstance(state, Mapping):
+        return f"weights are a {type(state).__name__}, not a state dict"
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [k for k in own if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(own[k].shape)]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} tensors missing, e.g. {missing[0]}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected, e.g. {unexpected[0]}")
+    if shapes:
+        parts.append(f"{len(shapes)} of another shape, e.g. {shapes[0]}")
+    return ", ".join(parts)
+
+
 def load_model(checkpoint_path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, RunConfig]:
     """Model (eval mode, on ``device``) and its RunConfig from a checkpoint, for inference."""
     ck = load_checkpoint(checkpoint_path)
@@ -214,7 +233,8 @@ def load_model(checkpoint_path: str | Path, device: str | torch.device = "cpu") 
     model = model_from_config(cfg, pretrained=False)
     try:
         model.load_state_dict(ck["model"])
-    except RuntimeError as exc:
-        raise CheckpointError(f"{checkpoint_path}: weights do not fit {_describe(ck)}: "
-                              f"{_reason(exc)}") from None
+    except (RuntimeError, TypeError, AttributeError) as exc:
+        raise CheckpointError(f"{checkpoint_path}: weights do not fit {_describe(ck)} "
+                              f"({_state_dict_diff(model, ck['model']) or _reason(exc)}); the file was saved "
+                              "from another architecture or edited: use the run's own best.pt/last.pt") from None
     return model.to(device).eval(), cfg

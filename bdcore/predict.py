@@ -324,15 +324,39 @@ def image_id_for(path: str | os.PathLike) -> str:
 
 
 def _open_raster(path: Path):
+    """Open the input GeoTIFF; a missing, non-GeoTIFF (e.g. a renamed PNG) or truncated file is a clear error."""
     import rasterio
-    from rasterio.errors import RasterioIOError
+    from rasterio.errors import RasterioError
+    from rasterio.windows import Window
 
     if not path.is_file():
         raise FileNotFoundError(f"input {path} not found")
     try:
-        return rasterio.open(path)
-    except RasterioIOError as exc:
-        raise PredictError(f"{path} is not a readable raster ({exc}); pass a GeoTIFF") from None
+        src = rasterio.open(path)
+    except RasterioError as exc:
+        raise PredictError(f"{path} is not a readable raster ({_first_line(exc)}); pass a GeoTIFF") from None
+    if src.driver not in ("GTiff", "COG"):
+        driver = src.driver
+        src.close()
+        raise PredictError(f"{path} is a {driver} file, not a GeoTIFF (renamed?); convert it to GeoTIFF "
+                           "(e.g. gdal_translate) or pass the original GeoTIFF")
+    try:  # one pixel of the last row: a truncated file parses but its last strips are missing
+        src.read(src.count, window=Window(src.width - 1, src.height - 1, 1, 1))
+    except RasterioError as exc:
+        src.close()
+        raise PredictError(_unreadable(path, exc)) from None
+    return src
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def _unreadable(path: Path, exc: BaseException) -> str:
+    why = _first_line(exc)
+    why = "" if "See previous exception" in why else f" ({why})"  # GDAL's generic wrapper says nothing
+    return f"{path}: pixel data cannot be read{why}; the file is truncated or corrupt, re-download or re-export it"
 
 
 def _sample_for_stats(src, max_side: int = 1024) -> np.ndarray:
@@ -435,10 +459,12 @@ def predict_geotiff(
     ``image_id``, ``n_buildings``, ``width``, ``height``, ``windows``, ``seconds``, ``normalization``.
     ``progress(done, total)`` is called after each batch of windows."""
     import rasterio
+    from rasterio.errors import RasterioError
     from rasterio.windows import Window
 
     t0 = time.perf_counter()
     input_path = Path(input_path)
+    _open_raster(input_path).close()  # a bad input fails before the (slow) model load
     predictor = checkpoint if isinstance(checkpoint, Predictor) else Predictor.from_checkpoint(
         checkpoint, device=device, batch_size=batch_size)
     if window % predictor.stride:
@@ -456,7 +482,10 @@ def predict_geotiff(
         H, W, nodata = src.height, src.width, src.nodata
         norm = predictor.normalization
         if norm.lo is None:
-            norm = norm.fitted_for(_sample_for_stats(src), nodata)
+            try:
+                norm = norm.fitted_for(_sample_for_stats(src), nodata)
+            except RasterioError as exc:
+                raise PredictError(_unreadable(input_path, exc)) from None
         elif len(norm.lo) != src.count:
             raise PredictError(f"checkpoint band stats have {len(norm.lo)} bands, {input_path} has {src.count}")
         rows, cols = window_starts(H, window, overlap), window_starts(W, window, overlap)
@@ -490,7 +519,10 @@ def predict_geotiff(
                     chunk = boxes[i : i + predictor.batch_size]
                     invalid = []
                     for j, (rr, c) in enumerate(chunk):
-                        src.read(window=Window(c, rr, ww, wh), out=raw)
+                        try:
+                            src.read(window=Window(c, rr, ww, wh), out=raw)
+                        except RasterioError as exc:
+                            raise PredictError(_unreadable(input_path, exc)) from None
                         norm.apply(raw, out=batch[j])
                         if nodata is not None:
                             invalid.append(np.all(raw == nodata, axis=0))

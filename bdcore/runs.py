@@ -66,6 +66,9 @@ def run_path(run: str | os.PathLike) -> Path:
             p = runs_dir() / validate_run_name(run)
         if not p.is_dir():
             raise RunError(f"no run {str(run)!r} in {runs_dir()}: list runs with `python -m bdcore runs`")
+    if not (p / "config.json").is_file():
+        raise RunError(f"{p} is not a run folder (no config.json): give a run id from `python -m bdcore runs` "
+                       "or a folder made by `python -m bdcore train`")
     return p
 
 
@@ -330,9 +333,18 @@ def run_info(run_dir: str | os.PathLike) -> RunInfo:
         device=status.get("device") or cfg.get("device"),
         config=config_summary(cfg),
         pid=pid,
-        error=status.get("error") or (
+        error=status.get("error") or status_problem(run_dir, status) or (
             f"the trainer exited before reporting; train.log says: {log_tail(run_dir)}" if state == "failed" else None),
     )
+
+
+def status_problem(run_dir: Path, status: dict | None = None) -> str | None:
+    """A message when ``status.json`` exists but cannot be read (the run's checkpoints are unaffected)."""
+    path = Path(run_dir) / "status.json"
+    if (status if status is not None else read_status(run_dir)) or not path.exists():
+        return None
+    return (f"{path} is unreadable (corrupt or not a JSON object); checkpoints and metrics are intact: "
+            f"`python -m bdcore resume {Path(run_dir).name}` rewrites it")
 
 
 def list_runs(root: str | os.PathLike | None = None) -> list[RunInfo]:
@@ -375,11 +387,15 @@ def create_run(cfg: Any, name: str | None = None, root: str | os.PathLike | None
         run_dir.mkdir(parents=True)
     except FileExistsError:
         raise RunError(f"run {name!r} already exists in {root}: pick another --name or resume it") from None
-    atomic_write_json(run_dir / "config.json", data)
-    atomic_write_json(
-        run_dir / "status.json",
-        {"state": "queued", "epoch": 0, "step": 0, "total_epochs": data.get("epochs"), "created": time.time()},
-    )
+    try:
+        atomic_write_json(run_dir / "config.json", data)
+        atomic_write_json(
+            run_dir / "status.json",
+            {"state": "queued", "epoch": 0, "step": 0, "total_epochs": data.get("epochs"), "created": time.time()},
+        )
+    except BaseException:  # e.g. disk full: leave no half-made run folder behind
+        shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     return run_dir
 
 
@@ -592,6 +608,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     updates = {k: getattr(args, k) for k in list(_CLI_FIELDS) + list(_BOOL_FIELDS) if hasattr(args, k)}
     if updates:
         cfg = RunConfig.from_dict({**cfg.model_dump(), **updates}, source="command-line flags")
+    if cfg.data_root.strip() not in ("", "demo"):  # refuse a bad data folder now, not in the detached trainer
+        from bdcore.catalog import load_catalog
+
+        load_catalog(cfg.resolved_data_root())
     run_dir = create_run(cfg, name=args.name)
     if args.create_only:  # e.g. for `torchrun ... -m bdcore.train --run-dir RUN_DIR`
         print(run_dir)
@@ -628,6 +648,9 @@ def _cmd_runs(args: argparse.Namespace) -> int:
         iou = i.metrics.get("val_iou")
         print(f"{i.run_id:<40} {i.state:<12} {f'{i.epoch}/{i.total_epochs}':>7} {i.progress * 100:5.1f}% "
               f"{'-' if iou is None else f'{iou:.3f}':>8} {_format_eta(i.eta_s):>8}  {i.config}")
+        problem = status_problem(i.path)
+        if problem:
+            print(f"  note: {problem}")
     return 0
 
 

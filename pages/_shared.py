@@ -16,7 +16,7 @@ from bdcore.paths import cache_dir
 
 DEMO = "demo"
 STATE_FILE = "app_state.json"
-USER_ERRORS = (ValueError, FileNotFoundError, PermissionError, NotADirectoryError)
+USER_ERRORS = (ValueError, OSError)  # domain errors, and disk full / permissions / missing files
 
 
 def _state_path() -> Path:

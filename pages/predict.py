@@ -40,7 +40,11 @@ if source == "Upload a GeoTIFF":
         if not input_path.exists():
             from bdcore.atomic import atomic_write_bytes
 
-            atomic_write_bytes(input_path, data)
+            try:
+                atomic_write_bytes(input_path, data)
+            except USER_ERRORS as exc:  # e.g. disk full: nothing half-written is left behind
+                st.error(f"Cannot store the upload {up.name}: {exc}")
+                input_path = None
 else:
     catalog = get_catalog(current_root())
     tid = st.selectbox("Tile", [str(t) for t in catalog.index], key="predict_tile")
