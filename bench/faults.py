@@ -12,7 +12,7 @@ epoch once, final state ``finished``, ``last.pt`` at step N.
 
 Goals: <= 1 epoch lost per kill, 0 corrupt files, 0 duplicated (or missing) steps.
 
-    python bench/faults.py [--trials 10] [--seed 0] [--json OUT] [--workdir DIR] [--keep]
+    python bench/faults.py [--trials 10] [--seed 0] [--json OUT] [--workdir DIR] [--keep] [--markdown]
 
 Prints one JSON document (also written to OUT with --json).
 """
@@ -158,13 +158,15 @@ def _kill_in_checkpoint_write(run_dir: Path, pid: int, known_tmp: set[str], rng:
 def run_campaign(workdir: str | os.PathLike, trials: int = 10, seed: int = 0, checkpoint_trials: Optional[int] = None,
                  checkpoint_trial_ids: Optional[list[int]] = None,
                  epochs: Optional[int] = None, steps_per_epoch: int = 4, n_tiles: int = 6,
-                 timeout: float = 300.0, log: Callable[[str], None] = lambda s: None, **overrides: Any) -> dict:
+                 timeout: float = 300.0, reference: bool = False, log: Callable[[str], None] = lambda s: None,
+                 **overrides: Any) -> dict:
     """Run the campaign in ``workdir`` (demo AOI + run folder go there); returns the report dict.
 
     ``checkpoint_trials`` (default max(3, 30 % of trials), at most ``trials``; or the 0-based
     ``checkpoint_trial_ids``) of the trials kill during a checkpoint write (``last.pt``; every other one the
     epoch end's first write, ``best.pt`` when the epoch improved); the others at a random step
-    (1 .. 2 epochs - 1 past the resume point) plus a random fraction of a step. ``overrides`` go into the RunConfig.
+    (1 .. 2 epochs - 1 past the resume point) plus a random fraction of a step. ``reference``: also train the
+    config uninterrupted and compare metrics and weights. ``overrides`` go into the RunConfig.
     """
     from bdcore.demo import write_demo_aoi
 
@@ -289,13 +291,65 @@ def run_campaign(workdir: str | os.PathLike, trials: int = 10, seed: int = 0, ch
         and not missing_epochs and goals["tmp_left_after_resume"] == 0 and state == "finished"
         and final_cks["last.pt"]["step"] == total_steps and step_ids == sorted(step_ids)
     )
+    ref = None
+    if reference:
+        log("training the same config uninterrupted for comparison")
+        ref = compare_with_reference(run_dir, cfg, workdir / "runs", max(timeout, 60.0 * epochs))
     return {
+        "reference": ref,
         "benchmark": "faults", "seed": seed, "trials_requested": trials,
         "config": {k: v for k, v in cfg.model_dump(mode="json").items() if k != "data_root"} | {"n_tiles": n_tiles},
         "run_dir": str(run_dir), "trials": report_trials, "final": final, "goals": goals,
         "mean_recovery_s": round(sum(t["recovery_s"] for t in report_trials) / max(1, len(report_trials)), 2),
         "wall_s": round(time.time() - t_campaign, 1),
     }
+
+
+def compare_with_reference(run_dir: Path, cfg: RunConfig, root: Path, timeout: float) -> dict:
+    """Train the same config once more without interruption (detached, like the campaign) and compare: the
+    trainer promises the same metrics (time fields aside) and the same weights however often it was killed."""
+    from bdcore.train import TIME_FIELDS
+
+    ref = runs.create_run(cfg, name=f"{run_dir.name}-reference", root=root)
+    runs.launch(ref)
+    state = runs.wait_run(ref, timeout=timeout, poll=0.2)
+
+    def strip(rd: Path) -> list[dict]:
+        return [{k: v for k, v in r.items() if k not in TIME_FIELDS} for r in runs.read_metrics(rd)]
+
+    got, want = strip(run_dir), strip(ref)
+    loss_diff = max((abs(float(a.get("loss", 0)) - float(b.get("loss", 0))) for a, b in zip(got, want)),
+                    default=None)
+    a, b = load_checkpoint(run_dir / "last.pt")["model"], load_checkpoint(ref / "last.pt")["model"]
+    w_diff = max(float((a[k].double() - b[k].double()).abs().max()) if a[k].numel() else 0.0 for k in a) \
+        if a.keys() == b.keys() else None
+    return {"reference_state": state, "metrics_identical": got == want, "records": [len(got), len(want)],
+            "max_loss_abs_diff": loss_diff, "max_weight_abs_diff": w_diff,
+            "weights_identical": w_diff == 0.0}
+
+
+def markdown_table(report: dict) -> str:
+    """The trials as a Markdown table (for docs/robustness.md)."""
+    rows = ["| # | kill moment | step (epoch) at kill | resumed from step | steps (epochs) lost | last.pt / best.pt "
+            "after kill | temp files left by kill -> after resume | resume to first step (s) |",
+            "|---|---|---|---|---|---|---|---|"]
+
+    def ck(c: dict) -> str:
+        return "absent" if not c["exists"] else ("loads" if c["loads"] else "CORRUPT")
+
+    for t in report["trials"]:
+        moment = t["moment"]
+        if t.get("tmp_fraction_at_kill") is not None:
+            moment += f" ({t['tmp_fraction_at_kill'] * 100:.0f} % written)"
+        elif t["kind"] == "checkpoint-write":
+            moment += " (as the temp file appeared)"
+        resumed = f"{t['resumed_from_step']}" + (" (restart: no last.pt yet)" if t["restart_from_scratch"] else "")
+        tmp = ", ".join(f"`{n}`" for n in t["tmp_left_by_kill"]) or "none"
+        after = ", ".join(f"`{n}`" for n in t["tmp_left_after_resume"]) or "none"
+        rows.append(f"| {t['trial']} | {moment} | {t['step_at_kill']} ({t['epoch_at_kill']}) | {resumed} | "
+                    f"{t['steps_lost']} ({t['epochs_lost']:g}) | {ck(t['last_pt'])} / {ck(t['best_pt'])} | "
+                    f"{tmp} -> {after} | {t['recovery_s']:.1f} |")
+    return "\n".join(rows)
 
 
 def main(argv: Optional[list[str]] = None) -> dict:
@@ -311,7 +365,10 @@ def main(argv: Optional[list[str]] = None) -> dict:
     p.add_argument("--workdir", type=Path, default=None, help="default: a temp folder, removed unless --keep")
     p.add_argument("--keep", action="store_true", help="keep the work folder (run folder, train.log)")
     p.add_argument("--json", type=Path, default=None, help="also write the JSON document here")
+    p.add_argument("--reference", action="store_true",
+                   help="also train uninterrupted and compare metrics/weights with the killed-and-resumed run")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--markdown", action="store_true", help="print the trials as a Markdown table on stderr too")
     a = p.parse_args(argv)
     if a.trials < 1:
         p.error("--trials must be >= 1")
@@ -322,6 +379,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
     try:
         report = run_campaign(workdir, trials=a.trials, seed=a.seed, checkpoint_trials=a.checkpoint_trials,
                               epochs=a.epochs, steps_per_epoch=a.steps_per_epoch, n_tiles=a.tiles, log=say,
+                              reference=a.reference,
                               encoder=a.encoder)
     finally:
         if a.workdir is None and not a.keep:
@@ -329,6 +387,8 @@ def main(argv: Optional[list[str]] = None) -> dict:
     if a.json:
         atomic_write_json(a.json, report)
     print(json.dumps(report, indent=2))
+    if a.markdown:
+        print(markdown_table(report), file=sys.stderr)
     return report
 
 
