@@ -154,9 +154,19 @@ def _kill_in_checkpoint_write(run_dir: Path, pid: int, known_tmp: set[str], rng:
     raise CampaignError(f"timed out after {timeout:.0f} s waiting for a {' or '.join(names)} write")
 
 
+def _kill_in_startup(run_dir: Path, pid: int, since: float, delay: float) -> dict:
+    """Kill ``delay`` s after the (re)launch, whatever the trainer is doing by then."""
+    time.sleep(max(0.0, since + delay - time.time()))
+    started = last_logged(run_dir, since) is not None
+    kill_group(run_dir, pid)
+    return {"moment": f"during start-up ({delay:.1f} s after launch" + (", first step already done)" if started
+                                                                         else ", before its first step)"),
+            "delay_s": round(delay, 2)}
+
+
 # ------------------------------------------------------------------------------------------------ the campaign
 def run_campaign(workdir: str | os.PathLike, trials: int = 10, seed: int = 0, checkpoint_trials: Optional[int] = None,
-                 checkpoint_trial_ids: Optional[list[int]] = None,
+                 checkpoint_trial_ids: Optional[list[int]] = None, startup_trials: int = 0,
                  epochs: Optional[int] = None, steps_per_epoch: int = 4, n_tiles: int = 6,
                  timeout: float = 300.0, reference: bool = False, log: Callable[[str], None] = lambda s: None,
                  **overrides: Any) -> dict:
@@ -165,7 +175,9 @@ def run_campaign(workdir: str | os.PathLike, trials: int = 10, seed: int = 0, ch
     ``checkpoint_trials`` (default max(3, 30 % of trials), at most ``trials``; or the 0-based
     ``checkpoint_trial_ids``) of the trials kill during a checkpoint write (``last.pt``; every other one the
     epoch end's first write, ``best.pt`` when the epoch improved); the others at a random step
-    (1 .. 2 epochs - 1 past the resume point) plus a random fraction of a step. ``reference``: also train the
+    (1 .. 2 epochs - 1 past the resume point) plus a random fraction of a step, except ``startup_trials`` of them
+    (never the first) which kill the resumed trainer during its start-up (imports, data, log truncation), at a
+    random 20-95 % of the previous resume's start-up time. ``reference``: also train the
     config uninterrupted and compare metrics and weights. ``overrides`` go into the RunConfig.
     """
     from bdcore.demo import write_demo_aoi
@@ -196,13 +208,19 @@ def run_campaign(workdir: str | os.PathLike, trials: int = 10, seed: int = 0, ch
     pid = runs.launch(run_dir)
     since = time.time() - 1.0
     resumed_from = 0
+    startup_s = 5.0  # launch -> first step, measured at each resume; start-up kills land inside it
+    srng = random.Random(seed + 1)  # start-up kills draw from their own stream (other trials keep their plan)
+    startup_ids = set(srng.sample(sorted(set(range(1, trials)) - ck_trials),
+                                  min(startup_trials, len(set(range(1, trials)) - ck_trials))))
     step_s = 0.3  # the random part of a random-step kill: up to about one CPU step past the target step
     report_trials: list[dict] = []
     corrupt = 0
     for i in range(trials):
-        kind = "checkpoint-write" if i in ck_trials else "random-step"
+        kind = "checkpoint-write" if i in ck_trials else ("start-up" if i in startup_ids else "random-step")
         known_tmp = temp_files(run_dir)
-        if kind == "checkpoint-write":
+        if kind == "start-up":
+            info = _kill_in_startup(run_dir, pid, since, srng.uniform(0.2, 0.95) * startup_s)
+        elif kind == "checkpoint-write":
             # every other one: the first checkpoint write of the epoch end (best.pt when the epoch improved)
             n_ck = sum(1 for t in report_trials if t["kind"] == kind)
             names = ("last.pt",) if n_ck % 2 == 0 else ("best.pt", "last.pt")
@@ -214,7 +232,8 @@ def run_campaign(workdir: str | os.PathLike, trials: int = 10, seed: int = 0, ch
             info = _kill_at_step(run_dir, pid, since, target, step_s, rng, timeout)
         t_kill, killed_pid = time.time(), pid
         status = runs.read_status(run_dir)
-        rec = last_logged(run_dir) or {}
+        # this process's newest record (older ones may still be there if it died before truncating the log)
+        rec = last_logged(run_dir, since) or {"step": resumed_from, "epoch": resumed_from // S}
         step_at_kill = int(rec.get("step", 0))
         epoch_rec_at_kill = rec.get("kind") == "epoch"
         cks = {n: checkpoint_state(run_dir / n, cfg) for n in CHECKPOINTS}
@@ -230,6 +249,7 @@ def run_campaign(workdir: str | os.PathLike, trials: int = 10, seed: int = 0, ch
         # the resumed trainer cleans temp files and truncates the log before its first step; wait for that step
         first = _wait(lambda: (r := last_logged(run_dir, since)) and r, run_dir, timeout, "the first resumed step")
         recovery_s = time.time() - t_resume
+        startup_s = recovery_s
         left = sorted(set(tmp_at_kill) & temp_files(run_dir))
         lost = step_at_kill - new_from
         trial = {
@@ -358,6 +378,8 @@ def main(argv: Optional[list[str]] = None) -> dict:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint-trials", type=int, default=None,
                    help="trials killed during a last.pt write (default max(3, 30%% of trials))")
+    p.add_argument("--startup-trials", type=int, default=2,
+                   help="trials killed while the resumed trainer starts up (before its first step)")
     p.add_argument("--epochs", type=int, default=None, help="default: enough that the kills never finish the run")
     p.add_argument("--steps-per-epoch", type=int, default=4)
     p.add_argument("--tiles", type=int, default=6)
@@ -379,7 +401,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
     try:
         report = run_campaign(workdir, trials=a.trials, seed=a.seed, checkpoint_trials=a.checkpoint_trials,
                               epochs=a.epochs, steps_per_epoch=a.steps_per_epoch, n_tiles=a.tiles, log=say,
-                              reference=a.reference,
+                              reference=a.reference, startup_trials=a.startup_trials,
                               encoder=a.encoder)
     finally:
         if a.workdir is None and not a.keep:
