@@ -1,0 +1,1 @@
+"""bdcore benchmarks: standalone scripts printing JSON, and ``python -m bench`` for the full report."""
