@@ -177,7 +177,7 @@ def run_campaign(workdir: str | os.PathLike, trials: int = 10, seed: int = 0, ch
     epoch end's first write, ``best.pt`` when the epoch improved); the others at a random step
     (1 .. 2 epochs - 1 past the resume point) plus a random fraction of a step, except ``startup_trials`` of them
     (never the first) which kill the resumed trainer during its start-up (imports, data, log truncation), at a
-    random 20-95 % of the previous resume's start-up time. ``reference``: also train the
+    random 10-60 % of the previous resume's launch-to-first-step time. ``reference``: also train the
     config uninterrupted and compare metrics and weights. ``overrides`` go into the RunConfig.
     """
     from bdcore.demo import write_demo_aoi
@@ -219,7 +219,7 @@ def run_campaign(workdir: str | os.PathLike, trials: int = 10, seed: int = 0, ch
         kind = "checkpoint-write" if i in ck_trials else ("start-up" if i in startup_ids else "random-step")
         known_tmp = temp_files(run_dir)
         if kind == "start-up":
-            info = _kill_in_startup(run_dir, pid, since, srng.uniform(0.2, 0.95) * startup_s)
+            info = _kill_in_startup(run_dir, pid, since, srng.uniform(0.1, 0.6) * startup_s)
         elif kind == "checkpoint-write":
             # every other one: the first checkpoint write of the epoch end (best.pt when the epoch improved)
             n_ck = sum(1 for t in report_trials if t["kind"] == kind)
