@@ -43,10 +43,14 @@ def check_encoder(name: str) -> str:
         return name
     names = encoder_names()
     if name not in names:
-        close = [n for n in names if n.split("_")[0][:4] == name[:4]][:8]
-        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        import difflib
+
+        close = difflib.get_close_matches(name, names, n=5, cutoff=0.6)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
         raise ValueError(
-            f"unknown encoder {name!r}{hint}; allowed: {', '.join(names)}, or 'tu-<timm model name>'"
+            f"unknown encoder {name!r}; {hint}use one of the {len(names)} smp encoders "
+            "(segmentation_models_pytorch.encoders.get_encoder_names(), e.g. resnet18, resnet34, resnet50, "
+            "efficientnet-b0) or 'tu-<timm model name>'"
         )
     return name
 
