@@ -616,21 +616,20 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.create_only:  # e.g. for `torchrun ... -m bdcore.train --run-dir RUN_DIR`
         print(run_dir)
         return 0
-    pid = launch(run_dir)
-    if args.detach:
-        print(run_dir.name)
-        return 0
-    print(f"run {run_dir.name} (pid {pid}, log {run_dir / 'train.log'})")
-    return _follow(run_dir, pid)
+    return _report_started(run_dir, launch(run_dir), args.detach, f"run {run_dir.name}")
 
 
 def _cmd_resume(args: argparse.Namespace) -> int:
     run_dir = run_path(args.run)
-    pid = resume_run(run_dir)
-    if args.detach:
+    return _report_started(run_dir, resume_run(run_dir), args.detach, f"resumed {run_dir.name}")
+
+
+def _report_started(run_dir: Path, pid: int, detach: bool, what: str) -> int:
+    """--detach: print the run id and return; else follow the run in the foreground until it ends."""
+    if detach:
         print(run_dir.name)
         return 0
-    print(f"resumed {run_dir.name} (pid {pid})")
+    print(f"{what} (pid {pid}, log {run_dir / 'train.log'})")
     return _follow(run_dir, pid)
 
 
