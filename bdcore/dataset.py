@@ -648,8 +648,6 @@ class SpaceNetSegmentation(Dataset):
         self.seed = int(seed) if seed is not None else int(torch.initial_seed()) & 0xFFFFFFFF
         self.epoch: int | None = None
         self._calls = 0
-        self._lo: np.ndarray | None = None
-        self._span: np.ndarray | None = None
 
     # -- bookkeeping
     def __len__(self) -> int:
@@ -698,14 +696,7 @@ class SpaceNetSegmentation(Dataset):
 
         if not np.issubdtype(arr.dtype, np.integer) or len(self.stats.lo) != arr.shape[0]:
             return np.asarray(imagery.normalize(arr, self.stats), dtype=np.float32)
-        if self._lo is None:
-            self._lo = np.asarray(self.stats.lo, np.float32)[:, None, None]
-            hi = np.asarray(self.stats.hi, np.float32)[:, None, None]
-            self._span = np.maximum(hi - self._lo, np.float32(1e-6))
-        out = arr.astype(np.float32)
-        out -= self._lo
-        out /= self._span
-        return np.clip(out, 0.0, 1.0, out=out)
+        return imagery.normalize_bands(arr, self.stats.lo, self.stats.hi)
 
     def _box(self, t: int, img_shape, mask_shape, rng) -> tuple[int, int, int, int, int, int]:
         """(y0, x0, ch, cw) of the sample window and the (out_h, out_w) it is padded to."""

@@ -309,6 +309,20 @@ def band_stats(
     return stats
 
 
+def normalize_bands(arr: np.ndarray, lo, hi, out: np.ndarray | None = None) -> np.ndarray:
+    """``(x - lo) / max(hi - lo, 1e-6)`` per band in float32, clipped to [0, 1], written into ``out`` if given.
+
+    The one model-input normalisation: training (``dataset``), inference (``predict``) and ``normalize`` all call
+    it, so a model sees bit-identical inputs in training and in prediction."""
+    lo = np.asarray(lo, np.float32).reshape(-1, 1, 1)
+    span = np.maximum(np.asarray(hi, np.float32).reshape(-1, 1, 1) - lo, np.float32(1e-6))
+    if out is None:
+        out = np.empty(arr.shape, np.float32)
+    np.subtract(arr, lo, out=out, casting="unsafe")
+    out /= span
+    return np.clip(out, 0.0, 1.0, out=out)
+
+
 def normalize(arr: np.ndarray, stats: BandStats, nodata: float | None = None) -> np.ndarray:
     """(x - lo) / (hi - lo) per band, clipped to [0, 1], float32; nodata/NaN pixels become 0."""
     arr = _as_chw(arr)
@@ -317,9 +331,7 @@ def normalize(arr: np.ndarray, stats: BandStats, nodata: float | None = None) ->
             f"image has {arr.shape[0]} bands but the {stats.product} band stats have {stats.bands}; "
             "compute stats for the product you are reading"
         )
-    lo = np.asarray(stats.lo, np.float32)[:, None, None]
-    span = np.maximum(np.asarray(stats.hi, np.float32)[:, None, None] - lo, np.float32(1e-6))
-    out = np.clip((arr.astype(np.float32) - lo) / span, 0.0, 1.0)
+    out = normalize_bands(arr, stats.lo, stats.hi)
     invalid = ~np.isfinite(out)
     if nodata is not None and not (isinstance(nodata, float) and np.isnan(nodata)):
         invalid |= arr == nodata

@@ -59,14 +59,9 @@ class Normalization:
         """Normalised float32 copy of ``arr`` (C,H,W), written into ``out`` if given (no temporaries)."""
         if self.lo is None or self.hi is None:
             raise RuntimeError("Normalization not fitted: call fitted_for() or pass lo/hi")
-        lo = self.lo.reshape(-1, 1, 1).astype(np.float32)
-        scale = 1.0 / np.maximum(self.hi.reshape(-1, 1, 1).astype(np.float32) - lo, np.float32(1e-6))
-        if out is None:
-            out = np.empty(arr.shape, np.float32)
-        np.subtract(arr, lo, out=out, casting="unsafe")
-        out *= scale
-        np.clip(out, 0.0, 1.0, out=out)
-        return np.nan_to_num(out, copy=False, nan=0.0)
+        from bdcore.imagery import normalize_bands
+
+        return np.nan_to_num(normalize_bands(arr, self.lo, self.hi, out=out), copy=False, nan=0.0)
 
     def fitted_for(self, sample: np.ndarray, nodata: float | None = None) -> "Normalization":
         """Per-image percentiles from a (decimated) sample of the image, when no training stats are known."""

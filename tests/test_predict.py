@@ -212,3 +212,18 @@ def test_memory_bounded_by_window_not_image(tmp_path):
     with rasterio.open(res["prob"]) as p:
         assert p.shape == (n, n)
         assert int(p.read(1, window=rasterio.windows.Window(1990, 1990, 20, 20)).min()) == round(0.7 * 255)
+
+
+def test_inference_normalisation_is_bit_identical_to_training():
+    """Prediction feeds the model exactly the values training fed it (one shared normalisation)."""
+    from bdcore.imagery import BandStats, normalize
+    from bdcore.predict import Normalization
+
+    rng = np.random.default_rng(0)
+    arr = rng.integers(0, 2048, size=(3, 97, 131), dtype=np.uint16)
+    stats = BandStats(product="PS-RGB", lo=[161.0, 203.5, 97.25], hi=[1399.0, 1511.75, 1203.0])
+    norm = Normalization(np.asarray(stats.lo, np.float64), np.asarray(stats.hi, np.float64), "checkpoint")
+    expected = normalize(arr, stats)
+    got = norm.apply(arr)
+    assert got.dtype == np.float32 and np.array_equal(got.view(np.uint32), expected.view(np.uint32))
+    assert expected.min() == 0.0 and expected.max() == 1.0  # both clip ends exercised
