@@ -317,8 +317,10 @@ def normalize_bands(arr: np.ndarray, lo, hi, out: np.ndarray | None = None) -> n
     lo = np.asarray(lo, np.float32).reshape(-1, 1, 1)
     span = np.maximum(np.asarray(hi, np.float32).reshape(-1, 1, 1) - lo, np.float32(1e-6))
     if out is None:
-        out = np.empty(arr.shape, np.float32)
-    np.subtract(arr, lo, out=out, casting="unsafe")
+        out = arr.astype(np.float32)  # faster than a mixed-type subtract into an empty buffer
+    else:
+        out[...] = arr
+    out -= lo
     out /= span
     return np.clip(out, 0.0, 1.0, out=out)
 
