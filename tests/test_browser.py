@@ -1,6 +1,6 @@
 """The real app in Debian chromium (Playwright) against `streamlit run app.py`, on the demo AOI.
 
-Screenshots of every page go to /work/screens/ (outside the repo) when that folder's parent exists.
+Screenshots of every page are saved when BDCORE_SCREENSHOTS names a folder (e.g. BDCORE_SCREENSHOTS=/tmp/screens).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
-SCREENS = Path("/work/screens")
+SCREENS = Path(os.environ["BDCORE_SCREENSHOTS"]) if os.environ.get("BDCORE_SCREENSHOTS") else None
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
         "--disable-sync", "--no-first-run"]
 
@@ -88,8 +88,8 @@ def page(browser):
 
 
 def shot(pg, name: str) -> None:
-    if SCREENS.parent.is_dir():
-        SCREENS.mkdir(exist_ok=True)
+    if SCREENS is not None:
+        SCREENS.mkdir(parents=True, exist_ok=True)
         pg.screenshot(path=str(SCREENS / f"{name}.png"), full_page=True)
 
 
