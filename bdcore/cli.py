@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "bdcore.download",   # download
     "bdcore.imagery",    # stats
     "bdcore.runs",       # train, resume, runs, stop
+    "bdcore.weights",    # weights pull, weights list
     "bdcore.evaluate",   # evaluate
     "bdcore.predict",    # predict
     "bdcore.scoring",    # score

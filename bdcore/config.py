@@ -20,6 +20,8 @@ PRODUCT_BANDS: dict[str, int] = {"PS-RGB": 3, "PS-MS": 8, "MS": 8, "PAN": 1}
 # Architectures the model factory knows (bdcore.models.ARCHITECTURES maps these to smp classes).
 ARCH_NAMES: tuple[str, ...] = ("Unet", "UnetPlusPlus", "FPN", "DeepLabV3Plus")
 SCHEDULES = ("cosine", "onecycle", "constant")
+# encoder_weights may name a local file with one of these suffixes (bdcore.weights reads it).
+WEIGHT_FILE_SUFFIXES = (".safetensors", ".pth", ".pt")
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
@@ -82,7 +84,8 @@ class RunConfig(BaseModel):
     # model
     arch: str = "Unet"
     encoder: str = "resnet34"
-    encoder_weights: Optional[str] = "imagenet"
+    encoder_weights: Optional[str] = Field(
+        "imagenet", description='"imagenet" (downloaded once, then cached), none, or a .safetensors/.pth file')
     boundary: bool = Field(False, description="second output channel: building boundary/contact band")
     # run
     seed: int = 0
@@ -133,12 +136,14 @@ class RunConfig(BaseModel):
     @classmethod
     def _weights_exist(cls, v: Optional[str], info: ValidationInfo) -> Optional[str]:
         encoder = info.data.get("encoder")
+        if v is not None and v.lower().endswith(WEIGHT_FILE_SUFFIXES):
+            return v  # a local weights file: read (and checked) when the model is built
         if v is not None and encoder and not encoder.startswith("tu-"):
             import segmentation_models_pytorch as smp
 
             settings = smp.encoders.encoders[encoder].get("pretrained_settings", {})
             if v not in settings:
-                allowed = ", ".join([*settings, "none"])
+                allowed = ", ".join([*settings, "none", "a .safetensors/.pth file"])
                 raise ValueError(f"encoder_weights {v!r} do not exist for {encoder}; allowed: {allowed}")
         return v
 

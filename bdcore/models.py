@@ -1,7 +1,7 @@
 """Model factory over segmentation-models-pytorch, and safe checkpoints.
 
-Pretrained encoder weights are only used when they are already in the local Hugging Face cache:
-a fresh or offline machine gets random init and one log line, never a hang on the network.
+Pretrained encoder weights come from ``bdcore.weights`` (cached, downloaded with a bounded network check, or a
+local file); when they cannot be had the model starts from random init and says so.
 Checkpoints hold plain tensors and containers only and are read with ``weights_only=True``, so
 a checkpoint file can never run code.
 """
@@ -9,7 +9,6 @@ a checkpoint file can never run code.
 from __future__ import annotations
 
 import logging
-import os
 import pickle
 import warnings
 from pathlib import Path
@@ -21,6 +20,7 @@ from torch import nn
 
 from bdcore.atomic import atomic_write
 from bdcore.config import ARCH_NAMES, RunConfig, check_encoder
+from bdcore.weights import ByteProgress, WeightsError, WeightsInfo, resolve_encoder_weights
 
 log = logging.getLogger(__name__)
 
@@ -41,36 +41,6 @@ class CheckpointError(ValueError):
 
 
 # --------------------------------------------------------------------------- pretrained weights
-def cached_encoder_weights(encoder: str, weights: str = "imagenet") -> Optional[Path]:
-    """Path of the encoder's pretrained safetensors in the local HF cache, or None (never downloads)."""
-    from huggingface_hub import try_to_load_from_cache
-
-    if encoder.startswith("tu-"):
-        import timm
-
-        try:
-            cfg = timm.models.get_pretrained_cfg(encoder[3:])
-        except Exception:  # noqa: BLE001 - unknown tag: simply not cached
-            return None
-        repo = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
-        revision = None
-    else:
-        settings = smp.encoders.encoders[encoder]["pretrained_settings"].get(weights)
-        if settings is None:
-            return None
-        repo, revision = settings["repo_id"], settings.get("revision")
-    if not repo:
-        return None
-    for rev in (revision, None):
-        try:
-            found = try_to_load_from_cache(repo, "model.safetensors", revision=rev)
-        except Exception:  # noqa: BLE001 - malformed cache: treat as absent
-            found = None
-        if isinstance(found, str) and os.path.isfile(found):
-            return Path(found)
-    return None
-
-
 def adapt_first_conv(pretrained: torch.Tensor, in_channels: int) -> torch.Tensor:
     """Fit RGB first-conv weights (out, 3, k, k) to ``in_channels`` bands.
 
@@ -88,60 +58,76 @@ def adapt_first_conv(pretrained: torch.Tensor, in_channels: int) -> torch.Tensor
     return (pretrained.sum(dim=1, keepdim=True) / in_channels).repeat(1, in_channels, *[1] * len(k))
 
 
-def load_pretrained_encoder(model: nn.Module, state: Mapping[str, torch.Tensor]) -> int:
-    """Copy a (RGB) encoder state dict into ``model.encoder``, adapting first-conv band counts.
+def _first_conv_fits(value: torch.Tensor, target: torch.Tensor) -> bool:
+    """A 4-D kernel that differs from ``target`` only in its input channels (RGB weights for an 8-band model)."""
+    return value.ndim == 4 and target.ndim == 4 and value.shape[0] == target.shape[0] \
+        and value.shape[2:] == target.shape[2:]
 
-    Returns the number of tensors loaded.
-    """
+
+def load_pretrained_encoder(model: nn.Module, state: Mapping[str, torch.Tensor], source: str = "weights") -> int:
+    """Copy an encoder state dict into ``model.encoder``, adapting first-conv band counts; returns tensors loaded.
+
+    Keys may be the encoder's own, prefixed ``encoder.`` (a whole smp model) or lack timm's ``model.`` prefix.
+    Tensors the encoder needs but ``state`` lacks, or has in another shape, are a ``WeightsError`` that names
+    them: a partial load would silently mix pretrained and random layers."""
     own = model.encoder.state_dict()
-    fitted = {}
+    fitted: dict[str, torch.Tensor] = {}
+    wrong: list[str] = []
     for key, value in state.items():
-        if key not in own:
-            continue
-        target = own[key]
-        if value.shape != target.shape and value.ndim == 4 and value.shape[0] == target.shape[0] \
-                and value.shape[2:] == target.shape[2:]:
+        base = key[len("encoder."):] if key.startswith("encoder.") else key
+        target_key = next((k for k in (base, f"model.{base}") if k in own), None)
+        if target_key is None:
+            continue  # e.g. a classifier head the encoder does not have
+        target = own[target_key]
+        if value.shape != target.shape and _first_conv_fits(value, target):
             value = adapt_first_conv(value, target.shape[1])
-        if value.shape == target.shape:
-            fitted[key] = value.to(target.dtype)
+        if value.shape != target.shape:
+            wrong.append(f"{target_key} (file {tuple(value.shape)}, model {tuple(target.shape)})")
+            continue
+        fitted[target_key] = value.to(target.dtype)
+    missing = [k for k in own if k not in fitted and not k.endswith("num_batches_tracked")
+               and not any(w.startswith(k + " ") for w in wrong)]
+    if missing or wrong:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} tensor(s) missing: {', '.join(missing[:5])}{' …' if len(missing) > 5 else ''}")
+        if wrong:
+            parts.append(f"{len(wrong)} of another shape: {', '.join(wrong[:5])}{' …' if len(wrong) > 5 else ''}")
+        raise WeightsError(f"{source}: does not fit the {type(model.encoder).__name__} encoder "
+                           f"({'; '.join(parts)}); use weights saved from this encoder")
     model.encoder.load_state_dict(fitted, strict=False)
     return len(fitted)
 
 
-def build_model(arch: str = "Unet", encoder: str = "resnet34", in_channels: int = 3, classes: int = 1,
-                encoder_weights: Optional[str] = "imagenet") -> nn.Module:
-    """An smp model; ImageNet encoder weights when cached locally, else random init (one log line)."""
+def create_model(arch: str = "Unet", encoder: str = "resnet34", in_channels: int = 3, classes: int = 1,
+                 encoder_weights: Optional[str] = "imagenet", progress: Optional[ByteProgress] = None,
+                 ) -> tuple[nn.Module, WeightsInfo]:
+    """An smp model and what its encoder got (see ``bdcore.weights``): downloaded, cached or local pretrained
+    weights, or random init with one log line when they cannot be had."""
     name = next((a for a in ARCHITECTURES if a.lower() == str(arch).lower()), None)
     if name is None:
         raise ValueError(f"unknown arch {arch!r}; allowed: {', '.join(ARCHITECTURES)}")
     check_encoder(encoder)
-    cls = ARCHITECTURES[name]
-    if encoder_weights and encoder.startswith("tu-"):
-        # timm loads its own weights (and adapts in_channels); only let it when they are cached.
-        if cached_encoder_weights(encoder) is not None:
-            os.environ.setdefault("HF_HUB_OFFLINE", "1")
-            return cls(encoder_name=encoder, encoder_weights=True, in_channels=in_channels, classes=classes)
-        log.info("no cached pretrained weights for %s: starting from random init", encoder)
-        os.environ["HF_HUB_OFFLINE"] = "1"
-        return cls(encoder_name=encoder, encoder_weights=None, in_channels=in_channels, classes=classes)
-
-    model = cls(encoder_name=encoder, encoder_weights=None, in_channels=in_channels, classes=classes)
-    if encoder_weights:
-        path = cached_encoder_weights(encoder, encoder_weights)
-        if path is None:
-            os.environ["HF_HUB_OFFLINE"] = "1"
-            log.info("no cached %s weights for %s (offline?): starting from random init", encoder_weights, encoder)
-        else:
-            from safetensors.torch import load_file
-
-            n = load_pretrained_encoder(model, load_file(str(path), device="cpu"))
-            log.info("loaded %s %s weights (%d tensors) from %s", encoder, encoder_weights, n, path)
-    return model
+    model = ARCHITECTURES[name](encoder_name=encoder, encoder_weights=None, in_channels=in_channels, classes=classes)
+    state, info = resolve_encoder_weights(encoder, encoder_weights, progress=progress)
+    if state is not None:
+        info.tensors = load_pretrained_encoder(model, state, source=info.path or str(encoder_weights))
+        log.info("encoder: %s (%d tensors)", info.summary(), info.tensors)
+    return model, info
 
 
-def model_from_config(cfg: RunConfig, pretrained: bool = True) -> nn.Module:
-    return build_model(cfg.arch, cfg.encoder, cfg.in_channels, cfg.classes,
-                       cfg.encoder_weights if pretrained else None)
+def build_model(arch: str = "Unet", encoder: str = "resnet34", in_channels: int = 3, classes: int = 1,
+                encoder_weights: Optional[str] = "imagenet") -> nn.Module:
+    """``create_model`` without the report."""
+    return create_model(arch, encoder, in_channels, classes, encoder_weights)[0]
+
+
+def model_from_config(cfg: RunConfig, pretrained: bool = True, progress: Optional[ByteProgress] = None,
+                      ) -> tuple[nn.Module, WeightsInfo]:
+    """The run's model and what its encoder got (``pretrained=False``: random init, e.g. before loading a
+    checkpoint)."""
+    return create_model(cfg.arch, cfg.encoder, cfg.in_channels, cfg.classes,
+                        cfg.encoder_weights if pretrained else None, progress=progress)
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -230,7 +216,7 @@ def load_model(checkpoint_path: str | Path, device: str | torch.device = "cpu") 
     """Model (eval mode, on ``device``) and its RunConfig from a checkpoint, for inference."""
     ck = load_checkpoint(checkpoint_path)
     cfg = RunConfig.from_dict(ck["config"], source=f"{checkpoint_path} (config)")
-    model = model_from_config(cfg, pretrained=False)
+    model, _ = model_from_config(cfg, pretrained=False)
     try:
         model.load_state_dict(ck["model"])
     except (RuntimeError, TypeError, AttributeError) as exc:

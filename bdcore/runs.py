@@ -236,6 +236,9 @@ class RunInfo:
     config: str = ""
     pid: int | None = None
     error: str | None = None
+    weights: str = ""                   # what the encoder got: WeightsInfo.summary() from status.json
+    weights_source: str | None = None   # downloaded | cached | local | random | none (None: not known yet)
+    phase: str | None = None   # e.g. "downloading encoder weights: 40/87 MB", "train", "eval"
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -317,7 +320,11 @@ def run_info(run_dir: str | os.PathLike) -> RunInfo:
         pid = int(status["pid"]) if status.get("pid") else None
     except (TypeError, ValueError):
         pid = None
+    got = status.get("weights") if isinstance(status.get("weights"), dict) else {}
     return RunInfo(
+        weights=str(got.get("summary") or ""),
+        weights_source=got.get("source"),
+        phase=status.get("phase") if state in ACTIVE_STATES else None,
         run_id=run_dir.name,
         path=run_dir,
         state=state,
@@ -572,6 +579,8 @@ def _progress_line(info: RunInfo) -> str:
     m = info.metrics
     bits = [f"{info.run_id}", info.state, f"epoch {info.epoch}/{info.total_epochs}", f"step {info.step}",
             f"{info.progress * 100:5.1f}%"]
+    if info.phase and info.phase not in ("train", "starting"):
+        bits.append(info.phase)
     if info.img_per_s:
         bits.append(f"{info.img_per_s:.1f} img/s")
     if m.get("val_iou") is not None:
@@ -641,12 +650,15 @@ def _cmd_runs(args: argparse.Namespace) -> int:
     if not infos:
         print(f"no runs in {runs_dir()}")
         return 0
-    header = f"{'RUN':<40} {'STATE':<12} {'EPOCH':>7} {'PROG':>6} {'VAL_IOU':>8} {'ETA':>8}  CONFIG"
+    header = f"{'RUN':<40} {'STATE':<12} {'EPOCH':>7} {'PROG':>6} {'VAL_IOU':>8} {'ETA':>8} {'WEIGHTS':<10}  CONFIG"
     print(header)
     for i in infos:
         iou = i.metrics.get("val_iou")
+        enc = i.weights_source or "-"
         print(f"{i.run_id:<40} {i.state:<12} {f'{i.epoch}/{i.total_epochs}':>7} {i.progress * 100:5.1f}% "
-              f"{'-' if iou is None else f'{iou:.3f}':>8} {_format_eta(i.eta_s):>8}  {i.config}")
+              f"{'-' if iou is None else f'{iou:.3f}':>8} {_format_eta(i.eta_s):>8} {enc:<10}  {i.config}")
+        if i.weights:
+            print(f"  weights: {i.weights}")
         problem = status_problem(i.path)
         if problem:
             print(f"  note: {problem}")

@@ -524,7 +524,7 @@ def train(cfg: RunConfig, run_dir: str | os.PathLike, resume: bool = False, *,
         "created": old_status.get("created", started), "state": "running", "pid": os.getpid(),
         "host": socket.gethostname(), "device": device_name(device), "world_size": dist_info.world,
         "epoch": 0, "step": 0, "total_epochs": cfg.epochs, "steps_per_epoch": None, "started": started,
-        "error": None, "resumed": bool(resume),
+        "error": None, "resumed": bool(resume), "weights": old_status.get("weights"), "phase": "starting",
     })
     metrics = MetricsLog(run_dir / METRICS_NAME, main)
     stop = StopFlag()
@@ -551,6 +551,16 @@ def train(cfg: RunConfig, run_dir: str | os.PathLike, resume: bool = False, *,
 
             if dist.is_initialized():
                 dist.destroy_process_group()
+
+
+def _weights_progress(status: StatusWriter) -> Callable[[int, Optional[int]], None]:
+    """Byte progress of an encoder-weights download → ``status.json`` ``phase`` (the heartbeat writes it)."""
+
+    def report(done: int, total: Optional[int]) -> None:
+        of = f"/{total / 1e6:.0f}" if total else ""
+        status.update(phase=f"downloading encoder weights: {done / 1e6:.0f}{of} MB")
+
+    return report
 
 
 def _fit_samples_per_tile(train_ds: Any, cfg: RunConfig, world: int) -> None:
@@ -599,7 +609,13 @@ def _train_loop(cfg, run_dir, resume, datasets, stop_at_step, dist_info, device,
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     seed_everything(cfg.seed, 0xB0C0)
-    model = model_from_config(cfg, pretrained=ck is None)
+    if ck is None:
+        status.update(phase="preparing encoder weights", write=True)
+    # Only rank 0 fetches pretrained weights: DDP broadcasts rank 0's parameters to every rank at construction.
+    model, got = model_from_config(cfg, pretrained=ck is None and main,
+                                   progress=_weights_progress(status) if main else None)
+    weights_record = got.to_dict() if ck is None else (ck.get("weights") or status.data.get("weights"))
+    status.update(weights=weights_record, phase="train", write=True)
     if ck is not None:
         model.load_state_dict(ck["model"])
     model = model.to(device)
@@ -657,7 +673,7 @@ def _train_loop(cfg, run_dir, resume, datasets, stop_at_step, dist_info, device,
             "scaler": scaler.state_dict(), "rng": rng_state(),
             "epoch": epoch_done, "epoch_step": in_epoch, "step": global_step, "steps_per_epoch": steps,
             "best_metric": best_iou, "elapsed": elapsed(), "accumulators": dict(acc), "time": time.time(),
-            "band_stats": band_stats,
+            "band_stats": band_stats, "weights": weights_record,
         }
 
     def stop_now() -> bool:

@@ -83,7 +83,7 @@ def main(argv=None) -> dict:
     warm_s = time.perf_counter() - t0
 
     torch.manual_seed(0)
-    model = model_from_config(cfg, pretrained=False).to(device).train()
+    model = model_from_config(cfg, pretrained=False)[0].to(device).train()
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt)
     opt = make_optimizer(model, cfg, device)

@@ -32,6 +32,8 @@ info = next(i for i in infos if i.run_id == run_id)
 available = [w for w in ("best", "last") if (info.path / f"{w}.pt").is_file()]
 which = c2.radio("Checkpoint", available, horizontal=True, key="review_which")
 threshold = c3.slider("Threshold", 0.05, 0.95, 0.5, 0.05, key="review_threshold")
+if info.weights:  # what the encoder started from: pretrained or random init makes a large difference
+    (st.warning if info.weights_source == "random" else st.caption)(f"Encoder weights of this run: {info.weights}")
 
 
 def _evaluate(run_dir: str, which: str, key: str, threshold: float):

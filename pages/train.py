@@ -11,6 +11,7 @@ import pandas as pd  # noqa: E402
 import streamlit as st  # noqa: E402
 
 from bdcore import viz  # noqa: E402
+from bdcore.config import ARCH_NAMES, PRODUCT_BANDS  # noqa: E402
 from pages._shared import USER_ERRORS, current_root, get_catalog, rerun_fragment, root_label  # noqa: E402
 
 ENCODERS = ["resnet18", "resnet34", "resnet50", "efficientnet-b0", "efficientnet-b3", "mobilenet_v2", "timm-regnety_016"]
@@ -32,30 +33,48 @@ root = current_root()
 catalog = get_catalog(root)
 has_gpu, device_name = device_info()
 
-# ----------------------------------------------------------------------------------------------- the run form
-with st.form("run_form"):
-    st.markdown(f"**New run** on {root_label(root)} ({len(catalog):,} tiles)")
-    c = st.columns(4)
-    from bdcore.config import ARCH_NAMES, PRODUCT_BANDS
 
-    arch = c[0].selectbox("Architecture", ARCH_NAMES, key="f_arch")
-    encoder = c[1].selectbox("Encoder", ENCODERS, index=1, key="f_encoder", accept_new_options=True)
-    weights = c[2].selectbox("Encoder weights", ["imagenet", "none"], key="f_weights",
-                             help="ImageNet weights are used only if cached locally (offline); else random init")
+@st.cache_data(ttl=60, show_spinner=False)
+def weights_outlook(encoder: str, weights: str | None) -> tuple[bool, str]:
+    """Can the chosen weights be had (cached, downloadable, a local file)? Probed at most once a minute."""
+    from bdcore.weights import availability
+
+    return availability(encoder, weights)
+
+
+# ----------------------------------------------------------------------------------------------- the run form
+st.markdown(f"**New run** on {root_label(root)} ({len(catalog):,} tiles)")
+# The model row sits outside the form so that the weights check below updates before Start is pressed.
+c = st.columns(4)
+arch = c[0].selectbox("Architecture", ARCH_NAMES, key="f_arch")
+encoder = c[1].selectbox("Encoder", ENCODERS, index=1, key="f_encoder", accept_new_options=True)
+weights = c[2].selectbox("Encoder weights", ["imagenet", "none", "local file"], key="f_weights",
+                         help="imagenet: downloaded once from the Hugging Face hub, then cached; "
+                              "local file: a .safetensors/.pth encoder state dict on this machine")
+weights_file = c[3].text_input("Weights file", key="f_weights_file", disabled=weights != "local file",
+                               placeholder="/path/to/encoder.safetensors")
+chosen_weights = {"none": None, "local file": weights_file.strip() or None}.get(weights, weights)
+if weights == "local file" and not chosen_weights:
+    st.warning("Give the path of a .safetensors or .pth encoder weights file, or pick imagenet / none.")
+elif chosen_weights:
+    ok, outlook = weights_outlook(encoder, chosen_weights)
+    (st.caption if ok else st.warning)(f"Encoder weights: {outlook}")
+
+with st.form("run_form"):
+    c = st.columns(4)
     products = [p for p in PRODUCT_BANDS if p in catalog.columns and catalog[p].notna().any()] or ["PS-RGB"]
-    product = c[3].selectbox("Bands / product", products, key="f_product",
+    product = c[0].selectbox("Bands / product", products, key="f_product",
                              format_func=lambda p: f"{p} ({PRODUCT_BANDS[p]} bands)")
-    c = st.columns(4)
-    epochs = c[0].number_input("Epochs", 1, 1000, 10, key="f_epochs")
-    batch = c[1].number_input("Batch size", 1, 256, 8, key="f_batch")
-    crop = c[2].selectbox("Crop", CROPS, index=2, key="f_crop")
-    lr = c[3].number_input("Learning rate", 1e-6, 1.0, 1e-3, format="%.5f", key="f_lr")
-    c = st.columns(4)
-    val_fraction = c[0].number_input("Val fraction", 0.05, 0.9, 0.2, 0.05, key="f_val")
-    split = c[1].selectbox("Split", ["random", "blocked"], key="f_split",
+    epochs = c[1].number_input("Epochs", 1, 1000, 10, key="f_epochs")
+    batch = c[2].number_input("Batch size", 1, 256, 8, key="f_batch")
+    crop = c[3].selectbox("Crop", CROPS, index=2, key="f_crop")
+    c = st.columns(5)
+    lr = c[0].number_input("Learning rate", 1e-6, 1.0, 1e-3, format="%.5f", key="f_lr")
+    val_fraction = c[1].number_input("Val fraction", 0.05, 0.9, 0.2, 0.05, key="f_val")
+    split = c[2].selectbox("Split", ["random", "blocked"], key="f_split",
                            help="blocked: no val tile touches a train tile")
-    seed = c[2].number_input("Seed", 0, 2**31 - 1, 0, key="f_seed")
-    device = c[3].selectbox("Device", ["auto", "cuda", "cpu"], key="f_device")
+    seed = c[3].number_input("Seed", 0, 2**31 - 1, 0, key="f_seed")
+    device = c[4].selectbox("Device", ["auto", "cuda", "cpu"], key="f_device")
     with st.expander("Advanced"):
         c = st.columns(4)
         steps_per_epoch = c[0].number_input("Steps per epoch (0 = one pass)", 0, 100000, 0, key="f_spe")
@@ -82,7 +101,7 @@ if submitted:
             raise ValueError("device cuda was asked for, but torch sees no GPU on this machine. Fix: pick auto or cpu.")
         cfg = RunConfig(
             data_root="demo" if root == "demo" else root, product=product, arch=arch, encoder=encoder,
-            encoder_weights=None if weights == "none" else weights, epochs=int(epochs), batch_size=int(batch),
+            encoder_weights=chosen_weights, epochs=int(epochs), batch_size=int(batch),
             crop_size=None if crop == "full tile" else int(crop), lr=float(lr), val_fraction=float(val_fraction),
             split=split, seed=int(seed), device=device, steps_per_epoch=int(steps_per_epoch) or None,
             log_every=int(log_every), workers=int(workers), boundary=bool(boundary),
@@ -153,7 +172,9 @@ def runs_panel() -> None:
         "run": i.run_id, "state": i.state, "progress": i.progress,
         "epoch": f"{i.epoch}/{i.total_epochs}", "step": i.step, "ETA": _fmt_eta(i.eta_s) if i.state == "running" else "—",
         "img/s": None if i.img_per_s is None else round(i.img_per_s, 1),
-        "val IoU": i.metrics.get("val_iou"), "val F1": i.metrics.get("val_f1"), "config": i.config,
+        "val IoU": i.metrics.get("val_iou"), "val F1": i.metrics.get("val_f1"),
+        "weights": i.weights_source or "—",
+        "config": i.config,
     } for i in infos])
     st.dataframe(table, hide_index=True, column_config={
         "progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0, format="percent"),
@@ -167,6 +188,10 @@ def runs_panel() -> None:
     st.markdown(f"**{info.run_id}** — state **{info.state}**, epoch {info.epoch}/{info.total_epochs}, "
                 f"step {info.step}, device {info.device or '?'}")
     st.progress(min(max(info.progress, 0.0), 1.0), text=f"{info.progress:.0%}")
+    if info.phase and info.phase not in ("train", "starting"):
+        st.caption(f"Now: {info.phase}")
+    if info.weights:
+        (st.warning if info.weights_source == "random" else st.caption)(f"Encoder weights: {info.weights}")
     if info.error:
         st.error(f"Run error: {info.error}")
     run_actions(info)

@@ -91,6 +91,10 @@ def test_train_page_device_and_bad_config(empty_runs):
     if not torch.cuda.is_available():
         assert any("CPU" in w for w in texts(at, "warning"))
     assert any("No runs yet" in i for i in texts(at, "info"))
+    # Offline (HF_HUB_OFFLINE=1 in tests) with nothing cached: the default ImageNet weights cannot be had.
+    assert any("would start from random init" in w and "weights pull resnet34" in w for w in texts(at, "warning"))
+    at.selectbox(key="f_weights").set_value("none").run()
+    assert not any("random init" in w for w in texts(at, "warning"))
     at.text_input(key="f_name").input("../escape")
     at.button[0].click().run()  # the form's submit button
     assert not at.exception
@@ -155,6 +159,7 @@ def test_review_and_predict_with_a_checkpoint(tiny_run, monkeypatch):
     assert not at.exception and not at.error
     labels = [m.label for m in at.metric]
     assert labels[:3] == ["Val tiles", "Pixel IoU", "SpaceNet F1"]
+    assert "Encoder weights of this run: random init (no pretrained weights asked for)" in texts(at, "caption")
     df = at.dataframe[0].value
     assert len(df) == int(at.metric[0].value) > 0
     assert df["f1"].is_monotonic_increasing  # worst first

@@ -1,4 +1,4 @@
-"""Model factory (offline weights, band adaptation) and checkpoint safety."""
+"""Model factory (cached weights, band adaptation) and checkpoint safety; downloads are in test_weights.py."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from bdcore.models import (
     CheckpointError,
     adapt_first_conv,
     build_model,
-    cached_encoder_weights,
+    create_model,
     load_checkpoint,
     load_model,
     load_pretrained_encoder,
@@ -45,28 +45,6 @@ def test_unknown_names_are_clear_errors():
         build_model("Segformer", "resnet18")
     with pytest.raises(ValueError, match="unknown encoder 'resnet19'"):
         build_model("Unet", "resnet19")
-
-
-@pytest.fixture
-def empty_hf_cache(tmp_path, monkeypatch):
-    import huggingface_hub.constants as hc
-
-    cache = tmp_path / "hf"
-    cache.mkdir()
-    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(cache))
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    return cache
-
-
-def test_offline_without_cached_weights_is_random_init_with_one_log_line(empty_hf_cache, caplog):
-    caplog.set_level(logging.INFO, logger="bdcore.models")
-    t0 = time.monotonic()
-    model = build_model("Unet", "resnet18", 3, 1, encoder_weights="imagenet")
-    assert time.monotonic() - t0 < 30  # never waits on the network
-    lines = [r.getMessage() for r in caplog.records if r.name == "bdcore.models"]
-    assert len(lines) == 1 and "random init" in lines[0] and "resnet18" in lines[0]
-    assert os.environ.get("HF_HUB_OFFLINE") == "1"
-    assert isinstance(model, smp.Unet)
 
 
 def _fake_pretrained_state() -> dict[str, torch.Tensor]:
@@ -100,23 +78,26 @@ def test_adapt_first_conv_fewer_bands_keeps_activation_scale():
     assert torch.equal(adapt_first_conv(rgb, 3), rgb)
 
 
-def test_cached_weights_are_used_when_present(empty_hf_cache, caplog):
+def test_cached_weights_are_used_without_any_network_call(tmp_path, monkeypatch, caplog):
+    """A file already in the HF cache is used as it is; HF_ENDPOINT points nowhere to prove no request is made."""
     from safetensors.torch import save_file
 
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
     settings = smp.encoders.encoders["resnet18"]["pretrained_settings"]["imagenet"]
-    repo_dir = empty_hf_cache / ("models--" + settings["repo_id"].replace("/", "--"))
+    repo_dir = tmp_path / "hf" / "hub" / ("models--" + settings["repo_id"].replace("/", "--"))
     snap = repo_dir / "snapshots" / settings["revision"]
     snap.mkdir(parents=True)
     (repo_dir / "refs").mkdir()
     (repo_dir / "refs" / "main").write_text(settings["revision"])
     state = _fake_pretrained_state()
     save_file({k: v.contiguous() for k, v in state.items()}, str(snap / "model.safetensors"))
-    assert cached_encoder_weights("resnet18") == snap / "model.safetensors"
     caplog.set_level(logging.INFO, logger="bdcore.models")
-    model = build_model("FPN", "resnet18", in_channels=8, classes=1, encoder_weights="imagenet")
+    model, info = create_model("FPN", "resnet18", in_channels=8, classes=1, encoder_weights="imagenet")
+    assert info.source == "cached" and info.path == str(snap / "model.safetensors")
     assert torch.equal(model.encoder.conv1.weight[:, :3].detach(), state["conv1.weight"])
     assert torch.equal(model.encoder.layer1[0].conv1.weight.detach(), state["layer1.0.conv1.weight"])
-    assert any("loaded resnet18 imagenet weights" in r.getMessage() for r in caplog.records)
+    assert any("cached copy of smp-hub/resnet18.imagenet" in r.getMessage() for r in caplog.records)
 
 
 # --------------------------------------------------------------------------- checkpoints
