@@ -79,15 +79,14 @@ def run_config(run_dir: str | os.PathLike):
 def eval_tiles(cfg, tiles: str | Sequence[str] = "val"):
     """(catalog, labelled catalog, tile ids) for ``tiles`` = "val" (the run's own split), "all" (every labelled
     tile) or a list of tile ids. Mirrors ``dataset.build_datasets`` so "val" is exactly the training split."""
-    from bdcore.catalog import load_catalog
+    from bdcore.catalog import CatalogError, labelled_tiles, load_catalog
     from bdcore.dataset import split_tiles
 
     cat = load_catalog(cfg.resolved_data_root())
-    labelled = cat[cat["labels"].notna()] if "labels" in cat.columns else cat
-    if cfg.product in labelled.columns:
-        labelled = labelled[labelled[cfg.product].notna()]
-    if len(labelled) == 0:
-        raise EvaluationError(f"no labelled {cfg.product} tile under {cfg.resolved_data_root()}: nothing to score")
+    try:  # unlabelled tiles are skipped: with no truth there is nothing to score
+        labelled = labelled_tiles(cat, cfg.product, purpose="evaluation")
+    except CatalogError as exc:
+        raise EvaluationError(str(exc)) from None
     if isinstance(tiles, str) and tiles == "val":
         _, ids = split_tiles(labelled, val_fraction=cfg.val_fraction, seed=cfg.seed, method=cfg.split)
     elif isinstance(tiles, str) and tiles == "all":
@@ -96,9 +95,13 @@ def eval_tiles(cfg, tiles: str | Sequence[str] = "val"):
         raise EvaluationError(f"tiles must be 'val', 'all' or a list of tile ids, got {tiles!r}")
     else:
         ids = [str(t) for t in tiles]
-        missing = [t for t in ids if t not in labelled.index]
-        if missing:
-            raise EvaluationError(f"tiles without labels or not in the catalog: {', '.join(missing[:5])}")
+        unknown = [t for t in ids if t not in cat.index]
+        if unknown:
+            raise EvaluationError(f"tiles not in the catalog of {cfg.resolved_data_root()}: {', '.join(unknown[:5])}")
+        unlabelled = [t for t in ids if t not in labelled.index]
+        if unlabelled:  # asked for by name: say so rather than silently scoring fewer tiles
+            raise EvaluationError(f"tiles without labels (no truth to score against): {', '.join(unlabelled[:5])}; "
+                                  "leave them out or add their geojson_buildings files")
     return cat, labelled, list(ids)
 
 
