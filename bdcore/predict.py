@@ -650,23 +650,20 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from tqdm import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    bar = None
+    bar = tqdm(total=0, unit="win", desc=Path(args.input).name)
 
     def progress(done: int, total: int) -> None:
-        nonlocal bar
-        if bar is None:  # created at the first window, after the input check's warning line
-            bar = tqdm(total=total, unit="win", desc=Path(args.input).name)
+        bar.total = total
         bar.n = done
         bar.refresh()
 
     try:
-        with logging_redirect_tqdm():  # log lines (the input warning) never land on the progress bar's line
+        with logging_redirect_tqdm():  # log lines (the input warning) print above the bar, never onto its line
             res = predict_geotiff(args.checkpoint, args.input, args.out, tta=args.tta, window=args.window,
                                   overlap=args.overlap, threshold=args.threshold, batch_size=args.batch_size,
                                   device=args.device, progress=progress, normalize=args.normalize)
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
     for key in ("prob", "mask", "geojson", "csv"):
         if key in res:
             print(f"{key:8} {res[key]}")
