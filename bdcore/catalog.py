@@ -18,7 +18,10 @@ changes.
 Bad files do not stop the catalog:
 - a tile whose primary image (PS-RGB, else the first product present) is corrupt, truncated or not a GeoTIFF is
   **skipped** with a warning and listed in ``catalog.attrs["problems"]`` (path → message);
-- a tile with images but no labels file gets ``labels=None``, ``n_buildings=0`` (logged);
+- a tile with images but no labels file is *unlabelled*: ``labels=None`` and ``n_buildings`` missing (``pd.NA``; the
+  column is pandas' nullable ``Int64``), never 0 -- its building count is unknown, not zero (e.g. the public Paris
+  imagery, whose labels are not published). ``labelled_tiles`` selects the others; training and evaluation use only
+  those;
 - an unreadable labels file keeps its path in ``labels`` with ``n_buildings=0`` and is listed in ``attrs["problems"]``
   (reading it later raises ``LabelError``).
 Only the primary image's header (and one pixel of its last row, to catch truncation) is read; other products are
@@ -52,7 +55,7 @@ log = logging.getLogger(__name__)
 
 PRODUCTS = ("PS-RGB", "PS-MS", "MS", "PAN")
 LABELS = "labels"
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: n_buildings is null (not 0) for unlabelled tiles
 
 _AOI = r"(?P<aoi>AOI_\d+_[A-Za-z]+)"
 _N = r"img(?P<n>\d+)"
@@ -225,7 +228,7 @@ def _build(root: Path, found: dict[tuple[str, int], _Found]) -> tuple[list[dict]
         row.update({k: hd[k] for k in ("bands", "width", "height", "crs", "dtype")})
         row["geometry"] = box(*hd["bounds"]).wkt
         if row[LABELS] is None:
-            row["n_buildings"] = 0
+            row["n_buildings"] = None  # unknown, not zero
         else:
             try:
                 row["n_buildings"] = _count_buildings(row[LABELS])
@@ -236,7 +239,8 @@ def _build(root: Path, found: dict[tuple[str, int], _Found]) -> tuple[list[dict]
         rows.append(row)
     no_labels = sum(1 for r in rows if r[LABELS] is None)
     if no_labels:
-        log.info("catalog: %d tile(s) have no labels file (labels=None, n_buildings=0)", no_labels)
+        log.info("catalog: %d of %d tile(s) have no labels file: unlabelled (labels=None, n_buildings=NA)",
+                 no_labels, len(rows))
     return rows, problems
 
 
@@ -247,8 +251,9 @@ def _frame(rows: list[dict], attrs: dict) -> gpd.GeoDataFrame:
     df = pd.DataFrame(rows, columns=[*COLUMNS, "geometry"])
     geometry = gpd.GeoSeries([shapely_wkt.loads(w) for w in df["geometry"]], crs="EPSG:4326")
     gdf = gpd.GeoDataFrame(df.drop(columns="geometry"), geometry=geometry.values, crs="EPSG:4326")
-    for c in ("bands", "width", "height", "n_buildings"):
+    for c in ("bands", "width", "height"):
         gdf[c] = gdf[c].astype(np.int64)
+    gdf["n_buildings"] = pd.array(gdf["n_buildings"].tolist(), dtype="Int64")  # NA = unlabelled tile
     for c in (*PRODUCTS, LABELS):
         gdf[c] = gdf[c].astype(object).where(gdf[c].notna(), None)
     # Natural order: AOI, then tile number.
@@ -317,22 +322,62 @@ def product_path(row, product: str) -> Path:
 # ---------------------------------------------------------------------------------------------- summary and CLI
 
 
+def is_labelled(cat: gpd.GeoDataFrame) -> pd.Series:
+    """Boolean Series: the tile has a building labels file (its ``n_buildings`` is known)."""
+    return cat[LABELS].notna() if LABELS in cat.columns else pd.Series(True, index=cat.index)
+
+
+def labelled_tiles(cat: gpd.GeoDataFrame, product: str | None = None, purpose: str = "training") -> gpd.GeoDataFrame:
+    """The tiles that have a labels file (and a ``product`` image, if given): what training and evaluation use.
+
+    An unlabelled tile is not known to be empty, so it must never count as a tile without buildings. CatalogError
+    naming the folder when none is left (e.g. the public Paris imagery, whose labels are not published)."""
+    root = cat.attrs.get("root") or "this folder"
+    out = cat[is_labelled(cat)]
+    if len(out) == 0:
+        raise CatalogError(
+            f"{root}: {len(cat)} tile(s), 0 labelled (no buildings_*.geojson label files): {purpose} needs labelled "
+            "tiles; add the geojson_buildings files or pick a labelled AOI folder (unlabelled imagery can still be "
+            "explored and predicted on)"
+        )
+    if product is not None and product in out.columns:
+        have = out[out[product].notna()]
+        if len(have) == 0:
+            raise CatalogError(f"{root}: no labelled tile has a {product} image; pick another product")
+        out = have
+    return out
+
+
 def summary(cat: gpd.GeoDataFrame) -> dict:
-    """Counts for display: tiles, buildings, bands, products, bounds, per-AOI table."""
+    """Counts for display: tiles, labelled tiles, buildings (in labelled tiles), bands, products, bounds, per-AOI
+    table, and ``headline`` (one line: "10 tiles, 213 buildings" / "2 tiles, 0 labelled (2 unlabelled: no labels
+    file), 0 buildings")."""
     b = cat.total_bounds.tolist() if len(cat) else [float("nan")] * 4
+    lab = is_labelled(cat)
     per_aoi = (
-        cat.groupby("aoi")
-        .agg(tiles=("image_id", "size"), buildings=("n_buildings", "sum"),
+        cat.assign(_labelled=lab)
+        .groupby("aoi")
+        .agg(tiles=("image_id", "size"), labelled=("_labelled", "sum"), buildings=("n_buildings", "sum"),
              empty=("n_buildings", lambda s: int((s == 0).sum())))
         .reset_index()
         .to_dict("records")
     )
+    for r in per_aoi:
+        r.update(tiles=int(r["tiles"]), labelled=int(r["labelled"]), buildings=int(r["buildings"]), empty=int(r["empty"]))
+    n, n_lab, n_bld = int(len(cat)), int(lab.sum()), int(cat["n_buildings"].sum())
+    if n_lab == n:
+        headline = f"{n:,} tiles, {n_bld:,} buildings"
+    else:
+        headline = f"{n:,} tiles, {n_lab:,} labelled ({n - n_lab:,} unlabelled: no labels file), {n_bld:,} buildings"
     return {
         "root": cat.attrs.get("root"),
-        "tiles": int(len(cat)),
-        "buildings": int(cat["n_buildings"].sum()),
-        "tiles_without_labels": int(cat[LABELS].isna().sum()),
-        "tiles_without_buildings": int((cat["n_buildings"] == 0).sum()),
+        "tiles": n,
+        "labelled": n_lab,
+        "unlabelled": n - n_lab,
+        "headline": headline,
+        "buildings": n_bld,
+        "tiles_without_labels": n - n_lab,
+        "tiles_without_buildings": int((cat["n_buildings"] == 0).sum()),  # labelled tiles with 0 buildings only
         "bands": sorted(int(x) for x in cat["bands"].unique()),
         "products": {p: int(cat[p].notna().sum()) for p in PRODUCTS},
         "sizes": sorted({f"{w}x{h}" for w, h in zip(cat["width"], cat["height"])}),
@@ -349,16 +394,18 @@ def _cmd_catalog(args) -> int:
         print(json.dumps(s, indent=2, default=str))
         return 0
     print(f"catalog of {s['root']}{' (cached)' if cat.attrs.get('from_cache') else ''}")
-    print(f"  tiles       {s['tiles']}  ({s['tiles_without_labels']} without labels file, "
-          f"{s['tiles_without_buildings']} with no buildings)")
-    print(f"  buildings   {s['buildings']}")
+    detail = f"{s['tiles_without_buildings']} with no buildings"
+    if s["unlabelled"]:
+        detail = f"{s['unlabelled']} unlabelled: no labels file, building count unknown; {detail}"
+    print(f"  tiles       {s['tiles']}, {s['labelled']} labelled  ({detail})")
+    print(f"  buildings   {s['buildings']}" + (" (in labelled tiles)" if s["unlabelled"] else ""))
     print(f"  bands       {', '.join(map(str, s['bands']))}   sizes {', '.join(s['sizes'])}")
     print("  products    " + ", ".join(f"{p}: {n}" for p, n in s["products"].items()))
     w, so, e, n = s["bounds"]
     print(f"  bounds      lon {w:.5f} .. {e:.5f}, lat {so:.5f} .. {n:.5f} (EPSG:4326)")
-    print(f"  {'AOI':<16}{'tiles':>7}{'buildings':>11}{'empty':>7}")
+    print(f"  {'AOI':<16}{'tiles':>7}{'labelled':>10}{'buildings':>11}{'empty':>7}")
     for r in s["per_aoi"]:
-        print(f"  {r['aoi']:<16}{r['tiles']:>7}{r['buildings']:>11}{r['empty']:>7}")
+        print(f"  {r['aoi']:<16}{r['tiles']:>7}{r['labelled']:>10}{r['buildings']:>11}{r['empty']:>7}")
     if s["problems"]:
         print(f"  problems    {len(s['problems'])}:")
         for path, msg in s["problems"].items():

@@ -767,7 +767,8 @@ def build_datasets(cfg) -> tuple[SpaceNetSegmentation, SpaceNetSegmentation]:
 
     Train: random ``crop_size`` crops with augmentation (``crop_size=None``: whole tiles padded to /32).
 
-    Only tiles with a label file are used (an unlabelled tile is not known to be empty).
+    Only tiles with a label file are used (``catalog.labelled_tiles``: an unlabelled tile is not known to be empty);
+    a folder with no labelled tile is a DatasetError naming it.
     """
     from bdcore import catalog as catalog_mod
     from bdcore import imagery
@@ -778,13 +779,13 @@ def build_datasets(cfg) -> tuple[SpaceNetSegmentation, SpaceNetSegmentation]:
     boundary = bool(getattr(cfg, "boundary", False))
     crop = getattr(cfg, "crop_size", 256)
     cat = catalog_mod.load_catalog(root)
-    labelled = cat[cat["labels"].notna()] if "labels" in cat.columns else cat
-    if len(labelled) == 0:
-        raise DatasetError(f"no tile under {root} has a building label file; training needs geojson_buildings")
-    if product in labelled.columns:
-        labelled = labelled[labelled[product].notna()]
-    if len(labelled) == 0:
-        raise DatasetError(f"no labelled tile under {root} has a {product} image; pick another product in the run config")
+    try:  # unlabelled tiles are left out (not known to be empty); none labelled is an error naming the folder
+        labelled = catalog_mod.labelled_tiles(cat, product, purpose="training")
+    except catalog_mod.CatalogError as exc:
+        raise DatasetError(str(exc)) from None
+    if len(labelled) < len(cat):
+        log.info("training on the %d labelled tile(s) of %s; %d unlabelled tile(s) left out",
+                 len(labelled), root, len(cat) - len(labelled))
     train_ids, val_ids = split_tiles(
         labelled, val_fraction=float(getattr(cfg, "val_fraction", 0.2)), seed=seed, method=getattr(cfg, "split", "random")
     )

@@ -2,7 +2,12 @@
 
 Probabilities are computed once per checkpoint file and cached as uint8 ``.npy`` (K,H,W; 0-255) under
 ``run_dir/predictions/<which>-<key>/`` where ``key`` hashes the checkpoint's head bytes, size and mtime: a new
-``best.pt`` gets a new folder (the stale one is removed), and changing the threshold only re-scores.
+``best.pt`` gets a new folder (the stale one is removed), and changing the threshold only re-scores. Predictions
+with ``normalize="image"`` (per-image 2-98 % stretch instead of the training band statistics) are cached apart, in
+``<which>-<key>-image/``.
+
+Tiles whose pixels look unlike the training data (``imagery.check_input``, done when a tile is predicted) are
+reported in ONE warning line per evaluation and in ``summary["warning"]``.
 """
 
 from __future__ import annotations
@@ -58,10 +63,17 @@ def checkpoint_key(path: str | os.PathLike, head_bytes: int = 1 << 20) -> str:
     return h.hexdigest()[:12]
 
 
-def prediction_dir(run_dir: str | os.PathLike, which: str = "best") -> Path:
-    """The cache folder for the current ``which`` checkpoint (not created)."""
+def _cache_name(which: str, key: str, normalize: str = "checkpoint") -> str:
+    from bdcore.predict import Normalization
+
+    Normalization().for_mode(normalize)  # PredictError (a ValueError) for an unknown mode
+    return f"{which}-{key}" + ("" if normalize == "checkpoint" else f"-{normalize}")
+
+
+def prediction_dir(run_dir: str | os.PathLike, which: str = "best", normalize: str = "checkpoint") -> Path:
+    """The cache folder for the current ``which`` checkpoint and normalisation mode (not created)."""
     ck = checkpoint_path(run_dir, which)
-    return Path(run_dir) / "predictions" / f"{which}-{checkpoint_key(ck)}"
+    return Path(run_dir) / "predictions" / _cache_name(which, checkpoint_key(ck), normalize)
 
 
 # ------------------------------------------------------------------------------------------------- inputs
@@ -79,15 +91,14 @@ def run_config(run_dir: str | os.PathLike):
 def eval_tiles(cfg, tiles: str | Sequence[str] = "val"):
     """(catalog, labelled catalog, tile ids) for ``tiles`` = "val" (the run's own split), "all" (every labelled
     tile) or a list of tile ids. Mirrors ``dataset.build_datasets`` so "val" is exactly the training split."""
-    from bdcore.catalog import load_catalog
+    from bdcore.catalog import CatalogError, labelled_tiles, load_catalog
     from bdcore.dataset import split_tiles
 
     cat = load_catalog(cfg.resolved_data_root())
-    labelled = cat[cat["labels"].notna()] if "labels" in cat.columns else cat
-    if cfg.product in labelled.columns:
-        labelled = labelled[labelled[cfg.product].notna()]
-    if len(labelled) == 0:
-        raise EvaluationError(f"no labelled {cfg.product} tile under {cfg.resolved_data_root()}: nothing to score")
+    try:  # unlabelled tiles are skipped: with no truth there is nothing to score
+        labelled = labelled_tiles(cat, cfg.product, purpose="evaluation")
+    except CatalogError as exc:
+        raise EvaluationError(str(exc)) from None
     if isinstance(tiles, str) and tiles == "val":
         _, ids = split_tiles(labelled, val_fraction=cfg.val_fraction, seed=cfg.seed, method=cfg.split)
     elif isinstance(tiles, str) and tiles == "all":
@@ -96,9 +107,13 @@ def eval_tiles(cfg, tiles: str | Sequence[str] = "val"):
         raise EvaluationError(f"tiles must be 'val', 'all' or a list of tile ids, got {tiles!r}")
     else:
         ids = [str(t) for t in tiles]
-        missing = [t for t in ids if t not in labelled.index]
-        if missing:
-            raise EvaluationError(f"tiles without labels or not in the catalog: {', '.join(missing[:5])}")
+        unknown = [t for t in ids if t not in cat.index]
+        if unknown:
+            raise EvaluationError(f"tiles not in the catalog of {cfg.resolved_data_root()}: {', '.join(unknown[:5])}")
+        unlabelled = [t for t in ids if t not in labelled.index]
+        if unlabelled:  # asked for by name: say so rather than silently scoring fewer tiles
+            raise EvaluationError(f"tiles without labels (no truth to score against): {', '.join(unlabelled[:5])}; "
+                                  "leave them out or add their geojson_buildings files")
     return cat, labelled, list(ids)
 
 
@@ -140,35 +155,41 @@ class _LazyPredictor:
         return self._p
 
 
-def _predict_tile(predictor, image_path: str) -> np.ndarray:
+def _predict_tile(predictor, image_path: str, normalize: str = "checkpoint"):
+    """(uint8 probabilities, ``imagery.InputCheck`` or None) of one tile; the check runs on the tile already in
+    memory (strided sample), against the training statistics, only when those are used."""
     from bdcore import imagery
 
     prof = imagery.read_profile(image_path)
     img = imagery.read_image(image_path)
-    prob = predictor.predict_array(img, nodata=prof.get("nodata"))
-    return np.rint(prob * 255.0).astype(np.uint8)
+    norm = predictor.normalization.for_mode(normalize)
+    check = norm.check(img, name=Path(image_path).name, nodata=prof.get("nodata"))
+    prob = predictor.predict_array(img, nodata=prof.get("nodata"), normalization=norm)
+    return np.rint(prob * 255.0).astype(np.uint8), check
 
 
-def _prepare(run_dir: Path, which: str, cat, device: str):
+def _prepare(run_dir: Path, which: str, cat, device: str, normalize: str = "checkpoint"):
     ck = checkpoint_path(run_dir, which)
     key = checkpoint_key(ck)
-    pdir = run_dir / "predictions" / f"{which}-{key}"
+    pdir = run_dir / "predictions" / _cache_name(which, key, normalize)
     pdir.mkdir(parents=True, exist_ok=True)
+    current = {_cache_name(which, key, m) for m in ("checkpoint", "image")}
     for old in (run_dir / "predictions").glob(f"{which}-*"):  # stale caches of earlier versions of this checkpoint
-        if old != pdir and old.is_dir():
+        if old.name not in current and old.is_dir():
             shutil.rmtree(old, ignore_errors=True)
     meta_path = pdir / "meta.json"
     if not meta_path.exists():
-        atomic_write_json(meta_path, {"checkpoint": str(ck), "which": which, "key": key, "created": time.time()})
+        atomic_write_json(meta_path, {"checkpoint": str(ck), "which": which, "key": key, "normalize": normalize,
+                                      "created": time.time()})
     return ck, key, pdir
 
 
 def load_prediction(run_dir: str | os.PathLike, which: str, tile_id: str, compute: bool = True,
-                    device: str = "auto") -> np.ndarray | None:
+                    device: str = "auto", normalize: str = "checkpoint") -> np.ndarray | None:
     """Cached probabilities (K,H,W float32 in [0,1]) of one tile for the current ``which`` checkpoint; computed and
     cached on a miss (``compute=False``: None on a miss)."""
     run_dir = Path(run_dir)
-    pdir = prediction_dir(run_dir, which)
+    pdir = prediction_dir(run_dir, which, normalize)
     arr = _load_npy(pdir / f"{tile_id}.npy")
     if arr is None:
         if not compute:
@@ -182,8 +203,10 @@ def load_prediction(run_dir: str | os.PathLike, which: str, tile_id: str, comput
         path = cat.loc[tile_id, cfg.product]
         if not isinstance(path, str) or not path:
             raise EvaluationError(f"tile {tile_id} has no {cfg.product} image")
-        ck, _, pdir = _prepare(run_dir, which, cat, device)
-        arr = _predict_tile(_LazyPredictor(ck, cat, cfg.product, device).get(), path)
+        ck, _, pdir = _prepare(run_dir, which, cat, device, normalize)
+        arr, check = _predict_tile(_LazyPredictor(ck, cat, cfg.product, device).get(), path, normalize)
+        if check is not None and not check.ok:
+            log.warning(check.message())
         _save_npy(pdir / f"{tile_id}.npy", arr)
     return arr.astype(np.float32) / 255.0
 
@@ -250,8 +273,13 @@ def summarize(df: pd.DataFrame) -> dict:
 
 def evaluate_checkpoint(run_dir: str | os.PathLike, which: str = "best", tiles: str | Sequence[str] = "val",
                         threshold: float | None = None, progress: Progress | None = None, device: str = "auto",
-                        min_area: float = 20.0) -> tuple[pd.DataFrame, dict]:
-    """Score ``which`` checkpoint of a run on its val tiles (or "all" labelled tiles, or a list of ids).
+                        min_area: float = 20.0, normalize: str = "checkpoint") -> tuple[pd.DataFrame, dict]:
+    """Score ``which`` checkpoint of a run on its val tiles (or "all" labelled tiles, or a list of ids); unlabelled
+    tiles are never scored (no truth).
+
+    ``normalize``: "checkpoint" (training band statistics, the default) or "image" (per-image 2-98 % stretch; cached
+    apart). Tiles predicted now are checked against the training statistics; if any looks unlike the training data,
+    ONE warning line is logged and kept in ``summary["warning"]`` (``summary["unlike_training"]`` counts them).
 
     Returns ``(per_tile_df, summary)``: one row per tile (``tile_id``, ``image_id``, pixel IoU/precision/recall/F1
     and counts, SpaceNet building TP/FP/FN/precision/recall/F1, ``n_truth``, ``n_pred``, ``cached``) and the
@@ -262,10 +290,11 @@ def evaluate_checkpoint(run_dir: str | os.PathLike, which: str = "best", tiles: 
     cfg = run_config(run_dir)
     threshold = float(cfg.threshold if threshold is None else threshold)
     cat, labelled, ids = eval_tiles(cfg, tiles)
-    ck, key, pdir = _prepare(run_dir, which, cat, device)
+    ck, key, pdir = _prepare(run_dir, which, cat, device, normalize)
     lazy = _LazyPredictor(ck, cat, cfg.product, device)
     rows = []
     n_cached = 0
+    unlike = []  # InputChecks of tiles that look unlike the training data
     for i, tid in enumerate(ids):
         row = labelled.loc[tid]
         image_path, labels_path = row[cfg.product], row["labels"]
@@ -273,7 +302,9 @@ def evaluate_checkpoint(run_dir: str | os.PathLike, which: str = "best", tiles: 
         arr = _load_npy(cache)
         cached = arr is not None
         if arr is None:
-            arr = _predict_tile(lazy.get(), image_path)
+            arr, check = _predict_tile(lazy.get(), image_path, normalize)
+            if check is not None and not check.ok:
+                unlike.append(check)
             _save_npy(cache, arr)
         n_cached += cached
         prob = arr.astype(np.float32) / 255.0
@@ -283,10 +314,17 @@ def evaluate_checkpoint(run_dir: str | os.PathLike, which: str = "best", tiles: 
         if progress is not None:
             progress(i + 1, len(ids))
     df = pd.DataFrame(rows)
+    warning = None
+    if unlike:
+        warning = unlike[0].message()
+        if len(unlike) > 1:
+            warning = f"{len(unlike)} of {len(ids) - n_cached} predicted tiles look unlike the training data, e.g. {warning}"
+        log.warning(warning)
     summary = {
         "run_id": run_dir.name, "which": which, "checkpoint": str(ck), "key": key, "predictions": str(pdir),
-        "tiles": tiles if isinstance(tiles, str) else "list", "threshold": threshold,
-        "cached_tiles": n_cached, **summarize(df), "seconds": round(time.perf_counter() - t0, 3),
+        "tiles": tiles if isinstance(tiles, str) else "list", "threshold": threshold, "normalize": normalize,
+        "cached_tiles": n_cached, **summarize(df), "unlike_training": len(unlike), "warning": warning,
+        "seconds": round(time.perf_counter() - t0, 3),
     }
     try:
         atomic_write_json(pdir / f"scores-{threshold:g}-{summary['tiles']}.json", summary)
@@ -300,6 +338,7 @@ def evaluate_checkpoint(run_dir: str | os.PathLike, which: str = "best", tiles: 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
 
     from bdcore.runs import run_path
 
@@ -312,8 +351,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         bar.refresh()
 
     try:
-        df, summary = evaluate_checkpoint(run_dir, which=args.which, tiles=args.tiles, threshold=args.threshold,
-                                          progress=progress, device=args.device)
+        with logging_redirect_tqdm():  # the input warning line never lands on the progress bar's line
+            df, summary = evaluate_checkpoint(run_dir, which=args.which, tiles=args.tiles, threshold=args.threshold,
+                                              progress=progress, device=args.device, normalize=args.normalize)
     finally:
         bar.close()
     if args.json:
@@ -336,4 +376,7 @@ def register_cli(sub) -> None:
     p.add_argument("--threshold", type=float, default=None)
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true")
+    from bdcore.predict import add_normalize_argument
+
+    add_normalize_argument(p)
     p.set_defaults(func=_cmd_evaluate)

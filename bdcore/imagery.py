@@ -342,6 +342,111 @@ def normalize(arr: np.ndarray, stats: BandStats, nodata: float | None = None) ->
     return out
 
 
+# ---------------------------------------------------------------------------------------------- input vs training
+
+NORMALIZE_MODES = ("checkpoint", "image")
+NORMALIZE_FIX = "try --normalize image (per-image 2–98 % stretch)"
+# A band is "unlike" the training data when less than INSIDE_MIN of its 2-98 % range lies inside the training
+# [lo, hi], or its range spans less than SPAN_MIN (or more than SPAN_MAX) times the training span. Real SpaceNet 2
+# Paris tiles against Vegas statistics (same sensor, other city) sit at >= 0.79 inside and >= 0.31 span; a uint8
+# 0-255 tile against uint16 statistics falls below one or the other.
+INSIDE_MIN, SPAN_MIN, SPAN_MAX = 0.5, 0.2, 5.0
+
+
+def _num(v: float) -> str:
+    return f"{v:,.0f}" if abs(v) >= 100 or float(v).is_integer() else f"{v:.3g}"
+
+
+@dataclass
+class InputCheck:
+    """How an image compares with a checkpoint's training band statistics (``check_input``).
+
+    ``reasons`` is empty when the image looks like the training data; otherwise it holds short codes: ``"bands"``
+    (band count differs), ``"dtype"`` (an integer type whose maximum is below the training range, e.g. uint8 vs
+    uint16 statistics), ``"range"`` (most bands' 2-98 % ranges lie mostly outside the training [lo, hi] or span a
+    very different width). ``message()`` renders the one line the CLI logs and the app shows."""
+
+    name: str
+    dtype: str
+    bands: int
+    train_bands: int
+    lo: list[float]  # the image's per-band 2 % percentile (sampled)
+    hi: list[float]  # ... and 98 %
+    train_lo: list[float]
+    train_hi: list[float]
+    off_bands: list[int] = field(default_factory=list)  # 0-based bands far from the training range
+    reasons: list[str] = field(default_factory=list)
+    sample_shape: tuple[int, int] = (0, 0)  # (rows, cols) of the decimated sample the percentiles come from
+
+    @property
+    def ok(self) -> bool:
+        return not self.reasons
+
+    def message(self, fix: str = NORMALIZE_FIX) -> str:
+        """One line naming the file, what differs and ``fix`` ("" when the image looks fine)."""
+        if self.ok:
+            return ""
+        if "bands" in self.reasons:
+            return (f"{self.name}: looks unlike the training data ({self.bands} band(s) vs {self.train_bands} in "
+                    f"training): the model cannot use it; use a checkpoint trained on {self.bands}-band imagery")
+        dt = np.dtype(self.dtype)
+        what = [f"{self.dtype}, max {_num(np.iinfo(dt).max)}" if "dtype" in self.reasons else self.dtype,
+                f"2–98 % range {_num(min(self.lo))}–{_num(max(self.hi))} vs training "
+                f"{_num(min(self.train_lo))}–{_num(max(self.train_hi))} per band"]
+        if "range" in self.reasons:
+            what.append(f"{len(self.off_bands)} of {self.bands} band(s) mostly outside it")
+        return f"{self.name}: looks unlike the training data ({'; '.join(what)}): predictions may be meaningless; {fix}"
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "ok": self.ok}
+
+
+def check_input(
+    image: str | os.PathLike | np.ndarray,
+    train_lo: Sequence[float],
+    train_hi: Sequence[float],
+    name: str | None = None,
+    nodata: float | None = None,
+    max_side: int = 256,
+) -> InputCheck:
+    """Compare an image with a checkpoint's training band statistics (2/98 % ``lo``/``hi`` per band).
+
+    ``image``: a GeoTIFF path (read decimated to ``max_side`` pixels -- GDAL uses overviews when there are any --
+    never in full) or a (C,H,W) array already in memory. The one place that decides whether an input is "unlike the
+    training data"; ``predict`` and ``evaluate`` call it and render ``InputCheck.message()``."""
+    if isinstance(image, np.ndarray):
+        sample = _as_chw(image)
+        step = max(1, int(np.ceil(max(sample.shape[1:]) / max_side)))
+        sample = sample[:, ::step, ::step]  # a strided view: as cheap as the decimated file read
+        label = name or "image"
+    else:
+        sample, file_nodata = _read_decimated(str(image), max_side)
+        nodata = file_nodata if nodata is None else nodata
+        label = name or Path(image).name
+    t_lo = [float(v) for v in train_lo]
+    t_hi = [float(v) for v in train_hi]
+    check = InputCheck(label, str(sample.dtype), int(sample.shape[0]), len(t_lo), [], [], t_lo, t_hi,
+                       sample_shape=(int(sample.shape[1]), int(sample.shape[2])))
+    if sample.shape[0] != len(t_lo):
+        check.reasons.append("bands")
+        return check
+    for b in range(sample.shape[0]):
+        vals = sample[b][_valid_mask(sample[b], nodata)]
+        a, z = (np.percentile(vals.astype(np.float64), [2.0, 98.0]) if vals.size else (0.0, 0.0))
+        check.lo.append(float(a))
+        check.hi.append(float(z))
+        span = max(t_hi[b] - t_lo[b], 1e-12)
+        inside = (max(0.0, min(z, t_hi[b]) - max(a, t_lo[b])) / (z - a)) if z > a else float(t_lo[b] <= a <= t_hi[b])
+        scale = (z - a) / span
+        if inside < INSIDE_MIN or not SPAN_MIN <= scale <= SPAN_MAX:
+            check.off_bands.append(b)
+    if np.issubdtype(sample.dtype, np.integer) and np.iinfo(sample.dtype).max < float(np.median(t_hi)):
+        check.reasons.append("dtype")
+    if len(check.off_bands) * 2 >= sample.shape[0]:  # at least half the bands
+        check.reasons.append("range")
+    return check
+
+
 # ---------------------------------------------------------------------------------------------- CLI
 
 

@@ -63,6 +63,29 @@ class Normalization:
 
         return np.nan_to_num(normalize_bands(arr, self.lo, self.hi, out=out), copy=False, nan=0.0)
 
+    @property
+    def from_training(self) -> bool:
+        """True when lo/hi are training statistics (checkpoint or training catalog), not per-image percentiles."""
+        return self.source != "percentile" and self.lo is not None
+
+    def for_mode(self, normalize: str = "checkpoint") -> "Normalization":
+        """``"checkpoint"``: this normalisation (training statistics when known); ``"image"``: an unfitted per-image
+        2-98 % stretch (fit it with :meth:`fitted_for`). PredictError for another mode."""
+        from bdcore.imagery import NORMALIZE_MODES
+
+        if normalize not in NORMALIZE_MODES:
+            raise PredictError(f"normalize must be one of {', '.join(NORMALIZE_MODES)}, got {normalize!r}")
+        return Normalization(p_lo=self.p_lo, p_hi=self.p_hi) if normalize == "image" else self
+
+    def check(self, image, name: str | None = None, nodata: float | None = None):
+        """``imagery.check_input`` of ``image`` (path or array) against these training statistics; None when they are
+        per-image percentiles (nothing to compare with)."""
+        if not self.from_training:
+            return None
+        from bdcore.imagery import check_input
+
+        return check_input(image, self.lo, self.hi, name=name, nodata=nodata)
+
     def fitted_for(self, sample: np.ndarray, nodata: float | None = None) -> "Normalization":
         """Per-image percentiles from a (decimated) sample of the image, when no training stats are known."""
         if self.source != "percentile":
@@ -447,11 +470,19 @@ def predict_geotiff(
     prob_dtype: str = "uint8",
     min_area: float = 20.0,
     polygons: bool = True,
+    normalize: str = "checkpoint",
 ) -> dict:
     """Predict building footprints on a GeoTIFF of any size; returns the output paths and a few numbers.
 
+    ``normalize``: ``"checkpoint"`` scales pixels with the training band statistics the checkpoint carries (what the
+    model saw in training); ``"image"`` with this image's own 2-98 % percentiles (for imagery unlike the training
+    data, e.g. 8-bit exports). With training statistics, the input is first compared with them
+    (``imagery.check_input`` on a decimated read); an input far from them is logged as ONE warning line.
+
     Keys: ``prob``, ``mask``, ``geojson``, ``csv`` (Paths; the vector ones only with ``polygons``), plus
-    ``image_id``, ``n_buildings``, ``width``, ``height``, ``windows``, ``seconds``, ``normalization``.
+    ``image_id``, ``n_buildings``, ``width``, ``height``, ``windows``, ``seconds``, ``normalization`` (its source:
+    "checkpoint", "stats" or "percentile"), ``input_check`` (``imagery.InputCheck`` or None when normalising per
+    image) and ``warning`` (its one-line message, or None).
     ``progress(done, total)`` is called after each batch of windows."""
     import rasterio
     from rasterio.errors import RasterioError
@@ -459,6 +490,7 @@ def predict_geotiff(
 
     t0 = time.perf_counter()
     input_path = Path(input_path)
+    Normalization().for_mode(normalize)  # a bad mode fails before anything is read
     _open_raster(input_path).close()  # a bad input fails before the (slow) model load
     predictor = checkpoint if isinstance(checkpoint, Predictor) else Predictor.from_checkpoint(
         checkpoint, device=device, batch_size=batch_size)
@@ -475,7 +507,8 @@ def predict_geotiff(
     with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), _open_raster(input_path) as src:
         predictor.check_bands(src.count, input_path)
         H, W, nodata = src.height, src.width, src.nodata
-        norm = predictor.normalization
+        norm = predictor.normalization.for_mode(normalize)
+        check = None
         if norm.lo is None:
             try:
                 norm = norm.fitted_for(_sample_for_stats(src), nodata)
@@ -483,6 +516,10 @@ def predict_geotiff(
                 raise PredictError(_unreadable(input_path, exc)) from None
         elif len(norm.lo) != src.count:
             raise PredictError(f"checkpoint band stats have {len(norm.lo)} bands, {input_path} has {src.count}")
+        else:
+            check = norm.check(input_path, nodata=nodata)
+            if check is not None and not check.ok:
+                log.warning(check.message())
         rows, cols = window_starts(H, window, overlap), window_starts(W, window, overlap)
         wh, ww = min(window, H), min(window, W)
         wr, wc = ramp_weights(wh, overlap), ramp_weights(ww, overlap)
@@ -571,7 +608,8 @@ def predict_geotiff(
         crs, transform = src.crs, src.transform
 
     result: dict[str, Any] = {"prob": prob_path, "mask": mask_path, "image_id": image_id, "width": W, "height": H,
-                              "windows": total, "normalization": norm.source, "channels": k}
+                              "windows": total, "normalization": norm.source, "channels": k, "input_check": check,
+                              "warning": check.message() if check is not None and not check.ok else None}
     if polygons:
         with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
             polys = extract_polygons(prob_path, threshold=threshold, min_area=min_area)
@@ -584,7 +622,8 @@ def predict_geotiff(
 
 def predict_tiles(checkpoint: str | os.PathLike | Predictor, catalog, tile_ids: Sequence[str] | None = None,
                   out_dir: str | os.PathLike = ".", product: str | None = None, tta: bool = False,
-                  threshold: float = 0.5, device: str = "auto", progress: Progress | None = None) -> list[dict]:
+                  threshold: float = 0.5, device: str = "auto", progress: Progress | None = None,
+                  normalize: str = "checkpoint") -> list[dict]:
     """:func:`predict_geotiff` on catalog tiles (default: all), one output set per tile in ``out_dir``."""
     predictor = checkpoint if isinstance(checkpoint, Predictor) else Predictor.from_checkpoint(checkpoint, device)
     product = product or predictor.product or "PS-RGB"
@@ -597,7 +636,8 @@ def predict_tiles(checkpoint: str | os.PathLike | Predictor, catalog, tile_ids: 
         path = catalog.loc[tid, product]
         if not path:
             raise PredictError(f"tile {tid} has no {product} image: pick tiles that have it")
-        results.append({"tile_id": tid, **predict_geotiff(predictor, path, out_dir, tta=tta, threshold=threshold)})
+        results.append({"tile_id": tid, **predict_geotiff(predictor, path, out_dir, tta=tta, threshold=threshold,
+                                                          normalize=normalize)})
         if progress is not None:
             progress(i + 1, len(ids))
     return results
@@ -608,6 +648,7 @@ def predict_tiles(checkpoint: str | os.PathLike | Predictor, catalog, tile_ids: 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
     from tqdm import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
 
     bar = tqdm(total=0, unit="win", desc=Path(args.input).name)
 
@@ -617,9 +658,10 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         bar.refresh()
 
     try:
-        res = predict_geotiff(args.checkpoint, args.input, args.out, tta=args.tta, window=args.window,
-                              overlap=args.overlap, threshold=args.threshold, batch_size=args.batch_size,
-                              device=args.device, progress=progress)
+        with logging_redirect_tqdm():  # log lines (the input warning) print above the bar, never onto its line
+            res = predict_geotiff(args.checkpoint, args.input, args.out, tta=args.tta, window=args.window,
+                                  overlap=args.overlap, threshold=args.threshold, batch_size=args.batch_size,
+                                  device=args.device, progress=progress, normalize=args.normalize)
     finally:
         bar.close()
     for key in ("prob", "mask", "geojson", "csv"):
@@ -640,4 +682,14 @@ def register_cli(sub) -> None:
     p.add_argument("--overlap", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--device", default="auto")
+    add_normalize_argument(p)
     p.set_defaults(func=_cmd_predict)
+
+
+def add_normalize_argument(p) -> None:
+    """``--normalize checkpoint|image``, shared by ``predict`` and ``evaluate``."""
+    from bdcore.imagery import NORMALIZE_MODES
+
+    p.add_argument("--normalize", choices=NORMALIZE_MODES, default="checkpoint",
+                   help="checkpoint: scale pixels with the training band statistics (default); image: per-image "
+                        "2-98%% stretch, for imagery unlike the training data (e.g. 8-bit)")

@@ -31,6 +31,8 @@ FN_RGB = (60, 120, 255)     # missed ground truth: blue
 SPLIT_COLORS = {"train": "#1f77b4", "val": "#ff7f0e", None: "#999999"}
 COUNT_PALETTE = ["#fff5eb", "#fdd0a2", "#fd8d3c", "#d94801", "#7f2704"]  # 0 .. many buildings
 F1_PALETTE = ["#d7191c", "#fdae61", "#ffffbf", "#a6d96a", "#1a9641"]      # 0 .. 1
+UNLABELLED = "unlabelled"  # tooltip/legend word for a tile without a labels file (building count unknown, not 0)
+UNLABELLED_COLOR = "#bdbdbd"  # grey, drawn with a dashed outline: never a building-count colour
 
 
 # --------------------------------------------------------------------------- Leaflet assets
@@ -96,8 +98,10 @@ def base_map(bounds: Sequence[float], osm: bool = False, height: int | None = No
     return m
 
 
-def count_color(n: int, max_n: int) -> str:
-    """Sequential colour for a building count (0 → lightest)."""
+def count_color(n: int | None, max_n: int) -> str:
+    """Sequential colour for a building count (0 → lightest); None (unlabelled tile) → ``UNLABELLED_COLOR``."""
+    if n is None:
+        return UNLABELLED_COLOR
     if n <= 0 or max_n <= 0:
         return COUNT_PALETTE[0]
     k = 1 + int((len(COUNT_PALETTE) - 2) * min(n, max_n) / max_n + 0.5)
@@ -110,8 +114,22 @@ def f1_color(f1: float | None) -> str:
     return F1_PALETTE[min(int(float(f1) * len(F1_PALETTE)), len(F1_PALETTE) - 1)]
 
 
+def building_counts(catalog) -> list[int | None]:
+    """Per-tile building counts, None for an unlabelled tile (``n_buildings`` NA: no labels file)."""
+    if "n_buildings" not in catalog:
+        return [0] * len(catalog)
+    return [None if _isna(n) else int(n) for n in catalog["n_buildings"].tolist()]
+
+
+def _isna(v) -> bool:
+    import pandas as pd
+
+    return v is None or bool(pd.isna(v))
+
+
 def tiles_geojson(catalog, values: Mapping[str, object] | None = None, simplify: float = 1e-6) -> dict:
-    """Tile footprints as a small GeoJSON dict: properties ``tile_id``, ``n_buildings`` (+ ``value``).
+    """Tile footprints as a small GeoJSON dict: properties ``tile_id``, ``n_buildings`` (int, or None when the tile
+    is unlabelled), ``buildings`` (the count as text, or "unlabelled"; for tooltips) (+ ``value``).
 
     Footprints are simplified (``simplify`` degrees) and coordinates rounded to 1e-6° (~0.1 m) to keep the
     page small for thousands of tiles.
@@ -121,10 +139,9 @@ def tiles_geojson(catalog, values: Mapping[str, object] | None = None, simplify:
     geoms = shapely.simplify(np.asarray(catalog.geometry.values), simplify, preserve_topology=True)
     geoms = shapely.set_precision(geoms, 1e-6)
     ids = [str(t) for t in catalog.index]
-    counts = catalog["n_buildings"].fillna(0).astype(int).tolist() if "n_buildings" in catalog else [0] * len(ids)
     feats = []
-    for tid, n, g in zip(ids, counts, geoms):
-        props: dict = {"tile_id": tid, "n_buildings": int(n)}
+    for tid, n, g in zip(ids, building_counts(catalog), geoms):
+        props: dict = {"tile_id": tid, "n_buildings": n, "buildings": UNLABELLED if n is None else str(n)}
         if values is not None:
             v = values.get(tid)
             props["value"] = None if v is None else (float(v) if isinstance(v, (int, float, np.number)) else str(v))
@@ -143,8 +160,10 @@ def tile_map(
     """All tile footprints as ONE GeoJSON layer.
 
     ``color_by``: ``"n_buildings"`` (sequential), ``"split"`` (``splits`` maps tile_id → "train"/"val"), or
-    ``"value"`` (``values`` maps tile_id → a score in [0,1], e.g. per-tile F1). The tooltip text starts with the
-    tile id, so a click can be resolved from ``last_object_clicked_tooltip`` as well as from the point.
+    ``"value"`` (``values`` maps tile_id → a score in [0,1], e.g. per-tile F1). Unlabelled tiles are grey with a
+    dashed outline and say "unlabelled" in the tooltip (and as their split when ``splits`` leaves them out). The
+    tooltip text starts with the tile id, so a click can be resolved from ``last_object_clicked_tooltip`` as well
+    as from the point.
     """
     import folium
 
@@ -152,21 +171,27 @@ def tile_map(
         raise ValueError("tile_map: the catalog has no tiles")
     if color_by == "split":
         data = tiles_geojson(catalog, splits or {})
+        for f in data["features"]:
+            p = f["properties"]
+            if p["value"] is None and p["n_buildings"] is None:
+                p["value"] = UNLABELLED
         fills = {f["properties"]["tile_id"]: SPLIT_COLORS.get(f["properties"]["value"], "#999999") for f in data["features"]}
-        fields, aliases = ["tile_id", "n_buildings", "value"], ["tile", "buildings", "split"]
+        fields, aliases = ["tile_id", "buildings", "value"], ["tile", "buildings", "split"]
     elif color_by == "value":
         data = tiles_geojson(catalog, values or {})
         fills = {f["properties"]["tile_id"]: f1_color(f["properties"]["value"]) for f in data["features"]}
-        fields, aliases = ["tile_id", "n_buildings", "value"], ["tile", "buildings", "F1"]
+        fields, aliases = ["tile_id", "buildings", "value"], ["tile", "buildings", "F1"]
     elif color_by == "n_buildings":
         data = tiles_geojson(catalog)
-        max_n = max((f["properties"]["n_buildings"] for f in data["features"]), default=0)
+        max_n = max((f["properties"]["n_buildings"] or 0 for f in data["features"]), default=0)
         fills = {f["properties"]["tile_id"]: count_color(f["properties"]["n_buildings"], max_n) for f in data["features"]}
-        fields, aliases = ["tile_id", "n_buildings"], ["tile", "buildings"]
+        fields, aliases = ["tile_id", "buildings"], ["tile", "buildings"]
     else:
         raise ValueError(f"tile_map: color_by must be 'n_buildings', 'split' or 'value', not {color_by!r}")
     for f in data["features"]:
-        f["properties"]["fill"] = fills[f["properties"]["tile_id"]]
+        p = f["properties"]
+        p["fill"] = UNLABELLED_COLOR if p["n_buildings"] is None and color_by != "value" else fills[p["tile_id"]]
+        p["dash"] = "4 4" if p["n_buildings"] is None else None
 
     m = base_map(catalog.total_bounds, osm=osm, height=height)
     folium.GeoJson(
@@ -177,6 +202,7 @@ def tile_map(
             "color": "#444444",
             "weight": 1,
             "fillOpacity": 0.55,
+            "dashArray": f["properties"]["dash"],
         },
         highlight_function=lambda f: {"weight": 3, "color": "#000000"},
         tooltip=folium.GeoJsonTooltip(fields=fields, aliases=aliases),
@@ -329,9 +355,12 @@ def match_overlay(rgb: np.ndarray, truth_polys: Sequence, prop_polys: Sequence, 
 def buildings_per_tile_fig(catalog):
     import plotly.graph_objects as go
 
-    counts = catalog["n_buildings"].fillna(0).astype(int).to_numpy() if len(catalog) else np.zeros(0, int)
+    all_counts = building_counts(catalog)
+    counts = np.array([n for n in all_counts if n is not None], dtype=int)  # unlabelled tiles are not 0-building tiles
+    n_unlabelled = len(all_counts) - len(counts)
+    title = "Buildings per tile" + (f" (labelled tiles; {n_unlabelled} {UNLABELLED} left out)" if n_unlabelled else "")
     fig = go.Figure(go.Histogram(x=counts, name="tiles", marker_color="#d94801"))
-    fig.update_layout(title="Buildings per tile", xaxis_title="buildings in tile", yaxis_title="tiles",
+    fig.update_layout(title=title, xaxis_title="buildings in tile", yaxis_title="tiles",
                       bargap=0.05, height=320, margin=dict(l=40, r=10, t=40, b=40))
     return fig
 

@@ -11,12 +11,18 @@ import streamlit as st  # noqa: E402
 from streamlit_folium import st_folium  # noqa: E402
 
 from bdcore import viz  # noqa: E402
+from bdcore.catalog import is_labelled, summary as catalog_summary  # noqa: E402
 from pages._shared import USER_ERRORS, current_root, get_catalog, rerun_fragment, root_label  # noqa: E402
 
 st.title("Explore")
 root = current_root()
 catalog = get_catalog(root)
-st.caption(f"{root_label(root)} — {len(catalog):,} tiles, {int(catalog['n_buildings'].fillna(0).sum()):,} buildings")
+summary = catalog_summary(catalog)
+st.caption(f"{root_label(root)} — {summary['headline']}")
+if summary["unlabelled"]:
+    st.info(f"{summary['unlabelled']:,} of {summary['tiles']:,} tiles are **{viz.UNLABELLED}** (no labels file): "
+            "their building count is unknown, not zero. They can be viewed and predicted on; training and "
+            "evaluation use only labelled tiles.")
 
 c1, c2, c3, c4 = st.columns([1.2, 1, 1, 1])
 color_by = c1.radio("Colour tiles by", ["building count", "train/val split"], horizontal=True, key="explore_color")
@@ -29,12 +35,15 @@ osm = c4.toggle("OpenStreetMap base map", value=False, help="Needs the internet;
 def _splits(root: str, n: int, val_fraction: float, method: str) -> dict[str, str]:
     from bdcore.dataset import split_tiles
 
-    train_ids, val_ids = split_tiles(catalog, val_fraction=val_fraction, seed=0, method=method)
+    # as training splits: labelled tiles only (unlabelled ones show as "unlabelled")
+    train_ids, val_ids = split_tiles(catalog[is_labelled(catalog)], val_fraction=val_fraction, seed=0, method=method)
     return {**{str(t): "train" for t in train_ids}, **{str(t): "val" for t in val_ids}}
 
 
 splits = None
-if color_by == "train/val split":
+if color_by == "train/val split" and not summary["labelled"]:
+    st.info(f"No labelled tile to split: every tile is {viz.UNLABELLED}.")
+elif color_by == "train/val split":
     try:
         splits = _splits(root, len(catalog), float(val_fraction), method)
     except USER_ERRORS as exc:
@@ -98,16 +107,18 @@ def tile_panel() -> None:
             st.session_state["explore_bands"] = (0, 1, 2)
         st.slider("Stretch percentiles", 0.0, 100.0, (2.0, 98.0), 0.5, key="explore_stretch")
         st.markdown(f"**{selected}** · {row.get('image_id', '')}")
+        count = viz.building_counts(catalog.loc[[selected]])[0]
+        count_md = f"**{viz.UNLABELLED}** (no labels file)" if count is None else f"**{count} buildings**"
         st.markdown(f"Size: {int(row.get('width') or 0)} × {int(row.get('height') or 0)} px, "
-                    f"{n_bands} band(s) · **{int(row.get('n_buildings') or 0)} buildings**")
+                    f"{n_bands} band(s) · {count_md}")
         paths = {p: row.get(p) for p in ("PS-RGB", "PS-MS", "MS", "PAN", "labels") if p in catalog.columns and row.get(p)}
         st.code("\n".join(f"{k}: {v}" for k, v in paths.items()) or "no files", language=None)
     with left:
         if err is not None:
             st.error(f"Cannot show tile {selected}: {err}")
         else:
-            st.image(preview[0], caption=f"{selected}: stretched image, building outlines in yellow",
-                     width="stretch")
+            what = "no labels (unlabelled tile)" if count is None else "building outlines in yellow"
+            st.image(preview[0], caption=f"{selected}: stretched image, {what}", width="stretch")
     if preview is not None:
         st.plotly_chart(viz.band_histogram_fig(preview[1]), key="explore_hist")
 

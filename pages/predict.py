@@ -28,6 +28,13 @@ threshold = c2.slider("Threshold", 0.05, 0.95, 0.5, 0.05, key="predict_threshold
 tta = c3.checkbox("Test-time augmentation", key="predict_tta", help="flips; ~4× slower")
 device = c4.selectbox("Device", ["auto", "cpu", "cuda"], key="predict_device")
 checkpoint = choices[label]
+NORMALIZE_LABELS = {"checkpoint": "Training statistics (checkpoint)", "image": "Per-image 2–98 % stretch"}
+normalize = st.radio(
+    "Normalisation", list(NORMALIZE_LABELS), format_func=NORMALIZE_LABELS.get, horizontal=True, key="predict_normalize",
+    help="How pixels are scaled for the model. Keep the training statistics unless the image is unlike the training "
+         "data (e.g. an 8-bit export): then stretch each image by its own 2–98 % percentiles.",
+)
+APP_FIX = f'try Normalisation "{NORMALIZE_LABELS["image"]}"'
 
 source = st.radio("Input", ["Upload a GeoTIFF", "Catalog tile"], horizontal=True, key="predict_source")
 input_path: Path | None = None
@@ -56,12 +63,12 @@ if input_path is not None and st.button("Run prediction", type="primary", key="p
     from bdcore import imagery
     from bdcore.predict import predict_geotiff
 
-    out_dir = cache_dir() / "predictions" / hashlib.sha256(f"{checkpoint}|{input_path}".encode()).hexdigest()[:16]
+    out_dir = cache_dir() / "predictions" / hashlib.sha256(f"{checkpoint}|{input_path}|{normalize}".encode()).hexdigest()[:16]
     bar = st.progress(0.0, text="Predicting…")
     try:
         imagery.read_profile(input_path)  # a clear error for a file that is not a raster
         result = predict_geotiff(
-            checkpoint, input_path, out_dir, tta=tta, threshold=float(threshold), device=device,
+            checkpoint, input_path, out_dir, tta=tta, threshold=float(threshold), device=device, normalize=normalize,
             progress=lambda done, total: bar.progress(done / max(total, 1), text=f"Predicting… window {done}/{total}"),
         )
         bar.progress(1.0, text=f"Done in {result.get('seconds', 0):.1f} s")
@@ -76,6 +83,9 @@ result = st.session_state.get("predict_result")
 if result:
     import geopandas as gpd
 
+    check = result.get("input_check")
+    if check is not None and not check.ok:
+        st.warning(check.message(fix=APP_FIX))
     st.success(f"{result.get('n_buildings', 0)} buildings found in {result.get('image_id')} "
                f"({result.get('width')}×{result.get('height')} px, {result.get('windows')} window(s)).")
     try:

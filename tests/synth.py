@@ -359,3 +359,31 @@ def make_aoi(
                 lines.append(f"{t.image_id},-1,POLYGON EMPTY,POLYGON EMPTY")
         sd.write_text("\n".join(lines) + "\n")
     return out
+
+
+def write_tiny_checkpoint(
+    path: str | os.PathLike,
+    lo: Sequence[float] | None = (133.0, 283.0, 251.0),
+    hi: Sequence[float] | None = (938.0, 1118.0, 741.0),
+    seed: int = 0,
+    in_channels: int = 3,
+) -> Path:
+    """A loadable random-init smp U-Net (resnet18, no pretrained weights) checkpoint, as ``models.load_model`` and
+    ``predict.Predictor.from_checkpoint`` read it. ``lo``/``hi``: the training band statistics it carries (default:
+    those of the real Vegas sample, uint16 ~130-1,100); None: none (per-image stretch)."""
+    import torch
+
+    from bdcore import models
+    from bdcore.config import RunConfig
+
+    torch.manual_seed(seed)
+    cfg = RunConfig(arch="Unet", encoder="resnet18", encoder_weights=None, data_root="/nonexistent")
+    model = models.build_model("Unet", "resnet18", in_channels, 1, encoder_weights=None)
+    payload = {"config": cfg.model_dump(mode="json"), "arch": "Unet", "encoder": "resnet18",
+               "in_channels": in_channels, "classes": 1, "model": model.state_dict()}
+    if lo is not None and hi is not None:
+        payload["band_stats"] = {"product": "PS-RGB", "lo": list(map(float, lo)), "hi": list(map(float, hi))}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    models.save_checkpoint(path, payload)
+    return path

@@ -175,3 +175,43 @@ def test_review_and_predict_with_a_checkpoint(tiny_run, monkeypatch):
     res = at.session_state["predict_result"]
     gj = json.loads(Path(res["geojson"]).read_text())
     assert gj["type"] == "FeatureCollection" and len(gj["features"]) == res["n_buildings"]
+
+
+def test_explore_real_paris_tiles_are_unlabelled(paris_imagery):
+    at = page("pages/explore.py", str(paris_imagery)).run()
+    assert not at.exception and not at.error
+    assert "2 tiles, 0 labelled (2 unlabelled: no labels file), 0 buildings" in texts(at, "caption")[0]
+    assert any("2 of 2 tiles are **unlabelled**" in i for i in texts(at, "info"))
+    md = " ".join(texts(at, "markdown"))
+    assert "**unlabelled** (no labels file)" in md and "0 buildings**" not in md
+    at.radio(key="explore_color").set_value("train/val split").run()
+    assert not at.exception and not at.error
+    assert any("No labelled tile to split" in i for i in texts(at, "info"))
+
+
+def test_predict_page_warns_on_imagery_unlike_the_training_data(empty_runs, tmp_path):
+    import numpy as np
+
+    from bdcore import runs
+    from bdcore.config import RunConfig
+    from synth import write_geotiff, write_tiny_checkpoint
+
+    run_dir = runs.create_run(RunConfig(encoder="resnet18", encoder_weights=None), name="u16")
+    write_tiny_checkpoint(run_dir / "best.pt")  # uint16-like training statistics
+    rng = np.random.default_rng(5)
+    write_geotiff(tmp_path / "aoi" / "RGB-PanSharpen_AOI_3_Paris_img1.tif",
+                  rng.integers(0, 256, (3, 96, 96)).astype(np.uint8))  # an 8-bit export, unlabelled
+    at = page("pages/predict.py", str(tmp_path / "aoi")).run()
+    at.radio(key="predict_source").set_value("Catalog tile").run()
+    at.selectbox(key="predict_device").set_value("cpu")
+    at.button(key="predict_go").click().run()
+    assert not at.exception and not at.error
+    warnings = texts(at, "warning")
+    assert len(warnings) == 1 and warnings[0].startswith(
+        "RGB-PanSharpen_AOI_3_Paris_img1.tif: looks unlike the training data (uint8, max 255;")
+    assert warnings[0].endswith('try Normalisation "Per-image 2–98 % stretch"')
+    assert any("buildings found" in s for s in texts(at, "success"))
+    at.radio(key="predict_normalize").set_value("image").run()
+    at.button(key="predict_go").click().run()
+    assert not at.exception and not at.error and texts(at, "warning") == []
+    assert at.session_state["predict_result"]["normalization"] == "percentile"

@@ -7,6 +7,7 @@ import os
 import shutil
 
 import numpy as np
+import pandas as pd
 import pytest
 import rasterio
 from shapely.geometry import box
@@ -97,10 +98,17 @@ def test_synthetic_layouts_all_products(tmp_path, layout):
             assert row[p] == str(t.images[p].resolve())
             assert product_path(row, p) == t.images[p].resolve()
         assert row["labels"] == (str(t.labels.resolve()) if t.labels else None)
-        assert row["n_buildings"] == len(t.boxes_px)
+        if t.labels:
+            assert row["n_buildings"] == len(t.boxes_px)
+        else:  # unlabelled: count unknown (NA), not 0
+            assert row["n_buildings"] is pd.NA
         assert row.geometry.equals_exact(box(*t.bounds), tolerance=1e-12)
-    assert cat.loc["img3", "labels"] is None and cat.loc["img3", "n_buildings"] == 0
+    assert cat.loc["img3", "labels"] is None and cat.loc["img3", "n_buildings"] is pd.NA
     assert cat.loc["img2", "labels"] is not None and cat.loc["img2", "n_buildings"] == 0
+    s = summary(cat)
+    assert (s["tiles"], s["labelled"], s["unlabelled"], s["tiles_without_buildings"]) == (5, 4, 1, 1)
+    assert s["headline"] == f"5 tiles, 4 labelled (1 unlabelled: no labels file), {aoi.n_buildings} buildings"
+    assert list(catalog_mod.labelled_tiles(cat).index) == [t for t in aoi.tile_ids if t != "img3"]
 
 
 def test_eight_band_only_catalog(tmp_path):

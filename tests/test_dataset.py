@@ -406,3 +406,16 @@ def test_build_datasets_from_run_config(tmp_path):
     t = aoi.tile(val.tile_ids[0])
     np.testing.assert_array_equal(v["mask"].numpy()[0], t.expected_mask())
     assert build_datasets(cfg)[1].tile_ids == val.tile_ids
+
+
+def test_build_datasets_refuses_a_folder_with_no_labelled_tile(tmp_path):
+    from bdcore.config import RunConfig
+    from bdcore.dataset import DatasetError
+
+    aoi = synth.make_aoi(tmp_path / "aoi", n_tiles=3, size=32, missing_labels=[0, 1, 2])
+    cfg = RunConfig(data_root=str(aoi.root), crop_size=32)
+    with pytest.raises(DatasetError) as ei:
+        build_datasets(cfg)
+    msg = str(ei.value)
+    assert msg.startswith(f"{aoi.root.resolve()}: 3 tile(s), 0 labelled")
+    assert "training needs labelled tiles" in msg and "add the geojson_buildings files" in msg

@@ -163,3 +163,46 @@ def test_empty_tile_predicted_empty_is_perfect_not_worst(tmp_path):
     prob[0, 10:30, 10:30] = 1.0
     row = E.score_tile(prob, str(t.images["PS-RGB"]), str(t.labels))
     assert (row["pixel_iou"], row["f1"], row["fp"]) == (0.0, 0.0, 1)
+
+
+def test_normalize_image_is_cached_apart_and_unlike_inputs_warn_once(short_run, monkeypatch, caplog, capsys):
+    import shutil
+
+    import bdcore.predict
+    from bdcore.cli import main
+    from bdcore.predict import Normalization
+
+    run_dir, aoi, cfg = short_run
+    _, s_ck = evaluate_checkpoint(run_dir, which="best", tiles="all")
+    _, s_img = evaluate_checkpoint(run_dir, which="best", tiles="all", normalize="image")
+    assert s_ck["normalize"] == "checkpoint" and s_img["normalize"] == "image"
+    assert s_img["predictions"] == str(E.prediction_dir(run_dir, "best", "image"))
+    assert s_img["predictions"].endswith("-image") and s_img["cached_tiles"] == 0
+    ck_dir, img_dir = E.prediction_dir(run_dir, "best"), E.prediction_dir(run_dir, "best", "image")
+    assert ck_dir.is_dir() and img_dir.is_dir()  # neither mode evicts the other
+    assert s_ck["warning"] is None and s_img["warning"] is None  # synthetic tiles are like the training data
+    differ = [t for t in aoi.tile_ids if not np.array_equal(np.load(ck_dir / f"{t}.npy"), np.load(img_dir / f"{t}.npy"))]
+    assert differ  # the model saw other inputs
+
+    assert main(["evaluate", str(run_dir), "--tiles", "all", "--normalize", "image", "--json"]) == 0
+    js = capsys.readouterr().out
+    summary = __import__("json").loads(js[js.index("{"):])["summary"]
+    assert summary["normalize"] == "image" and summary["cached_tiles"] == 6
+
+    # a checkpoint whose training statistics are far from these tiles: ONE warning line for the whole evaluation
+    monkeypatch.setattr(bdcore.predict, "normalization_from_payload",
+                        lambda payload: Normalization(np.full(3, 20000.0), np.full(3, 40000.0), "checkpoint"))
+    shutil.rmtree(E.prediction_dir(run_dir, "last"), ignore_errors=True)
+    caplog.clear()
+    caplog.set_level("INFO")
+    _, s = evaluate_checkpoint(run_dir, which="last", tiles="all")
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and r.name.startswith("bdcore")]
+    assert s["unlike_training"] == 6 and warnings == [s["warning"]]
+    assert s["warning"].startswith("6 of 6 predicted tiles look unlike the training data, e.g. RGB-PanSharpen_AOI_3_Paris_img")
+    assert "try --normalize image" in s["warning"]
+    # cached now: no second warning, and the per-image mode never compares
+    caplog.clear()
+    _, s = evaluate_checkpoint(run_dir, which="last", tiles="all")
+    assert s["warning"] is None and s["cached_tiles"] == 6
+    with pytest.raises(ValueError, match="normalize must be one of checkpoint, image"):
+        evaluate_checkpoint(run_dir, normalize="percentile")

@@ -192,3 +192,57 @@ def test_stats_cli(vegas_root, capsys):
     assert len(d["lo"]) == 3 and all(lo < hi for lo, hi in zip(d["lo"], d["hi"]))
     assert main(["stats", str(vegas_root), "--product", "PS-MS"]) == 2
     assert "PS-MS" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------ input vs training
+
+VEGAS_LO, VEGAS_HI = [133.0, 283.0, 251.0], [938.0, 1118.0, 741.0]  # real Vegas sample statistics (uint16)
+
+
+def test_check_input_flags_uint8_and_far_ranges_but_not_similar_uint16():
+    from bdcore.imagery import check_input
+
+    rng = np.random.default_rng(0)
+    u8 = rng.integers(0, 256, (3, 300, 300)).astype(np.uint8)
+    c = check_input(u8, [80.0] * 3, [1900.0] * 3, name="scene.tif")
+    assert not c.ok and set(c.reasons) == {"dtype", "range"} and c.off_bands == [0, 1, 2]
+    msg = c.message()
+    assert msg.startswith("scene.tif: looks unlike the training data (uint8, max 255; 2–98 % range ")
+    assert "vs training 80–1,900 per band" in msg and msg.endswith("try --normalize image (per-image 2–98 % stretch)")
+    assert "\n" not in msg
+    assert c.message(fix="pick X").endswith("predictions may be meaningless; pick X")
+    # uint16 pixels whose 2-98 % range lies mostly above the training range
+    bright = rng.integers(3000, 4000, (3, 64, 64)).astype(np.uint16)
+    c = check_input(bright, VEGAS_LO, VEGAS_HI, name="bright.tif")
+    assert c.reasons == ["range"] and "3 of 3 band(s) mostly outside it" in c.message()
+    # float reflectance 0-0.4 against uint16 statistics
+    assert check_input(rng.random((3, 40, 40)).astype(np.float32) * 0.4, VEGAS_LO, VEGAS_HI).reasons == ["range"]
+    # similar uint16 data: fine (and a uint8 tile against uint8 statistics is fine too)
+    like = np.stack([rng.integers(int(lo), int(hi), (100, 100)) for lo, hi in zip(VEGAS_LO, VEGAS_HI)]).astype(np.uint16)
+    c = check_input(like, VEGAS_LO, VEGAS_HI)
+    assert c.ok and c.message() == "" and c.off_bands == []
+    assert check_input(u8, [5.0] * 3, [250.0] * 3).ok
+    # one band off of three is not enough
+    mixed = like.copy()
+    mixed[0] = 5000
+    c = check_input(mixed, VEGAS_LO, VEGAS_HI)
+    assert c.ok and c.off_bands == [0]
+    # band count
+    c = check_input(rng.integers(0, 900, (4, 16, 16)).astype(np.uint16), VEGAS_LO, VEGAS_HI, name="four.tif")
+    assert c.reasons == ["bands"] and "4 band(s) vs 3 in training" in c.message()
+
+
+def test_check_input_reads_a_file_decimated_and_skips_nodata(tmp_path):
+    from bdcore.imagery import check_input
+
+    rng = np.random.default_rng(1)
+    arr = np.stack([rng.integers(int(lo), int(hi), (1200, 900)) for lo, hi in zip(VEGAS_LO, VEGAS_HI)]).astype(np.uint16)
+    arr[:, :600] = 0  # half the image is nodata: it must not drag the percentiles to 0
+    path = write_geotiff(tmp_path / "big.tif", arr, nodata=0)
+    c = check_input(path, VEGAS_LO, VEGAS_HI)
+    assert c.name == "big.tif" and c.ok, c.message()
+    assert max(c.sample_shape) <= 256 and c.sample_shape[0] > 100  # a decimated sample, never the full raster
+    assert min(c.lo) > 100
+    arr_c = check_input(arr, VEGAS_LO, VEGAS_HI, nodata=0)
+    assert max(arr_c.sample_shape) <= 256 and arr_c.ok
+    assert check_input(arr, VEGAS_LO, VEGAS_HI).lo == [0.0] * 3  # without nodata the zeros count

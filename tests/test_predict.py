@@ -227,3 +227,80 @@ def test_inference_normalisation_is_bit_identical_to_training():
     got = norm.apply(arr)
     assert got.dtype == np.float32 and np.array_equal(got.view(np.uint32), expected.view(np.uint32))
     assert expected.min() == 0.0 and expected.max() == 1.0  # both clip ends exercised
+
+
+# ------------------------------------------------------------------------------------------- unlike the training data
+
+
+@pytest.fixture(scope="module")
+def uint16_checkpoint(tmp_path_factory):
+    """A random-init resnet18 U-Net carrying uint16-like training statistics (the real Vegas sample's, ~130-1,100)."""
+    from synth import write_tiny_checkpoint
+
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("ck16") / "best.pt")
+
+
+def _u8_scene(tmp_path):
+    """A 3-band uint8 0-255 GeoTIFF (an 8-bit export), made in code."""
+    rng = np.random.default_rng(3)
+    img = rng.normal(90, 25, (3, 160, 192))
+    img[:, 40:90, 50:120] = 230
+    return write_geotiff(tmp_path / "scene.tif", np.clip(img, 0, 255).astype(np.uint8), crs=UTM, transform=UTM_T)
+
+
+def _warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and r.name.startswith("bdcore")]
+
+
+def test_uint8_input_against_uint16_checkpoint_warns_once_and_image_normalisation_fixes_it(
+        uint16_checkpoint, tmp_path, caplog):
+    scene = _u8_scene(tmp_path)
+    pred = Predictor.from_checkpoint(uint16_checkpoint, device="cpu")
+    assert pred.normalization.source == "checkpoint"
+    caplog.set_level("INFO")
+    res = predict_geotiff(pred, scene, tmp_path / "ck", prob_dtype="float32", polygons=False)
+    msg = res["warning"]
+    assert msg and msg == res["input_check"].message() and not res["input_check"].ok
+    assert msg.startswith("scene.tif: looks unlike the training data (uint8, max 255; 2–98 % range ")
+    assert "vs training 133–1,118 per band" in msg and "--normalize image" in msg
+    assert _warnings(caplog) == [msg]  # exactly ONE line
+    assert res["normalization"] == "checkpoint"
+
+    caplog.clear()
+    res_img = predict_geotiff(pred, scene, tmp_path / "img", prob_dtype="float32", polygons=False, normalize="image")
+    assert res_img["warning"] is None and res_img["input_check"] is None and _warnings(caplog) == []
+    assert res_img["normalization"] == "percentile"
+    with rasterio.open(res["prob"]) as a, rasterio.open(res_img["prob"]) as b:
+        pa, pb = a.read(1), b.read(1)
+    assert np.abs(pa - pb).max() > 1e-3  # the model saw different inputs
+
+    with pytest.raises(PredictError, match="normalize must be one of checkpoint, image, got 'dataset'"):
+        predict_geotiff(pred, scene, tmp_path / "bad", normalize="dataset")
+
+
+def test_in_range_uint16_input_does_not_warn(uint16_checkpoint, tmp_path, caplog):
+    rng = np.random.default_rng(4)
+    lo, hi = (133, 283, 251), (938, 1118, 741)
+    img = np.stack([rng.integers(a, b, (128, 160)) for a, b in zip(lo, hi)]).astype(np.uint16)
+    path = write_geotiff(tmp_path / "like.tif", img, crs=UTM, transform=UTM_T)
+    res = predict_geotiff(uint16_checkpoint, path, tmp_path / "o", device="cpu", polygons=False)
+    assert res["input_check"].ok and res["warning"] is None and _warnings(caplog) == []
+
+
+def test_cli_normalize_flag_and_one_warning_line(uint16_checkpoint, tmp_path, capsys, caplog):
+    from bdcore.cli import main
+
+    scene = _u8_scene(tmp_path)
+    args = ["predict", "--checkpoint", str(uint16_checkpoint), "--input", str(scene), "--device", "cpu",
+            "--window", "128", "--overlap", "32"]
+    assert main([*args, "--out", str(tmp_path / "a")]) == 0
+    lines = _warnings(caplog)
+    assert len(lines) == 1 and lines[0].startswith("scene.tif: looks unlike the training data (uint8")
+    assert lines[0].endswith("try --normalize image (per-image 2–98 % stretch)")
+    caplog.clear()
+    assert main([*args, "--out", str(tmp_path / "b"), "--normalize", "image"]) == 0
+    assert _warnings(caplog) == []
+    assert (tmp_path / "b" / "scene_mask.tif").is_file()
+    with pytest.raises(SystemExit):
+        main([*args, "--normalize", "bogus"])
+    assert "invalid choice: 'bogus'" in capsys.readouterr().err

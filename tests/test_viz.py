@@ -7,6 +7,7 @@ import re
 
 import geopandas as gpd
 import numpy as np
+import pandas as pd
 import pytest
 from shapely.geometry import Polygon, box
 
@@ -182,3 +183,21 @@ def test_training_curves_fig():
     assert list(by["train loss"].x) == [1, 2, 3] and list(by["train loss"].y) == [0.9, 0.8, 0.6]
     assert list(by["val IoU"].y) == [0.3] and list(by["val F1"].x) == [2] and list(by["val loss"].y) == [0.7]
     assert len(viz.training_curves_fig([]).data) == 4
+
+
+def test_unlabelled_tiles_are_grey_dashed_and_not_counted_as_empty():
+    cat = grid_catalog()
+    cat["n_buildings"] = pd.array([None, *cat["n_buildings"].tolist()[1:]], dtype="Int64")  # img1: no labels file
+    for color_by in ("n_buildings", "split"):
+        m = viz.tile_map(cat, color_by=color_by, splits={t: "train" for t in cat.index[1:]})
+        feats = {f["properties"]["tile_id"]: f["properties"] for f in next(
+            c for c in m._children.values() if type(c).__name__ == "GeoJson").data["features"]}
+        assert feats["img1"]["buildings"] == viz.UNLABELLED and feats["img1"]["n_buildings"] is None
+        assert feats["img1"]["fill"] == viz.UNLABELLED_COLOR and feats["img1"]["dash"]
+        assert feats["img2"]["buildings"] == "1" and feats["img2"]["fill"] != viz.UNLABELLED_COLOR
+        assert feats["img2"]["dash"] is None
+        if color_by == "split":
+            assert feats["img1"]["value"] == viz.UNLABELLED and feats["img2"]["value"] == "train"
+    assert viz.count_color(None, 10) == viz.UNLABELLED_COLOR
+    fig = viz.buildings_per_tile_fig(cat)
+    assert len(fig.data[0].x) == len(cat) - 1 and "1 unlabelled left out" in fig.layout.title.text
