@@ -24,6 +24,7 @@ import argparse
 import datetime as dt
 import json
 import os
+import resource
 import shlex
 import sys
 import time
@@ -81,12 +82,19 @@ def encoder_init(cfg) -> str:
 # --------------------------------------------------------------------------------------------- training
 
 
-def train_run(cfg, name: str | None, timeout: float | None) -> tuple[Path, float]:
-    """Create the run folder and run the detached trainer to the end (Ctrl-C stops it, saving last.pt)."""
+def _children_cpu_s() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def train_run(cfg, name: str | None, timeout: float | None) -> tuple[Path, float, float]:
+    """Create the run folder and run the detached trainer to the end (Ctrl-C stops it, saving last.pt).
+    Returns (run folder, wall s, CPU s of the trainer and its loader workers)."""
     from bdcore.runs import create_run, launch, stop_run, wait_run
 
     run_dir = create_run(cfg, name=name)
     print(f"[accuracy] training {run_dir.name} (log {run_dir / 'train.log'})", file=sys.stderr, flush=True)
+    cpu0 = _children_cpu_s()
     t0 = time.perf_counter()
     launch(run_dir)
     try:
@@ -96,6 +104,7 @@ def train_run(cfg, name: str | None, timeout: float | None) -> tuple[Path, float
         stop_run(run_dir)
         raise
     wall = time.perf_counter() - t0
+    cpu = _children_cpu_s() - cpu0  # the trainer is our child (reaped by wait_run): its CPU time, workers included
     if state not in ("finished",):
         if state == "running":
             stop_run(run_dir)
@@ -104,7 +113,7 @@ def train_run(cfg, name: str | None, timeout: float | None) -> tuple[Path, float
         tail = log.read_text(errors="replace").splitlines()[-15:] if log.exists() else []
         raise SystemExit(f"[accuracy] run {run_dir.name} did not finish ({state}); last lines of {log}:\n"
                          + "\n".join(tail))
-    return run_dir, wall
+    return run_dir, wall, cpu
 
 
 def run_summary(run_dir: Path) -> dict:
@@ -146,6 +155,10 @@ def hardware(train_device: str | None) -> dict:
     return m
 
 
+def _load() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
 # --------------------------------------------------------------------------------------------- report
 
 
@@ -179,6 +192,11 @@ def row_notes(row: dict) -> list[str]:
         notes.append("random init")
     if row.get("tiles", {}).get("val", 0) < 50:
         notes.append(f"{row.get('tiles', {}).get('val')} val tiles: smoke check, not an accuracy claim")
+    cores = row.get("hardware", {}).get("cores_usable") or row.get("hardware", {}).get("cores") or 0
+    peak = max((row.get("load_avg_start") or [0])[0], (row.get("load_avg_end") or [0])[0])
+    if cores and peak > cores + 0.5:  # the run itself keeps about `cores` busy
+        notes.append(f"shared machine (load average up to {peak:g} on {cores} cores, this run included): "
+                     "wall time inflated by other work")
     if row.get("note"):
         notes.append(row["note"])
     return notes
@@ -261,8 +279,9 @@ def render_markdown(rows: list[dict], json_name: str = "accuracy.json") -> str:
     for r in rows:
         t = r.get("tiles", {})
         cfg = f"`{r.get('config') or '(defaults)'}`"
-        if r.get("overrides"):
-            cfg += " + " + ", ".join(f"{k}={v}" for k, v in r["overrides"].items())
+        shown = {k: v for k, v in sorted(r.get("overrides", {}).items()) if k not in ("data_root", "device")}
+        if shown:  # data_root and device are in the AOI and hardware columns
+            cfg += " + " + ", ".join(f"{k}={v}" for k, v in shown.items())
         hw = r.get("hardware", {})
         lines.append(
             f"| {str(r.get('date', ''))[:10]} | {cfg} | {r.get('aoi', '?')} | {t.get('train', '?')}/{t.get('val', '?')} | "
@@ -284,8 +303,12 @@ def render_markdown(rows: list[dict], json_name: str = "accuracy.json") -> str:
             f"F1 {r.get('building_f1')} (P {r.get('building_precision')}, R {r.get('building_recall')}; TP "
             f"{r.get('tp')}, FP {r.get('fp')}, FN {r.get('fn')}); trainer's best val IoU "
             f"{r.get('trainer_best_val_iou')} at epoch {r.get('best_epoch')}; {r.get('train_img_per_s')} img/s; "
-            f"training {_wall(r.get('wall_s'))}, scoring {_wall(r.get('eval_s'))}; trained on "
-            f"{r.get('train_device')}; bdcore {r.get('hardware', {}).get('git_commit', '?')}"
+            f"trainer {_wall(r.get('wall_s'))} wall"
+            + (f" ({_wall(r['train_cpu_s'])} CPU)" if r.get("train_cpu_s") is not None else "")
+            + f", scoring {_wall(r.get('eval_s'))}; trained on {r.get('train_device')}; load average "
+            f"{r.get('load_avg_start', '?')} → {r.get('load_avg_end', '?')}"
+            + (f" ({r['load_avg_source']})" if r.get("load_avg_source") else "") + "; bdcore "
+            f"{r.get('hardware', {}).get('git_commit', '?')}"
             f"{' + local changes' if r.get('hardware', {}).get('git_dirty') else ''}.",
         ]
     lines.append("")
@@ -340,15 +363,17 @@ def main(argv=None) -> dict:
             raise SystemExit("--run scores an existing run as it was trained: give no --config or field flags")
         from bdcore.runs import run_path
 
-        run_dir, wall = run_path(args.run), None
+        run_dir, wall, cpu = run_path(args.run), None, None
         cfg = run_config(run_dir)
     else:
         cfg = config_from_args(args.config, overrides)
         run_dir = None
     counts = split_counts(cfg)  # before training: a bad data_root fails here, not in the detached trainer
     init = encoder_init(cfg)
+    load_start = _load()
     if run_dir is None:
-        run_dir, wall = train_run(cfg, args.name, args.timeout)
+        run_dir, wall, cpu = train_run(cfg, args.name, args.timeout)
+    load_end = _load()
     trained = run_summary(run_dir)
     if wall is None:
         wall = trained.get("trainer_elapsed_s")
@@ -386,6 +411,8 @@ def main(argv=None) -> dict:
         **{k: v for k, v in trained.items() if k not in ("device", "state")},
         "train_device": trained.get("device"),
         "wall_s": None if wall is None else round(float(wall), 1), "eval_s": round(eval_s, 1),
+        "train_cpu_s": None if cpu is None else round(float(cpu), 1),
+        "load_avg_start": load_start, "load_avg_end": load_end,
         "hardware": hw, "note": args.note,
     }
     if not args.no_record:
