@@ -618,9 +618,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if updates:
         cfg = RunConfig.from_dict({**cfg.model_dump(), **updates}, source="command-line flags")
     if cfg.data_root.strip() not in ("", "demo"):  # refuse a bad data folder now, not in the detached trainer
-        from bdcore.catalog import load_catalog
+        from bdcore.catalog import labelled_tiles, load_catalog
 
-        load_catalog(cfg.resolved_data_root())
+        labelled_tiles(load_catalog(cfg.resolved_data_root()), cfg.product)
     run_dir = create_run(cfg, name=args.name)
     if args.create_only:  # e.g. for `torchrun ... -m bdcore.train --run-dir RUN_DIR`
         print(run_dir)

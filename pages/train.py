@@ -106,6 +106,10 @@ if submitted:
             split=split, seed=int(seed), device=device, steps_per_epoch=int(steps_per_epoch) or None,
             log_every=int(log_every), workers=int(workers), boundary=bool(boundary),
         )
+        if root != "demo":  # refuse an unlabelled folder now, not in the detached trainer
+            from bdcore.catalog import labelled_tiles
+
+            labelled_tiles(catalog, cfg.product)
         run_dir = runs.create_run(cfg, name=name.strip() or None)
         pid = runs.launch(run_dir)
         st.session_state["train_selected"] = run_dir.name

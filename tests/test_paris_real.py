@@ -64,6 +64,13 @@ def test_training_and_evaluation_refuse_a_folder_without_labelled_tiles(paris_ca
     assert "add the geojson_buildings files" in msg
     with pytest.raises(EvaluationError, match=r"0 labelled.*evaluation needs labelled tiles"):
         eval_tiles(cfg, "all")
+    # the CLI refuses before a detached trainer is started (no run folder is left behind)
+    from bdcore import runs
+    from bdcore.cli import main
+
+    before = {p.name for p in runs.runs_dir().iterdir()}
+    assert main(["train", "--data-root", str(paris_imagery), "--encoder-weights", "none", "--detach"]) == 2
+    assert {p.name for p in runs.runs_dir().iterdir()} == before
 
 
 def test_map_and_histogram_say_unlabelled(paris_catalog):
