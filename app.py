@@ -6,18 +6,13 @@ Opens on the embedded synthetic demo AOI; the sidebar picks a downloaded AOI or 
 from __future__ import annotations
 
 import os
-import sys
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-APP_DIR = Path(__file__).resolve().parent
-if str(APP_DIR) not in sys.path:
-    sys.path.insert(0, str(APP_DIR))
 
 import streamlit as st  # noqa: E402
 
 from bdcore import viz  # noqa: E402
-from pages._shared import dataset_picker  # noqa: E402
+from pages._shared import dataset_picker  # noqa: E402  (app.py's folder is on sys.path under `streamlit run`)
 
 st.set_page_config(page_title="SpaceNet building workbench", page_icon=":material/location_city:", layout="wide")
 

@@ -425,7 +425,8 @@ def launch(run_dir: str | os.PathLike, resume: bool = False, module: str | None 
     """Start the trainer as a detached process (own session, output to ``train.log``); returns its pid.
 
     The process survives the caller (Streamlit restarts, a closed terminal). Refused if the run is already
-    being trained.
+    being trained. The child (``sys.executable -m bdcore.train``, cwd = the run folder) imports the installed
+    ``bdcore`` package (``pip install -e .``, which requirements.txt does).
     """
     run_dir = Path(run_dir).resolve()
     if not (run_dir / "config.json").exists():
@@ -440,9 +441,6 @@ def launch(run_dir: str | os.PathLike, resume: bool = False, module: str | None 
             cmd.append("--resume")
         env = dict(os.environ)
         env.setdefault("PYTHONUNBUFFERED", "1")
-        # the trainer must import this checkout's bdcore, wherever the caller's cwd is
-        pkg_root = str(Path(__file__).resolve().parent.parent)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (pkg_root, env.get("PYTHONPATH", "")) if p)
         env["BDCORE_RUN_LOCK_FD"] = str(fd)
         if extra_env:
             env.update(extra_env)

@@ -68,15 +68,12 @@ def split_counts(cfg) -> dict:
             "buffer": len(buffer), "aoi": ", ".join(aois) or Path(cfg.resolved_data_root()).name}
 
 
-def encoder_init(cfg) -> str:
-    """How the trainer initialises the encoder: the same test as bdcore.models.build_model."""
-    if not cfg.encoder_weights:
-        return "random (encoder_weights none)"
-    from bdcore.models import cached_encoder_weights
+def encoder_init(run_dir: Path) -> str:
+    """What the run's encoder started from, as the trainer recorded it (status.json ``weights``)."""
+    from bdcore.runs import read_status
 
-    if cached_encoder_weights(cfg.encoder, cfg.encoder_weights) is None:
-        return f"random ({cfg.encoder_weights} weights not cached: offline)"
-    return cfg.encoder_weights
+    got = read_status(run_dir).get("weights") or {}
+    return str(got.get("summary") or "unknown (run trained before weights were recorded)")
 
 
 # --------------------------------------------------------------------------------------------- training
@@ -369,11 +366,11 @@ def main(argv=None) -> dict:
         cfg = config_from_args(args.config, overrides)
         run_dir = None
     counts = split_counts(cfg)  # before training: a bad data_root fails here, not in the detached trainer
-    init = encoder_init(cfg)
     load_start = _load()
     if run_dir is None:
         run_dir, wall, cpu = train_run(cfg, args.name, args.timeout)
     load_end = _load()
+    init = encoder_init(run_dir)
     trained = run_summary(run_dir)
     if wall is None:
         wall = trained.get("trainer_elapsed_s")

@@ -22,14 +22,11 @@ import json
 import os
 import platform
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 VEGAS = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "spacenet2_vegas_sample"
 

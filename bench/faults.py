@@ -33,12 +33,11 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bdcore import runs  # noqa: E402
-from bdcore.atomic import atomic_write_json  # noqa: E402
-from bdcore.config import RunConfig  # noqa: E402
-from bdcore.models import CheckpointError, load_checkpoint  # noqa: E402
+from bdcore import runs
+from bdcore.atomic import atomic_write_json
+from bdcore.config import RunConfig
+from bdcore.models import CheckpointError, load_checkpoint
 
 CHECKPOINTS = ("last.pt", "best.pt")
 POLL_S = 0.002  # checkpoint temp files live ~0.5 s; 2 ms polling lands the kill inside the write

@@ -24,7 +24,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 # name -> (script, full args, quick args, timeout s). GPU settings are added in bench_args().
 BENCHES: dict[str, tuple[str, list[str], list[str], int]] = {

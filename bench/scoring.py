@@ -13,17 +13,14 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from shapely.geometry import box
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bdcore.polygons import mask_to_polygons, polygons_to_mask  # noqa: E402
-from bdcore.scoring import match_buildings, score_spacenet  # noqa: E402
+from bdcore.polygons import mask_to_polygons, polygons_to_mask
+from bdcore.scoring import match_buildings, score_spacenet
 
 
 def polygonize_bench(size: int = 1280, seed: int = 0) -> dict:

@@ -13,19 +13,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import torch  # noqa: E402
-from torch.utils.data import DataLoader  # noqa: E402
+import torch
+from torch.utils.data import DataLoader
 
-from bdcore.config import RunConfig  # noqa: E402
-from bdcore.models import model_from_config  # noqa: E402
-from bdcore.train import epoch_batches, make_amp, make_optimizer, resolve_device, train_step  # noqa: E402
+from bdcore.config import RunConfig
+from bdcore.models import model_from_config
+from bdcore.train import epoch_batches, make_amp, make_optimizer, resolve_device, train_step
 
 
 def _sync(device: torch.device) -> None:

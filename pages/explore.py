@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+import streamlit as st
+from streamlit_folium import st_folium
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import streamlit as st  # noqa: E402
-from streamlit_folium import st_folium  # noqa: E402
-
-from bdcore import viz  # noqa: E402
-from bdcore.catalog import is_labelled, summary as catalog_summary  # noqa: E402
-from pages._shared import USER_ERRORS, current_root, get_catalog, rerun_fragment, root_label  # noqa: E402
+from bdcore import viz
+from bdcore.catalog import is_labelled, summary as catalog_summary
+from pages._shared import USER_ERRORS, current_root, get_catalog, rerun_fragment, root_label
 
 st.title("Explore")
 root = current_root()

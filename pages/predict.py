@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-import sys
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import streamlit as st  # noqa: E402
 from streamlit_folium import st_folium  # noqa: E402

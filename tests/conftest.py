@@ -12,7 +12,27 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TORCH_NUM_THREADS", "2")
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# Small real files shipped with the tests (provenance and licences: tests/data/README.md).
+TEST_DATA = Path(__file__).resolve().parent / "data"
+# The larger real data sets, beside the checkout (not in a fresh clone).
 SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
+REQUIRE_SHARED = "BDCORE_REQUIRE_SHARED"
+
+
+def shared_path(*parts: str) -> Path:
+    """``../shared/data/<parts>``, or skip the calling test when it is missing (called at module level, the
+    whole module). With ``BDCORE_REQUIRE_SHARED=1`` (CI: ``.ci/run``) a missing path fails instead of skipping.
+
+    The one place that decides what a test needing ``../shared`` does without it; fixtures below use it, and a
+    test module may call it directly (``from conftest import shared_path``).
+    """
+    path = SHARED_DATA.joinpath(*parts)
+    if path.exists():
+        return path
+    reason = f"needs ../shared/data{''.join('/' + p for p in parts)} beside the checkout ({path} is missing)"
+    if os.environ.get(REQUIRE_SHARED) == "1":
+        pytest.fail(f"{reason}; {REQUIRE_SHARED}=1 requires it", pytrace=False)
+    pytest.skip(reason, allow_module_level=True)
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -32,32 +52,36 @@ def _isolated_dirs(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """``../shared/data`` beside the clone; tests that need it skip when it is absent, or fail with
-    ``BDCORE_REQUIRE_SHARED=1`` (CI)."""
-    if not SHARED_DATA.is_dir():
-        msg = f"{SHARED_DATA} is missing: these tests need ../shared/data beside the clone"
-        if os.environ.get("BDCORE_REQUIRE_SHARED") == "1":
-            pytest.fail(f"{msg} (BDCORE_REQUIRE_SHARED=1)")
-        pytest.skip(msg)
-    return SHARED_DATA
+    """``../shared/data`` (skips without it, see ``shared_path``)."""
+    return shared_path()
 
 
 @pytest.fixture(scope="session")
-def vegas_root(shared_data) -> Path:
-    return shared_data / "spacenet2_vegas_sample"
+def vegas_root() -> Path:
+    """The ten-tile SpaceNet 2 Vegas sample (213 buildings) in ``../shared`` (skips without it)."""
+    return shared_path("spacenet2_vegas_sample")
 
 
 @pytest.fixture(scope="session")
-def paris_imagery(shared_data) -> Path:
-    """Two real, unlabelled SpaceNet 2 Paris PS-RGB tiles (img197, img1180)."""
-    return shared_data / "spacenet2_paris_imagery"
+def paris_imagery() -> Path:
+    """Two real, unlabelled SpaceNet 2 Paris PS-RGB tiles (img197, img1180) in ``../shared`` (skips without it)."""
+    return shared_path("spacenet2_paris_imagery")
 
 
 @pytest.fixture(scope="session")
-def scoring_dir(shared_data) -> Path:
-    return shared_data / "scoring"
+def vegas_small() -> Path:
+    """Two real Vegas tiles in tests/data, same layout as ``vegas_root``: ``img1265`` (whole, 49 buildings) and a
+    128 × 128 px georeferenced crop of ``img246`` (a tile with no buildings)."""
+    return TEST_DATA / "spacenet2_vegas"
 
 
 @pytest.fixture(scope="session")
-def paris_tile_index(shared_data) -> Path:
-    return shared_data / "tile_index" / "AOI_3_Paris_Train_Tindex.geojson"
+def scoring_dir() -> Path:
+    """The SpaceNet 2 scorer's golden CSVs from solaris, in tests/data."""
+    return TEST_DATA / "scoring"
+
+
+@pytest.fixture(scope="session")
+def paris_tile_index() -> Path:
+    """Footprints of all 1,148 Paris training tiles in ``../shared`` (skips without it)."""
+    return shared_path("tile_index", "AOI_3_Paris_Train_Tindex.geojson")

@@ -30,7 +30,7 @@ def texts(at: AppTest, kind: str) -> list[str]:
     return [str(e.value) for e in getattr(at, kind)]
 
 
-def test_app_opens_on_demo_and_remembers_choice(vegas_root):
+def test_app_opens_on_demo_and_remembers_choice(vegas_small):
     from bdcore.catalog import load_catalog
     from bdcore.demo import demo_root
     from bdcore.paths import cache_dir
@@ -42,24 +42,24 @@ def test_app_opens_on_demo_and_remembers_choice(vegas_root):
     cat = load_catalog(demo_root())
     assert f"{len(cat)} tiles" in texts(at, "caption")[0] and "Demo AOI" in texts(at, "caption")[0]
     # the choice lives in the session (the sidebar form itself is driven in test_browser.py) ...
-    at.session_state["data_root"] = str(vegas_root)
+    at.session_state["data_root"] = str(vegas_small)
     at.run()
     assert not at.exception
-    assert "10 tiles, 213 buildings" in texts(at, "caption")[0]
+    assert "2 tiles, 49 buildings" in texts(at, "caption")[0]
     # ... and a fresh session starts on the choice remembered on disk
-    (cache_dir() / "app_state.json").write_text(json.dumps({"data_root": str(vegas_root)}))
+    (cache_dir() / "app_state.json").write_text(json.dumps({"data_root": str(vegas_small)}))
     at2 = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT).run()
-    assert "10 tiles" in texts(at2, "caption")[0]
+    assert "2 tiles, 49 buildings" in texts(at2, "caption")[0]
     (cache_dir() / "app_state.json").unlink()
 
 
-def test_explore_real_vegas_tiles(vegas_root):
+def test_explore_real_vegas_tiles(vegas_small):
     from bdcore.catalog import load_catalog
 
-    cat = load_catalog(vegas_root)
-    at = page("pages/explore.py", str(vegas_root)).run()
+    cat = load_catalog(vegas_small)
+    at = page("pages/explore.py", str(vegas_small)).run()
     assert not at.exception and not at.error
-    assert "10 tiles, 213 buildings" in texts(at, "caption")[0]
+    assert "2 tiles, 49 buildings" in texts(at, "caption")[0]
     tid = max(cat.index, key=lambda t: cat.loc[t, "n_buildings"])
     at.selectbox(key="explore_tile").set_value(tid).run()
     assert not at.exception

@@ -54,7 +54,7 @@ def test_config_model_builds_with_its_bands_and_classes(path):
     from bdcore.models import model_from_config
 
     cfg = RunConfig.load(path)
-    model = model_from_config(cfg, pretrained=False).eval()
+    model = model_from_config(cfg, pretrained=False)[0].eval()
     side = 64
     with torch.no_grad():
         out = model(torch.zeros(1, cfg.in_channels, side, side))

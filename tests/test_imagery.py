@@ -24,8 +24,8 @@ from bdcore.paths import cache_dir
 from synth import make_aoi, write_garbage, write_geotiff, write_png_as_tif, write_truncated_tif
 
 
-def test_read_real_vegas_tile(vegas_root):
-    tif = vegas_root / "PS-RGB" / "RGB-PanSharpen_AOI_2_Vegas_img1265.tif"
+def test_read_real_vegas_tile(vegas_small):
+    tif = vegas_small / "PS-RGB" / "RGB-PanSharpen_AOI_2_Vegas_img1265.tif"
     arr = read_image(tif)
     assert arr.shape == (3, 650, 650) and arr.dtype == np.uint16
     with rasterio.open(tif) as src:
@@ -181,16 +181,16 @@ def test_bandstats_roundtrip():
     assert BandStats.from_dict(json.loads(json.dumps(s.to_dict()))) == s
 
 
-def test_stats_cli(vegas_root, capsys):
+def test_stats_cli(vegas_small, capsys):
     from bdcore.cli import main
 
-    assert main(["stats", str(vegas_root)]) == 0
+    assert main(["stats", str(vegas_small)]) == 0
     out = capsys.readouterr().out
-    assert "PS-RGB" in out and "10 sampled tile(s)" in out
-    assert main(["stats", str(vegas_root), "--json"]) == 0
+    assert "PS-RGB" in out and "2 sampled tile(s)" in out
+    assert main(["stats", str(vegas_small), "--json"]) == 0
     d = json.loads(capsys.readouterr().out)
     assert len(d["lo"]) == 3 and all(lo < hi for lo, hi in zip(d["lo"], d["hi"]))
-    assert main(["stats", str(vegas_root), "--product", "PS-MS"]) == 2
+    assert main(["stats", str(vegas_small), "--product", "PS-MS"]) == 2
     assert "PS-MS" in capsys.readouterr().err
 
 
