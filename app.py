@@ -9,10 +9,10 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import streamlit as st  # noqa: E402
+import streamlit as st
 
-from bdcore import viz  # noqa: E402
-from pages._shared import dataset_picker  # noqa: E402  (app.py's folder is on sys.path under `streamlit run`)
+from bdcore import viz
+from pages._shared import dataset_picker  # (app.py's folder is on sys.path under `streamlit run`)
 
 st.set_page_config(page_title="SpaceNet building workbench", page_icon=":material/location_city:", layout="wide")
 

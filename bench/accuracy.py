@@ -2,7 +2,7 @@
 
 Trains the config the way ``python -m bdcore train --config FILE`` does (a run folder under the runs dir and the
 detached trainer, so the run can be opened in the app's Review page afterwards), then scores ``best.pt`` on the
-run's own val tiles with ``bdcore.evaluate.evaluate_checkpoint`` (pixel IoU and the SpaceNet building F1), appends
+run's own val tiles with ``bdcore.inference.evaluate.evaluate_checkpoint`` (pixel IoU and the SpaceNet building F1), appends
 one row to ``docs/accuracy.json`` (earlier rows are kept) and renders ``docs/accuracy.md`` from it. Prints the
 row as one JSON object.
 
@@ -43,7 +43,7 @@ _NONE = ("none", "null", "")
 
 def config_from_args(config: Path | None, overrides: dict):
     """The RunConfig of ``config`` (or the defaults) with ``overrides`` (field -> command-line text) applied."""
-    from bdcore.config import RunConfig
+    from bdcore.engine.config import RunConfig
 
     cfg = RunConfig.load(config) if config else RunConfig()
     if not overrides:
@@ -56,13 +56,13 @@ def config_from_args(config: Path | None, overrides: dict):
 
 
 def split_counts(cfg) -> dict:
-    """Labelled tiles and the run's train/val/buffer split (as bdcore.dataset.build_datasets makes it)."""
-    from bdcore.dataset import split_tiles
-    from bdcore.evaluate import eval_tiles
+    """Labelled tiles and the run's train/val/buffer split (``bdcore.data.split.config_split``)."""
+    from bdcore.data.split import config_split
+    from bdcore.inference.evaluate import eval_tiles
 
     cat, labelled, _ = eval_tiles(cfg, "val")
-    train, val, buffer = split_tiles(labelled, val_fraction=cfg.val_fraction, seed=cfg.seed, method=cfg.split,
-                                     return_buffer=True)
+    split = config_split(cat, cfg, purpose="evaluation")
+    train, val, buffer = split.train, split.val, split.buffer
     aois = sorted({str(a) for a in cat["aoi"].dropna()}) if "aoi" in cat.columns else []
     return {"catalog": int(len(cat)), "labelled": int(len(labelled)), "train": len(train), "val": len(val),
             "buffer": len(buffer), "aoi": ", ".join(aois) or Path(cfg.resolved_data_root()).name}
@@ -70,7 +70,7 @@ def split_counts(cfg) -> dict:
 
 def encoder_init(run_dir: Path) -> str:
     """What the run's encoder started from, as the trainer recorded it (status.json ``weights``)."""
-    from bdcore.runs import read_status
+    from bdcore.engine.runs import read_status
 
     got = read_status(run_dir).get("weights") or {}
     return str(got.get("summary") or "unknown (run trained before weights were recorded)")
@@ -87,7 +87,7 @@ def _children_cpu_s() -> float:
 def train_run(cfg, name: str | None, timeout: float | None) -> tuple[Path, float, float]:
     """Create the run folder and run the detached trainer to the end (Ctrl-C stops it, saving last.pt).
     Returns (run folder, wall s, CPU s of the trainer and its loader workers)."""
-    from bdcore.runs import create_run, launch, stop_run, wait_run
+    from bdcore.engine.runs import create_run, launch, stop_run, wait_run
 
     run_dir = create_run(cfg, name=name)
     print(f"[accuracy] training {run_dir.name} (log {run_dir / 'train.log'})", file=sys.stderr, flush=True)
@@ -115,7 +115,7 @@ def train_run(cfg, name: str | None, timeout: float | None) -> tuple[Path, float
 
 def run_summary(run_dir: Path) -> dict:
     """What the trainer itself recorded: epochs, steps, its best val IoU, img/s, elapsed, device."""
-    from bdcore.runs import read_metrics, read_status
+    from bdcore.engine.runs import read_metrics, read_status
 
     records = [r for r in read_metrics(run_dir) if r.get("kind") == "epoch"]
     status = read_status(run_dir)
@@ -201,7 +201,7 @@ def row_notes(row: dict) -> list[str]:
 
 def pending_recipes(rows: list[dict]) -> list[str]:
     """configs/ recipes without a row on a GPU and on their own data (the rows the report still owes)."""
-    from bdcore.config import RunConfig
+    from bdcore.engine.config import RunConfig
 
     out = []
     for path in sorted((ROOT / "configs").glob("*.y*ml")):
@@ -325,7 +325,7 @@ def write_report(rows: list[dict], out_md: Path) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from bdcore.config import RunConfig
+    from bdcore.engine.config import RunConfig
 
     p = argparse.ArgumentParser(prog="python -m bench.accuracy", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -353,12 +353,12 @@ def main(argv=None) -> dict:
         print(out_md)
         return {}
     overrides = {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg_")}
-    from bdcore.evaluate import evaluate_checkpoint, run_config
+    from bdcore.inference.evaluate import evaluate_checkpoint, run_config
 
     if args.run:
         if args.config or overrides:
             raise SystemExit("--run scores an existing run as it was trained: give no --config or field flags")
-        from bdcore.runs import run_path
+        from bdcore.engine.runs import run_path
 
         run_dir, wall, cpu = run_path(args.run), None, None
         cfg = run_config(run_dir)

@@ -51,8 +51,8 @@ def _rate(fn, n_items: int, min_seconds: float) -> tuple[float, float]:
 def bench_paths(cat, label: str, min_seconds: float) -> dict:
     """The dataset's own whole-tile item path (image decode + normalise, mask rasterize -> float tensors),
     once with ``cache=False`` (GeoTIFF/GeoJSON every time) and once from the cache."""
-    from bdcore import imagery
-    from bdcore.dataset import ArrayCache, SpaceNetSegmentation
+    from bdcore.data import imagery
+    from bdcore.data.dataset import ArrayCache, SpaceNetSegmentation
 
     stats = imagery.band_stats(cat, "PS-RGB")
     ids = [t for t in cat.index if isinstance(cat.loc[t, "PS-RGB"], str)]
@@ -65,7 +65,7 @@ def bench_paths(cat, label: str, min_seconds: float) -> dict:
     for i in range(len(raw)):  # the raw path and the cache give the same items
         a, b = raw[i], cached[i]
         assert np.array_equal(a["image"].numpy(), b["image"].numpy()) and np.array_equal(a["mask"].numpy(), b["mask"].numpy())
-    from bdcore.dataset import decode_mask
+    from bdcore.data.dataset import decode_mask
 
     def decode_raw(i):
         return imagery.read_image(raw.image_paths[i]), decode_mask(raw.image_paths[i], raw.label_paths[i])
@@ -99,7 +99,7 @@ def replicate(cat, n: int, dest: Path, link: bool):
     """n tiles named rep<i>, each a hard link of a demo tile's files, with the demo tile's cache entries copied."""
     import pandas as pd
 
-    from bdcore.dataset import ArrayCache
+    from bdcore.data.dataset import ArrayCache
 
     cache = ArrayCache()
     src = _pairs_from_catalog(cat)
@@ -127,8 +127,8 @@ def bench_epoch(rep, stats, workers: int) -> dict:
     import torch
     from torch.utils.data import DataLoader
 
-    from bdcore import imagery, labels
-    from bdcore.dataset import SpaceNetSegmentation
+    from bdcore.data import imagery, labels
+    from bdcore.data.dataset import SpaceNetSegmentation
 
     def no_decode(*a, **k):
         raise AssertionError("a GeoTIFF was decoded during the cached epoch")
@@ -187,7 +187,7 @@ def main(argv=None) -> int:
         # on a busy 2-core machine, default_collate's torch.stack spins in OpenMP and a num_workers=0 epoch got
         # ~6x slower, which measured the machine, not the pipeline.
         torch.set_num_threads(args.torch_threads)
-        from bdcore import catalog, demo, imagery
+        from bdcore.data import catalog, demo, imagery
 
         result = {
             "load_avg_1m_start": round(os.getloadavg()[0], 2),

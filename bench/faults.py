@@ -34,10 +34,10 @@ from typing import Any, Callable, Optional
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from bdcore import runs
+from bdcore.engine import runs
 from bdcore.atomic import atomic_write_json
-from bdcore.config import RunConfig
-from bdcore.models import CheckpointError, load_checkpoint
+from bdcore.engine.config import RunConfig
+from bdcore.engine.models import CheckpointError, load_checkpoint
 
 CHECKPOINTS = ("last.pt", "best.pt")
 POLL_S = 0.002  # checkpoint temp files live ~0.5 s; 2 ms polling lands the kill inside the write
@@ -179,7 +179,7 @@ def run_campaign(workdir: str | os.PathLike, trials: int = 10, seed: int = 0, ch
     random 10-60 % of the previous resume's launch-to-first-step time. ``reference``: also train the
     config uninterrupted and compare metrics and weights. ``overrides`` go into the RunConfig.
     """
-    from bdcore.demo import write_demo_aoi
+    from bdcore.data.demo import write_demo_aoi
 
     t_campaign = time.time()
     rng = random.Random(seed)
@@ -327,7 +327,7 @@ def run_campaign(workdir: str | os.PathLike, trials: int = 10, seed: int = 0, ch
 def compare_with_reference(run_dir: Path, cfg: RunConfig, root: Path, timeout: float) -> dict:
     """Train the same config once more without interruption (detached, like the campaign) and compare: the
     trainer promises the same metrics (time fields aside) and the same weights however often it was killed."""
-    from bdcore.train import TIME_FIELDS
+    from bdcore.engine.train import TIME_FIELDS
 
     ref = runs.create_run(cfg, name=f"{run_dir.name}-reference", root=root)
     runs.launch(ref)

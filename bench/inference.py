@@ -68,7 +68,7 @@ class Dummy:
 def _model(arch: str, encoder: str, dummy: bool = False):
     if dummy:
         return Dummy.build()
-    from bdcore.models import build_model
+    from bdcore.engine.models import build_model
 
     return build_model(arch, encoder, 3, 1, encoder_weights=None)
 
@@ -94,7 +94,7 @@ def write_image(path: Path, size: int, seed: int = 0, strip: int = 512) -> None:
 
 
 def bench_speed(args, tmp: Path) -> dict:
-    from bdcore.predict import Normalization, Predictor, predict_geotiff
+    from bdcore.inference.predict import Normalization, Predictor, predict_geotiff
 
     model = _model(args.arch, args.encoder)
     norm = Normalization(np.full(3, 100.0), np.full(3, 1600.0), "bench")
@@ -128,10 +128,10 @@ def bench_speed(args, tmp: Path) -> dict:
 
 def memory_child(args) -> dict:
     """Runs in a fresh process: peak RSS growth of one predict_geotiff call on a big image."""
-    from bdcore.predict import Normalization, Predictor, predict_geotiff
+    from bdcore.inference.predict import Normalization, Predictor, predict_geotiff
 
     import geopandas  # noqa: F401  (imports done before the baseline)
-    import bdcore.polygons, bdcore.scoring  # noqa: F401,E401
+    import bdcore.metrics.polygons, bdcore.metrics.scoring  # noqa: F401,E401
 
     model = _model(args.arch, args.encoder, dummy=args.mem_model == "dummy")
     norm = Normalization(np.full(3, 100.0), np.full(3, 1600.0), "bench")
@@ -203,7 +203,7 @@ def main() -> None:
 
     import torch
 
-    from bdcore.predict import resolve_device
+    from bdcore.inference.predict import resolve_device
 
     result = {"bench": "inference", "device": resolve_device(args.device), "torch": torch.__version__,
               "threads": torch.get_num_threads(), "cpus": os.cpu_count(), "machine": platform.machine()}

@@ -19,8 +19,8 @@ import numpy as np
 import pandas as pd
 from shapely.geometry import box
 
-from bdcore.polygons import mask_to_polygons, polygons_to_mask
-from bdcore.scoring import match_buildings, score_spacenet
+from bdcore.metrics.polygons import mask_to_polygons, polygons_to_mask
+from bdcore.metrics.scoring import match_buildings, score_spacenet
 
 
 def polygonize_bench(size: int = 1280, seed: int = 0) -> dict:

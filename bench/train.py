@@ -1,7 +1,7 @@
 """Training throughput: model-only (one batch already in device memory) vs the full pipeline
 (ArrayCache memmaps -> crop/augment in DataLoader workers -> host-to-device copy -> model), on the demo AOI.
 
-Both use ``bdcore.train.train_step`` (the trainer's exact step). Goal: pipeline >= 95 % of model-only.
+Both use ``bdcore.engine.train.train_step`` (the trainer's exact step). Goal: pipeline >= 95 % of model-only.
 Prints one JSON object.
 
     python bench/train.py                                  # CPU defaults (small)
@@ -20,9 +20,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 from torch.utils.data import DataLoader
 
-from bdcore.config import RunConfig
-from bdcore.models import model_from_config
-from bdcore.train import epoch_batches, make_amp, make_optimizer, resolve_device, train_step
+from bdcore.engine.config import RunConfig
+from bdcore.engine.models import model_from_config
+from bdcore.engine.train import epoch_batches, make_amp, make_optimizer, resolve_device, train_step
 
 
 def _sync(device: torch.device) -> None:
@@ -71,7 +71,7 @@ def main(argv=None) -> dict:
         torch.backends.cudnn.benchmark = True
     cfg = RunConfig(data_root=args.data_root, arch=args.arch, encoder=args.encoder, encoder_weights=None,
                     crop_size=args.crop, batch_size=args.batch, workers=args.workers, amp=bf16, device=args.device)
-    from bdcore.dataset import build_datasets
+    from bdcore.data.dataset import build_datasets
 
     train_ds, _ = build_datasets(cfg)
     t0 = time.perf_counter()

@@ -41,7 +41,7 @@ def save_app_state(**updates) -> None:
 
 
 def downloaded_aois() -> list[str]:
-    """AOI folders fetched by ``bdcore.download`` (default destination) that hold a catalog-able layout."""
+    """AOI folders fetched by ``bdcore.data.download`` (default destination) that hold a catalog-able layout."""
     found = []
     for base in (cache_dir() / "spacenet", cache_dir() / "downloads", cache_dir() / "data"):
         if base.is_dir():
@@ -70,7 +70,7 @@ def set_root(root: str) -> None:
 
 def resolve_root(root: str) -> Path:
     if root in ("", DEMO):
-        from bdcore.demo import demo_root
+        from bdcore.data.demo import demo_root
 
         return Path(demo_root())
     p = Path(os.path.expanduser(root))
@@ -110,7 +110,7 @@ def dataset_picker() -> None:
 
 @st.cache_resource(show_spinner="Reading the tile catalog…", max_entries=4)
 def _catalog(root: str, _token: int):
-    from bdcore.catalog import load_catalog
+    from bdcore.data.catalog import load_catalog
 
     return load_catalog(resolve_root(root))
 
@@ -131,7 +131,7 @@ def show_error(exc: BaseException, what: str) -> None:
 
 def checkpoint_choices() -> dict[str, Path]:
     """``"<run> · best.pt"`` → path, for every run that has a checkpoint (newest run first)."""
-    from bdcore import runs
+    from bdcore.engine import runs
     from bdcore.viz import checkpoints_of
 
     try:

@@ -6,7 +6,9 @@ import streamlit as st
 from streamlit_folium import st_folium
 
 from bdcore import viz
-from bdcore.catalog import is_labelled, summary as catalog_summary
+from bdcore.data.products import DEFAULT_PRODUCT, PRODUCTS
+from bdcore.data.split import run_split
+from bdcore.data.catalog import summary as catalog_summary
 from pages._shared import USER_ERRORS, current_root, get_catalog, rerun_fragment, root_label
 
 st.title("Explore")
@@ -19,20 +21,22 @@ if summary["unlabelled"]:
             "their building count is unknown, not zero. They can be viewed and predicted on; training and "
             "evaluation use only labelled tiles.")
 
-c1, c2, c3, c4 = st.columns([1.2, 1, 1, 1])
+c1, c2, c3, c4, c5, c6 = st.columns([1.3, 0.8, 0.8, 0.8, 0.8, 1])
 color_by = c1.radio("Colour tiles by", ["building count", "train/val split"], horizontal=True, key="explore_color")
-val_fraction = c2.number_input("Val fraction", 0.05, 0.9, 0.2, 0.05, disabled=color_by != "train/val split")
-method = c3.selectbox("Split method", ["random", "blocked"], disabled=color_by != "train/val split")
-osm = c4.toggle("OpenStreetMap base map", value=False, help="Needs the internet; off by default")
+no_split = color_by != "train/val split"
+# The same settings as the Train form: the colours are the split a run with them trains and is evaluated on.
+split_products = [p for p in PRODUCTS if p in catalog.columns and catalog[p].notna().any()] or [DEFAULT_PRODUCT]
+split_product = c2.selectbox("Product", split_products, disabled=no_split, key="explore_split_product")
+val_fraction = c3.number_input("Val fraction", 0.05, 0.9, 0.2, 0.05, disabled=no_split, key="explore_val")
+method = c4.selectbox("Split method", ["random", "blocked"], disabled=no_split, key="explore_split")
+seed = c5.number_input("Seed", 0, 2**31 - 1, 0, disabled=no_split, key="explore_seed")
+osm = c6.toggle("OpenStreetMap base map", value=False, help="Needs the internet; off by default")
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
-def _splits(root: str, n: int, val_fraction: float, method: str) -> dict[str, str]:
-    from bdcore.dataset import split_tiles
-
-    # as training splits: labelled tiles only (unlabelled ones show as "unlabelled")
-    train_ids, val_ids = split_tiles(catalog[is_labelled(catalog)], val_fraction=val_fraction, seed=0, method=method)
-    return {**{str(t): "train" for t in train_ids}, **{str(t): "val" for t in val_ids}}
+def _splits(root: str, n: int, product: str, val_fraction: float, method: str, seed: int) -> dict[str, str]:
+    split = run_split(catalog, product, val_fraction, seed, method)  # unlabelled tiles show as "unlabelled"
+    return {t: split.role(t) for t in (*split.train, *split.val, *split.buffer)}
 
 
 splits = None
@@ -40,11 +44,14 @@ if color_by == "train/val split" and not summary["labelled"]:
     st.info(f"No labelled tile to split: every tile is {viz.UNLABELLED}.")
 elif color_by == "train/val split":
     try:
-        splits = _splits(root, len(catalog), float(val_fraction), method)
+        splits = _splits(root, len(catalog), split_product, float(val_fraction), method, int(seed))
     except USER_ERRORS as exc:
         st.error(f"Could not split the tiles: {exc}")
-    except ImportError:
-        st.warning("The train/val split is not available yet (bdcore.dataset missing).")
+    else:
+        roles = {r: sorted(t for t, v in splits.items() if v == r) for r in ("train", "val", "buffer")}
+        with st.expander(f"Split: {len(roles['train'])} train, {len(roles['val'])} val, {len(roles['buffer'])} "
+                         f"buffer tiles — what a run with these settings trains and is evaluated on"):
+            st.code("val: " + ", ".join(roles["val"]), language=None, wrap_lines=True)
 
 tile_ids = [str(t) for t in catalog.index]
 if st.session_state.get("explore_tile") not in tile_ids:
@@ -56,8 +63,8 @@ def tile_panel() -> None:
     """Map + selected tile: a click reruns only this fragment, and the map itself is not rebuilt."""
     selected = st.session_state["explore_tile"]
     row = catalog.loc[selected]
-    product_opts = [p for p in ("PS-RGB", "PS-MS", "MS", "PAN") if p in catalog.columns and row.get(p)]
-    st.session_state.setdefault("explore_product", product_opts[0] if product_opts else "PS-RGB")
+    product_opts = [p for p in PRODUCTS if p in catalog.columns and row.get(p)]
+    st.session_state.setdefault("explore_product", product_opts[0] if product_opts else DEFAULT_PRODUCT)
     if st.session_state["explore_product"] not in product_opts and product_opts:
         st.session_state["explore_product"] = product_opts[0]
 
@@ -91,7 +98,7 @@ def tile_panel() -> None:
     left, right = st.columns([3, 2])
     with right:
         st.selectbox("Tile", tile_ids, key="explore_tile")
-        st.selectbox("Product", product_opts or ["PS-RGB"], key="explore_product")
+        st.selectbox("Product", product_opts or [DEFAULT_PRODUCT], key="explore_product")
         n_bands = int(preview[1].shape[0]) if preview else int(row.get("bands") or 3)
         if n_bands > 3:
             bc = st.columns(3)
@@ -106,7 +113,7 @@ def tile_panel() -> None:
         count_md = f"**{viz.UNLABELLED}** (no labels file)" if count is None else f"**{count} buildings**"
         st.markdown(f"Size: {int(row.get('width') or 0)} × {int(row.get('height') or 0)} px, "
                     f"{n_bands} band(s) · {count_md}")
-        paths = {p: row.get(p) for p in ("PS-RGB", "PS-MS", "MS", "PAN", "labels") if p in catalog.columns and row.get(p)}
+        paths = {p: row.get(p) for p in (*PRODUCTS, "labels") if p in catalog.columns and row.get(p)}
         st.code("\n".join(f"{k}: {v}" for k, v in paths.items()) or "no files", language=None)
     with left:
         if err is not None:

@@ -5,12 +5,12 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-import streamlit as st  # noqa: E402
-from streamlit_folium import st_folium  # noqa: E402
+import streamlit as st
+from streamlit_folium import st_folium
 
-from bdcore import viz  # noqa: E402
-from bdcore.paths import cache_dir  # noqa: E402
-from pages._shared import USER_ERRORS, checkpoint_choices, current_root, get_catalog  # noqa: E402
+from bdcore import viz
+from bdcore.paths import cache_dir
+from pages._shared import USER_ERRORS, checkpoint_choices, current_root, get_catalog
 
 st.title("Predict")
 
@@ -53,12 +53,12 @@ else:
     catalog = get_catalog(current_root())
     tid = st.selectbox("Tile", [str(t) for t in catalog.index], key="predict_tile")
     row = catalog.loc[tid]
-    product = next((p for p in ("PS-RGB", "PS-MS", "MS", "PAN") if p in catalog.columns and row.get(p)), None)
+    product = next((p for p in PRODUCTS if p in catalog.columns and row.get(p)), None)
     input_path = Path(row[product]) if product else None
 
 if input_path is not None and st.button("Run prediction", type="primary", key="predict_go"):
-    from bdcore import imagery
-    from bdcore.predict import predict_geotiff
+    from bdcore.data import imagery
+    from bdcore.inference.predict import predict_geotiff
 
     out_dir = cache_dir() / "predictions" / hashlib.sha256(f"{checkpoint}|{input_path}|{normalize}".encode()).hexdigest()[:16]
     bar = st.progress(0.0, text="Predicting…")

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import streamlit as st  # noqa: E402
-from streamlit_folium import st_folium  # noqa: E402
+import streamlit as st
+from streamlit_folium import st_folium
 
-from bdcore import viz  # noqa: E402
-from pages._shared import USER_ERRORS  # noqa: E402
+from bdcore import viz
+from pages._shared import USER_ERRORS
 
 st.title("Review")
 
-from bdcore import evaluate, runs  # noqa: E402
+from bdcore.inference import evaluate
+from bdcore.engine import runs
 
 try:
     infos = [i for i in runs.list_runs() if (i.path / "best.pt").is_file() or (i.path / "last.pt").is_file()]
@@ -75,7 +76,7 @@ tile_id = str(table.loc[rows[0], "tile_id"]) if rows else str(table.loc[0, "tile
 
 try:
     cfg = evaluate.run_config(info.path)
-    from bdcore.catalog import load_catalog
+    from bdcore.data.catalog import load_catalog
 
     catalog = load_catalog(cfg.resolved_data_root())
     with right:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import pandas as pd  # noqa: E402
-import streamlit as st  # noqa: E402
+import pandas as pd
+import streamlit as st
 
-from bdcore import viz  # noqa: E402
-from bdcore.config import ARCH_NAMES, PRODUCT_BANDS  # noqa: E402
-from pages._shared import USER_ERRORS, current_root, get_catalog, rerun_fragment, root_label  # noqa: E402
+from bdcore import viz
+from bdcore.data.products import DEFAULT_PRODUCT, PRODUCT_BANDS
+from bdcore.engine.config import ARCH_NAMES
+from pages._shared import USER_ERRORS, current_root, get_catalog, rerun_fragment, root_label
 
 ENCODERS = ["resnet18", "resnet34", "resnet50", "efficientnet-b0", "efficientnet-b3", "mobilenet_v2", "timm-regnety_016"]
 CROPS = [64, 128, 256, 384, 512, "full tile"]
@@ -32,7 +33,7 @@ has_gpu, device_name = device_info()
 @st.cache_data(ttl=60, show_spinner=False)
 def weights_outlook(encoder: str, weights: str | None) -> tuple[bool, str]:
     """Can the chosen weights be had (cached, downloadable, a local file)? Probed at most once a minute."""
-    from bdcore.weights import availability
+    from bdcore.engine.weights import availability
 
     return availability(encoder, weights)
 
@@ -57,7 +58,7 @@ elif chosen_weights:
 
 with st.form("run_form"):
     c = st.columns(4)
-    products = [p for p in PRODUCT_BANDS if p in catalog.columns and catalog[p].notna().any()] or ["PS-RGB"]
+    products = [p for p in PRODUCT_BANDS if p in catalog.columns and catalog[p].notna().any()] or [DEFAULT_PRODUCT]
     product = c[0].selectbox("Bands / product", products, key="f_product",
                              format_func=lambda p: f"{p} ({PRODUCT_BANDS[p]} bands)")
     epochs = c[1].number_input("Epochs", 1, 1000, 10, key="f_epochs")
@@ -88,8 +89,8 @@ with st.form("run_form"):
     submitted = st.form_submit_button("Start training", type="primary")
 
 if submitted:
-    from bdcore import runs
-    from bdcore.config import RunConfig
+    from bdcore.engine import runs
+    from bdcore.engine.config import RunConfig
 
     try:
         if device == "cuda" and not has_gpu:
@@ -102,7 +103,7 @@ if submitted:
             log_every=int(log_every), workers=int(workers), boundary=bool(boundary),
         )
         if root != "demo":  # refuse an unlabelled folder now, not in the detached trainer
-            from bdcore.catalog import labelled_tiles
+            from bdcore.data.catalog import labelled_tiles
 
             labelled_tiles(catalog, cfg.product)
         run_dir = runs.create_run(cfg, name=name.strip() or None)
@@ -122,7 +123,7 @@ def _fmt_eta(s) -> str:
 
 
 def run_actions(info) -> None:
-    from bdcore import runs
+    from bdcore.engine import runs
 
     b = st.columns([1, 1, 1, 3])
     msg = None
@@ -154,7 +155,7 @@ def run_actions(info) -> None:
 
 @st.fragment(run_every=2)
 def runs_panel() -> None:
-    from bdcore import runs
+    from bdcore.engine import runs
 
     st.subheader("Runs")
     if st.session_state.get("train_msg"):

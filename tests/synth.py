@@ -373,8 +373,8 @@ def write_tiny_checkpoint(
     those of the real Vegas sample, uint16 ~130-1,100); None: none (per-image stretch)."""
     import torch
 
-    from bdcore import models
-    from bdcore.config import RunConfig
+    from bdcore.engine import models
+    from bdcore.engine.config import RunConfig
 
     torch.manual_seed(seed)
     cfg = RunConfig(arch="Unet", encoder="resnet18", encoder_weights=None, data_root="/nonexistent")

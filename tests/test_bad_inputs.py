@@ -99,8 +99,8 @@ def _tmp_root(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_ckpt(mod_tmp) -> Path:
     """A real (random-init) U-Net/resnet18 bdcore checkpoint, with band stats, as training writes it."""
-    from bdcore.config import RunConfig
-    from bdcore.models import build_model, save_checkpoint
+    from bdcore.engine.config import RunConfig
+    from bdcore.engine.models import build_model, save_checkpoint
 
     cfg = RunConfig(encoder="resnet18", encoder_weights=None, crop_size=64, device="cpu")
     model = build_model("Unet", "resnet18", 3, 1, None)
@@ -114,8 +114,8 @@ def tiny_ckpt(mod_tmp) -> Path:
 @pytest.fixture(scope="module")
 def runs_root(mod_tmp, tiny_ckpt) -> Path:
     """A runs folder holding one finished run ("keep") with a checkpoint, metrics and status."""
-    from bdcore import runs
-    from bdcore.config import RunConfig
+    from bdcore.engine import runs
+    from bdcore.engine.config import RunConfig
 
     root = mod_tmp / "runs"
     run = runs.create_run(RunConfig(encoder="resnet18", encoder_weights=None, crop_size=64), name="keep", root=root)
@@ -222,7 +222,7 @@ class _Evil:
 def _bad_checkpoint(kind: str, good: Path, dest: Path) -> tuple[Path, Path | None]:
     import torch
 
-    from bdcore.models import build_model, save_checkpoint
+    from bdcore.engine.models import build_model, save_checkpoint
 
     dest.parent.mkdir(parents=True, exist_ok=True)
     marker = None
@@ -311,8 +311,8 @@ def test_predict_page_upload_bad_raster(case, what, needle, rasters, keep, monke
 
 @pytest.mark.parametrize("kind,what,needles", CKPT_CASES, ids=[c[0] for c in CKPT_CASES])
 def test_predict_page_bad_checkpoint(kind, what, needles, rasters, tiny_ckpt, tmp_path, monkeypatch):
-    from bdcore import runs
-    from bdcore.config import RunConfig
+    from bdcore.engine import runs
+    from bdcore.engine.config import RunConfig
 
     root = tmp_path / "runs"
     run = runs.create_run(RunConfig(encoder="resnet18", encoder_weights=None, crop_size=64), name="bad", root=root)
@@ -370,8 +370,8 @@ def test_predict_page_upload_disk_full(rasters, keep, monkeypatch):
 
 def test_labels_in_another_crs_are_reprojected(tmp_path, capsys):
     """Labels written in web mercator give the same pixel mask as EPSG:4326 labels (they are reprojected)."""
-    from bdcore.catalog import load_catalog
-    from bdcore.labels import tile_mask
+    from bdcore.data.catalog import load_catalog
+    from bdcore.data.labels import tile_mask
 
     aoi = make_aoi(tmp_path / "m", n_tiles=2, labels_crs="EPSG:3857", buildings_per_tile=3)
     rc, out, err = cli(capsys, "catalog", aoi.root)
@@ -387,8 +387,8 @@ def test_labels_in_another_crs_are_reprojected(tmp_path, capsys):
 
 
 def test_empty_and_malformed_geojson(tmp_path, capsys):
-    from bdcore.catalog import load_catalog
-    from bdcore.labels import LabelError, read_buildings, tile_mask
+    from bdcore.data.catalog import load_catalog
+    from bdcore.data.labels import LabelError, read_buildings, tile_mask
 
     aoi = make_aoi(tmp_path / "a", n_tiles=3, empty_tiles=[0])
     empty, bad = aoi.tiles[0], aoi.tiles[1]
@@ -511,7 +511,7 @@ def test_run_name_with_dotdot(name, cmd, keep, tmp_path, monkeypatch, capsys):
 
 
 def test_unknown_tile_id_in_evaluation(keep):
-    from bdcore.evaluate import EvaluationError, evaluate_checkpoint
+    from bdcore.inference.evaluate import EvaluationError, evaluate_checkpoint
 
     with pytest.raises(EvaluationError) as ei:
         evaluate_checkpoint(keep / "keep", tiles=["../../etc/passwd"])
@@ -585,7 +585,7 @@ def test_explore_page_bad_data_root(kind, tmp_path):
 def test_corrupt_catalog_cache_is_rebuilt(tmp_path, capsys, caplog):
     import logging
 
-    from bdcore.catalog import _cache_file
+    from bdcore.data.catalog import _cache_file
 
     aoi = make_aoi(tmp_path / "a", n_tiles=2)
     assert cli(capsys, "catalog", aoi.root)[0] == 0
@@ -608,7 +608,7 @@ def _copy_keep(keep: Path, tmp_path: Path, name: str) -> Path:
 
 
 def test_corrupt_metrics_line(keep, tmp_path, monkeypatch, capsys):
-    from bdcore import runs
+    from bdcore.engine import runs
 
     root = _copy_keep(keep, tmp_path, "m")
     metrics = root / "m" / "metrics.jsonl"
@@ -667,7 +667,7 @@ def test_real_subprocess_exit_code_and_stderr(tmp_path):
 HUGE_SCRIPT = textwrap.dedent("""
     import json, sys
     import numpy as np, torch
-    from bdcore import predict as P
+    from bdcore.inference import predict as P
     from bdcore.cli import main
 
     class Bright(torch.nn.Module):  # probability from the first band: a stand-in for a real network

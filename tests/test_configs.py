@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bdcore.config import PRODUCT_BANDS, RunConfig, check_encoder
+from bdcore.engine.config import PRODUCT_BANDS, RunConfig, check_encoder
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 CONFIGS = sorted(p for p in CONFIG_DIR.iterdir() if p.suffix.lower() in (".yaml", ".yml", ".json")) \
@@ -37,7 +37,7 @@ def test_config_loads_and_validates(path):
             assert cfg.product == named[part], f"{path.name} trains on {cfg.product}, its name says {named[part]}"
     # a recipe names a real AOI folder (where `bdcore download` puts it) or the demo; never a machine's own path
     if cfg.data_root.strip() not in ("", "demo"):
-        from bdcore.download import AOI_ALIASES
+        from bdcore.data.download import AOI_ALIASES
 
         assert cfg.data_root.startswith("~/"), f"{path.name}: data_root should be home-relative, not {cfg.data_root}"
         assert Path(cfg.data_root).name in {f"{aoi}_Train" for aoi in AOI_ALIASES.values()}, cfg.data_root
@@ -51,7 +51,7 @@ def test_config_loads_and_validates(path):
 def test_config_model_builds_with_its_bands_and_classes(path):
     import torch
 
-    from bdcore.models import model_from_config
+    from bdcore.engine.models import model_from_config
 
     cfg = RunConfig.load(path)
     model = model_from_config(cfg, pretrained=False)[0].eval()

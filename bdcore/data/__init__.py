@@ -1,0 +1,1 @@
+"""Data layer: SpaceNet products, catalog, pixels, labels, splits, datasets, download, demo."""

@@ -1,0 +1,1 @@
+"""Training engine: run config, encoder weights, models and checkpoints, the trainer, run processes."""

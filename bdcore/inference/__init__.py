@@ -1,0 +1,1 @@
+"""Inference: a checkpoint on any GeoTIFF (predict) or on catalog tiles (evaluate)."""

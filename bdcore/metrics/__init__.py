@@ -1,0 +1,1 @@
+"""Metrics layer: masks to polygons and SpaceNet scoring (below the engine: validation uses them)."""

@@ -1,0 +1,238 @@
+"""Page logic with Streamlit's AppTest (no browser): each page runs without exceptions and shows what it should."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+ROOT = Path(__file__).resolve().parents[2]
+TIMEOUT = 180
+
+
+def page(name: str, data_root: str | None = None) -> AppTest:
+    at = AppTest.from_file(str(ROOT / name), default_timeout=TIMEOUT)
+    if data_root is not None:
+        at.session_state["data_root"] = data_root
+    return at
+
+
+@pytest.fixture
+def empty_runs(tmp_path, monkeypatch):
+    d = tmp_path / "runs"
+    monkeypatch.setenv("BDCORE_RUNS_DIR", str(d))
+    return d
+
+
+def texts(at: AppTest, kind: str) -> list[str]:
+    return [str(e.value) for e in getattr(at, kind)]
+
+
+def test_app_opens_on_demo_and_remembers_choice(vegas_small):
+    from bdcore.data.catalog import load_catalog
+    from bdcore.data.demo import demo_root
+    from bdcore.paths import cache_dir
+
+    (cache_dir() / "app_state.json").unlink(missing_ok=True)
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT).run()
+    assert not at.exception
+    assert texts(at, "title")[0] == "Explore"
+    cat = load_catalog(demo_root())
+    assert f"{len(cat)} tiles" in texts(at, "caption")[0] and "Demo AOI" in texts(at, "caption")[0]
+    # the choice lives in the session (the sidebar form itself is driven in test_browser.py) ...
+    at.session_state["data_root"] = str(vegas_small)
+    at.run()
+    assert not at.exception
+    assert "2 tiles, 49 buildings" in texts(at, "caption")[0]
+    # ... and a fresh session starts on the choice remembered on disk
+    (cache_dir() / "app_state.json").write_text(json.dumps({"data_root": str(vegas_small)}))
+    at2 = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT).run()
+    assert "2 tiles, 49 buildings" in texts(at2, "caption")[0]
+    (cache_dir() / "app_state.json").unlink()
+
+
+def test_explore_real_vegas_tiles(vegas_small):
+    from bdcore.data.catalog import load_catalog
+
+    cat = load_catalog(vegas_small)
+    at = page("pages/explore.py", str(vegas_small)).run()
+    assert not at.exception and not at.error
+    assert "2 tiles, 49 buildings" in texts(at, "caption")[0]
+    tid = max(cat.index, key=lambda t: cat.loc[t, "n_buildings"])
+    at.selectbox(key="explore_tile").set_value(tid).run()
+    assert not at.exception
+    md = " ".join(texts(at, "markdown"))
+    assert f"**{tid}**" in md and f"**{int(cat.loc[tid, 'n_buildings'])} buildings**" in md
+    assert "650 × 650 px" in md
+    # split colouring and an empty-label tile do not break the page
+    at.radio(key="explore_color").set_value("train/val split").run()
+    assert not at.exception and not at.error
+    empty = [t for t in cat.index if cat.loc[t, "n_buildings"] == 0]
+    at.selectbox(key="explore_tile").set_value(empty[0]).run()
+    assert not at.exception and not at.error and "**0 buildings**" in " ".join(texts(at, "markdown"))
+
+
+def test_explore_split_is_the_split_a_run_with_those_settings_trains_on():
+    """One owner of the split: the val tiles Explore lists are the val dataset of a run with the same settings."""
+    from bdcore.data.dataset import build_datasets
+    from bdcore.engine.config import RunConfig
+
+    at = page("pages/explore.py", "demo").run()
+    at.radio(key="explore_color").set_value("train/val split").run()
+    at.selectbox(key="explore_split").set_value("blocked").run()
+    at.number_input(key="explore_val").set_value(0.25).run()
+    at.number_input(key="explore_seed").set_value(3).run()
+    assert not at.exception and not at.error
+    shown = next(c.value for c in at.code if c.value.startswith("val: "))
+    listed = shown.removeprefix("val: ").split(", ")
+    cfg = RunConfig(data_root="demo", split="blocked", val_fraction=0.25, seed=3, encoder="resnet18",
+                    encoder_weights=None)
+    _, val_ds = build_datasets(cfg)
+    assert listed == sorted(val_ds.tile_ids) and len(listed) >= 3
+    at.number_input(key="explore_seed").set_value(4).run()  # another seed, another split: the list follows
+    assert next(c.value for c in at.code if c.value.startswith("val: ")) != shown
+
+
+def test_explore_missing_folder_is_a_readable_error(tmp_path):
+    at = page("pages/explore.py", str(tmp_path / "nope")).run()
+    assert not at.exception
+    assert any("does not exist" in e for e in texts(at, "error"))
+    at = page("pages/explore.py", str(tmp_path)).run()  # a folder with no tiles
+    assert not at.exception
+    assert any("Could not load the dataset" in e for e in texts(at, "error"))
+
+
+def test_train_page_device_and_bad_config(empty_runs):
+    import torch
+
+    at = page("pages/train.py", "demo").run()
+    assert not at.exception
+    if not torch.cuda.is_available():
+        assert any("CPU" in w for w in texts(at, "warning"))
+    assert any("No runs yet" in i for i in texts(at, "info"))
+    # Offline (HF_HUB_OFFLINE=1 in tests) with nothing cached: the default ImageNet weights cannot be had.
+    assert any("would start from random init" in w and "weights pull resnet34" in w for w in texts(at, "warning"))
+    at.selectbox(key="f_weights").set_value("none").run()
+    assert not any("random init" in w for w in texts(at, "warning"))
+    at.text_input(key="f_name").input("../escape")
+    at.button[0].click().run()  # the form's submit button
+    assert not at.exception
+    assert any("invalid run name" in e for e in texts(at, "error"))
+    if not torch.cuda.is_available():
+        at.text_input(key="f_name").input("")
+        at.selectbox(key="f_device").set_value("cuda")
+        at.button[0].click().run()
+        assert any("no GPU" in e for e in texts(at, "error"))
+    assert not empty_runs.exists() or not any(empty_runs.iterdir())
+
+
+def test_train_page_lists_and_deletes_run(empty_runs):
+    from bdcore.engine import runs
+    from bdcore.engine.config import RunConfig
+
+    run_dir = runs.create_run(RunConfig(encoder="resnet18", encoder_weights=None, crop_size=64), name="r1")
+    at = page("pages/train.py", "demo").run()
+    assert not at.exception
+    df = at.dataframe[0].value
+    assert df["run"].tolist() == ["r1"] and df["state"].tolist() == ["queued"]
+    assert at.button(key="btn_delete").disabled  # a queued run cannot be deleted (it is about to start)
+    (run_dir / "status.json").write_text(json.dumps({"state": "stopped", "epoch": 0, "step": 0}))
+    at.run()
+    at.button(key="btn_delete").click().run()
+    assert any("cannot be undone" in w for w in texts(at, "warning"))
+    assert run_dir.exists()  # nothing deleted before confirming
+    at.button(key="btn_delete_yes").click().run()
+    assert not at.exception
+    assert not run_dir.exists()
+
+
+@pytest.mark.parametrize("name", ["pages/review.py", "pages/predict.py"])
+def test_pages_without_checkpoints_explain_what_to_do(empty_runs, name):
+    at = page(name, "demo").run()
+    assert not at.exception
+    assert any("No checkpoints yet" in i for i in texts(at, "info"))
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A real (1 epoch, 2 steps) run on the demo AOI, trained in-process."""
+    import os
+
+    from bdcore.engine import runs
+    from bdcore.engine.config import RunConfig
+    from bdcore.engine.train import train
+
+    root = tmp_path_factory.mktemp("tinyruns")
+    cfg = RunConfig(encoder="resnet18", encoder_weights=None, crop_size=64, batch_size=2, epochs=1, steps_per_epoch=2,
+                    workers=0, device="cpu", log_every=1, building_f1_tiles=0)
+    run_dir = runs.create_run(cfg, name="tiny", root=root)
+    train(cfg, run_dir)
+    os.environ  # noqa: B018
+    return run_dir
+
+
+@pytest.mark.slow
+def test_review_and_predict_with_a_checkpoint(tiny_run, monkeypatch):
+    monkeypatch.setenv("BDCORE_RUNS_DIR", str(tiny_run.parent))
+    at = page("pages/review.py", "demo").run()
+    assert not at.exception and not at.error
+    labels = [m.label for m in at.metric]
+    assert labels[:3] == ["Val tiles", "Pixel IoU", "SpaceNet F1"]
+    assert "Encoder weights of this run: random init (no pretrained weights asked for)" in texts(at, "caption")
+    df = at.dataframe[0].value
+    assert len(df) == int(at.metric[0].value) > 0
+    assert df["f1"].is_monotonic_increasing  # worst first
+    assert texts(at, "subheader")[0].startswith(str(df["tile_id"].iloc[0]))
+    at.slider(key="review_threshold").set_value(0.9).run()
+    assert not at.exception and not at.error
+
+    at = page("pages/predict.py", "demo").run()
+    at.radio(key="predict_source").set_value("Catalog tile").run()
+    at.button(key="predict_go").click().run()
+    assert not at.exception and not at.error
+    assert any("buildings found" in s for s in texts(at, "success"))
+    res = at.session_state["predict_result"]
+    gj = json.loads(Path(res["geojson"]).read_text())
+    assert gj["type"] == "FeatureCollection" and len(gj["features"]) == res["n_buildings"]
+
+
+def test_explore_real_paris_tiles_are_unlabelled(paris_imagery):
+    at = page("pages/explore.py", str(paris_imagery)).run()
+    assert not at.exception and not at.error
+    assert "2 tiles, 0 labelled (2 unlabelled: no labels file), 0 buildings" in texts(at, "caption")[0]
+    assert any("2 of 2 tiles are **unlabelled**" in i for i in texts(at, "info"))
+    md = " ".join(texts(at, "markdown"))
+    assert "**unlabelled** (no labels file)" in md and "0 buildings**" not in md
+    at.radio(key="explore_color").set_value("train/val split").run()
+    assert not at.exception and not at.error
+    assert any("No labelled tile to split" in i for i in texts(at, "info"))
+
+
+def test_predict_page_warns_on_imagery_unlike_the_training_data(empty_runs, tmp_path):
+    import numpy as np
+
+    from bdcore.engine import runs
+    from bdcore.engine.config import RunConfig
+    from synth import write_geotiff, write_tiny_checkpoint
+
+    run_dir = runs.create_run(RunConfig(encoder="resnet18", encoder_weights=None), name="u16")
+    write_tiny_checkpoint(run_dir / "best.pt")  # uint16-like training statistics
+    rng = np.random.default_rng(5)
+    write_geotiff(tmp_path / "aoi" / "RGB-PanSharpen_AOI_3_Paris_img1.tif",
+                  rng.integers(0, 256, (3, 96, 96)).astype(np.uint8))  # an 8-bit export, unlabelled
+    at = page("pages/predict.py", str(tmp_path / "aoi")).run()
+    at.radio(key="predict_source").set_value("Catalog tile").run()
+    at.selectbox(key="predict_device").set_value("cpu")
+    at.button(key="predict_go").click().run()
+    assert not at.exception and not at.error
+    warnings = texts(at, "warning")
+    assert len(warnings) == 1 and warnings[0].startswith(
+        "RGB-PanSharpen_AOI_3_Paris_img1.tif: looks unlike the training data (uint8, max 255;")
+    assert warnings[0].endswith('try Normalisation "Per-image 2–98 % stretch"')
+    assert any("buildings found" in s for s in texts(at, "success"))
+    at.radio(key="predict_normalize").set_value("image").run()
+    at.button(key="predict_go").click().run()
+    assert not at.exception and not at.error and texts(at, "warning") == []
+    assert at.session_state["predict_result"]["normalization"] == "percentile"

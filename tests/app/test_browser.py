@@ -1,0 +1,268 @@
+"""The real app in Debian chromium (Playwright) against `streamlit run app.py`, on the demo AOI.
+
+Screenshots of every page are saved when BDCORE_SCREENSHOTS names a folder (e.g. BDCORE_SCREENSHOTS=/tmp/screens).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = "/usr/bin/chromium"
+SCREENS = Path(os.environ["BDCORE_SCREENSHOTS"]) if os.environ.get("BDCORE_SCREENSHOTS") else None
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run"]
+
+if not Path(CHROMIUM).exists():
+    if os.environ.get("CI"):
+        pytest.fail(f"{CHROMIUM} is missing (CI must install Debian chromium)", pytrace=False)
+    pytest.skip(f"{CHROMIUM} is missing", allow_module_level=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(_isolated_dirs):
+    port = _free_port()
+    env = dict(os.environ, HF_HUB_OFFLINE="1", BDCORE_CACHE_DIR=os.environ["BDCORE_CACHE_DIR"],
+               BDCORE_RUNS_DIR=str(_isolated_dirs / "browser-runs"))
+    log = open(_isolated_dirs / "streamlit.log", "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), "--server.address",
+         "127.0.0.1", "--server.headless", "true"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).status == 200:
+                break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("streamlit did not start: " + (_isolated_dirs / "streamlit.log").read_text()[-2000:])
+    yield {"url": url, "runs": Path(env["BDCORE_RUNS_DIR"])}
+    from bdcore.engine import runs
+
+    for d in Path(env["BDCORE_RUNS_DIR"]).glob("*"):  # never leave a trainer behind
+        if d.is_dir() and runs.is_alive(d):
+            runs.stop_run(d, timeout=20)
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=20)
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser):
+    pg = browser.new_page(viewport={"width": 1400, "height": 1600}, accept_downloads=True)
+    yield pg
+    pg.close()
+
+
+def shot(pg, name: str) -> None:
+    if SCREENS is not None:
+        SCREENS.mkdir(parents=True, exist_ok=True)
+        pg.screenshot(path=str(SCREENS / f"{name}.png"), full_page=True)
+
+
+def assert_clean(pg) -> None:
+    body = pg.inner_text("body")
+    assert "Traceback" not in body
+    assert pg.locator('[data-testid="stException"]').count() == 0
+    assert pg.locator('[data-testid="stAlertContentError"]').count() == 0, body[:2000]
+
+
+def map_frame(pg):
+    pg.wait_for_selector('iframe[title="streamlit_folium.st_folium"]', timeout=60000)
+    return pg.frame_locator('iframe[title="streamlit_folium.st_folium"]').first
+
+
+def wait_paths(frame, n: int, timeout: float = 30) -> int:
+    deadline = time.time() + timeout
+    count = -1
+    while time.time() < deadline:
+        count = frame.locator("path.leaflet-interactive").count()
+        if count == n:
+            return count
+        time.sleep(0.25)
+    return count
+
+
+def test_explore_map_click_and_picker(server, page):
+    from bdcore.data.catalog import load_catalog
+    from bdcore.data.demo import demo_root
+
+    cat = load_catalog(demo_root())
+    n0 = int(cat.iloc[0]["n_buildings"])
+    page.goto(server["url"])
+    page.get_by_text("stretched image").first.wait_for(timeout=90000)
+    frame = map_frame(page)
+    # every tile footprint + the selected tile's outline + its buildings
+    assert wait_paths(frame, len(cat) + 1 + n0) == len(cat) + 1 + n0
+    assert_clean(page)
+    shot(page, "explore")
+    # click the centre of another tile: it becomes the selected tile, its image and buildings appear
+    k = len(cat) // 2 + 1
+    target = str(cat.index[k])
+    frame.locator("path.leaflet-interactive").nth(k).click()
+    page.get_by_text(f"{target}: stretched image").wait_for(timeout=30000)
+    nk = int(cat.loc[target, "n_buildings"])
+    assert wait_paths(frame, len(cat) + 1 + nk) == len(cat) + 1 + nk
+    assert page.locator('[data-testid="stImage"] img').first.evaluate("e => e.naturalWidth") == int(cat.loc[target, "width"])
+    assert_clean(page)
+    shot(page, "explore_clicked")
+    # the sidebar folder picker switches to the real Vegas tiles in tests/data and remembers them across a reload
+    vegas = Path(__file__).resolve().parent / "data" / "spacenet2_vegas"
+    page.get_by_label("Folder path", exact=True).fill(str(vegas))
+    page.get_by_role("button", name="Use folder").click()
+    page.get_by_text("2 tiles, 49 buildings").wait_for(timeout=60000)
+    assert wait_paths(map_frame(page), 2 + 1 + int(load_catalog(vegas).iloc[0]["n_buildings"])) > 2
+    shot(page, "explore_vegas")
+    page.reload()
+    page.get_by_text("2 tiles, 49 buildings").wait_for(timeout=60000)
+    # back to the demo for the other pages
+    page.locator('[data-testid="stSidebar"] [data-testid="stSelectbox"]').first.click()
+    page.get_by_role("option", name="Demo AOI (synthetic)").click()
+    page.get_by_text("Demo AOI (synthetic) —").wait_for(timeout=60000)
+
+
+def _steps(run_dir: Path) -> list[int]:
+    p = run_dir / "metrics.jsonl"
+    if not p.exists():
+        return []
+    out = []
+    for line in p.read_text().splitlines():
+        try:
+            r = json.loads(line)
+        except ValueError:
+            continue
+        if r.get("kind") == "step":
+            out.append(int(r["step"]))
+    return out
+
+
+def _wait(cond, timeout: float, what: str):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        v = cond()
+        if v:
+            return v
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _select(pg, label: str, option: str) -> None:
+    box = pg.locator('[data-testid="stSelectbox"]').filter(has_text=label).first
+    box.click()
+    pg.get_by_role("option", name=option, exact=True).click()
+
+
+def _number(pg, label: str, value) -> None:
+    inp = pg.get_by_label(label, exact=True)
+    inp.fill(str(value))
+    inp.press("Tab")
+
+
+def test_train_stop_resume_review_predict(server, page):
+    url = server["url"]
+    page.goto(f"{url}/train")
+    page.get_by_text("New run").wait_for(timeout=90000)
+    assert_clean(page)
+    _select(page, "Encoder", "resnet18")
+    _select(page, "Encoder weights", "none")
+    _select(page, "Crop", "64")
+    _number(page, "Epochs", 50)
+    _number(page, "Batch size", 2)
+    page.get_by_text("Advanced").click()
+    _number(page, "Steps per epoch (0 = one pass)", 3)
+    _number(page, "Log every (steps)", 1)
+    _number(page, "Data workers", 0)
+    page.get_by_label("Run name (optional)").fill("browser-run")
+    page.get_by_role("button", name="Start training").click()
+    page.get_by_text("Started run").wait_for(timeout=30000)
+    run_dir = server["runs"] / "browser-run"
+    # the live chart gains points (polled from metrics.jsonl every 2 s)
+    page.get_by_text("browser-run — state running").wait_for(timeout=90000)
+    _wait(lambda: len(_steps(run_dir)) >= 2, 180, "step records")
+    _wait(lambda: "0 step records" not in page.inner_text("body") and "step records" in page.inner_text("body"), 30,
+          "the chart caption")
+    assert page.locator(".js-plotly-plot .scatterlayer .trace").count() >= 1
+    shot(page, "train_running")
+    page.get_by_role("button", name="Stop", exact=True).click()
+    page.get_by_text("browser-run — state stopped").wait_for(timeout=120000)
+    before = _steps(run_dir)
+    assert (run_dir / "last.pt").exists()
+    page.get_by_role("button", name="Resume", exact=True).click()
+    page.get_by_text("browser-run — state running").wait_for(timeout=60000)
+    _wait(lambda: len(_steps(run_dir)) > len(before), 180, "steps after resume")
+    after = _steps(run_dir)[len(before):]
+    assert after[0] == before[-1] + 1, (before, after)  # step numbers continue where the run stopped
+    page.get_by_role("button", name="Stop", exact=True).click()
+    page.get_by_text("browser-run — state stopped").wait_for(timeout=120000)
+    page.locator(".js-plotly-plot").first.wait_for(timeout=30000)
+    assert_clean(page)
+    shot(page, "train_stopped")
+
+    page.goto(f"{url}/review")
+    page.get_by_text("Per-tile scores").wait_for(timeout=240000)
+    page.get_by_text("TP green · FP red · FN blue").wait_for(timeout=60000)
+    assert page.locator('[data-testid="stImage"]').count() >= 4
+    assert page.locator('[data-testid="stDataFrame"]').count() == 1
+    assert_clean(page)
+    shot(page, "review")
+
+    from bdcore.data.catalog import load_catalog
+    from bdcore.data.demo import demo_root
+
+    tif = load_catalog(demo_root()).iloc[0]["PS-RGB"]
+    page.goto(f"{url}/predict")
+    page.get_by_text("Upload a GeoTIFF").first.wait_for(timeout=60000)
+    page.locator('input[type="file"]').set_input_files(tif)
+    page.get_by_role("button", name="Run prediction").click()
+    page.get_by_text("buildings found").wait_for(timeout=180000)
+    with page.expect_download() as dl:
+        page.get_by_role("button", name="Download GeoJSON").click()
+    data = json.loads(Path(dl.value.path()).read_text())
+    assert data["type"] == "FeatureCollection" and isinstance(data["features"], list)
+    n = int(page.get_by_text("buildings found").inner_text().split()[0])
+    assert len(data["features"]) == n
+    assert all(f["geometry"]["type"] in ("Polygon", "MultiPolygon") for f in data["features"])
+    assert_clean(page)
+    shot(page, "predict")
+    # a file that is not a GeoTIFF gets a readable error
+    bad = server["runs"] / "not-a-tiff.tif"
+    bad.write_text("hello")
+    page.locator('input[type="file"]').set_input_files(str(bad))
+    page.get_by_role("button", name="Run prediction").click()
+    page.locator('[data-testid="stAlertContentError"]').first.wait_for(timeout=60000)
+    assert "not-a-tiff" in page.locator('[data-testid="stAlertContentError"]').first.inner_text()
+    assert "Traceback" not in page.inner_text("body")
+    shot(page, "predict_error")
