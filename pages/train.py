@@ -6,6 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from bdcore import viz
+from bdcore.progress import format_eta
 from bdcore.data.products import DEFAULT_PRODUCT, PRODUCT_BANDS
 from bdcore.engine.config import ARCH_NAMES
 from pages._shared import USER_ERRORS, current_root, get_catalog, rerun_fragment, root_label
@@ -115,13 +116,6 @@ if submitted:
 
 
 # ----------------------------------------------------------------------------------------------- runs, live
-def _fmt_eta(s) -> str:
-    if s is None:
-        return "—"
-    s = int(s)
-    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
-
-
 def run_actions(info) -> None:
     from bdcore.engine import runs
 
@@ -170,7 +164,7 @@ def runs_panel() -> None:
         return
     table = pd.DataFrame([{
         "run": i.run_id, "state": i.state, "progress": i.progress,
-        "epoch": f"{i.epoch}/{i.total_epochs}", "step": i.step, "ETA": _fmt_eta(i.eta_s) if i.state == "running" else "—",
+        "epoch": f"{i.epoch}/{i.total_epochs}", "step": i.step, "ETA": format_eta(i.eta_s) if i.state == "running" else "—",
         "img/s": None if i.img_per_s is None else round(i.img_per_s, 1),
         "val IoU": i.metrics.get("val_iou"), "val F1": i.metrics.get("val_f1"),
         "weights": i.weights_source or "—",

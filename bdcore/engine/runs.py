@@ -30,6 +30,7 @@ from typing import Any
 
 from bdcore.atomic import atomic_write_json
 from bdcore.paths import runs_dir
+from bdcore.progress import format_eta
 
 LOCK_NAME = ".lock"
 LAUNCH_NAME = "launch.json"
@@ -566,13 +567,6 @@ def _run_config_cls():
     return RunConfig
 
 
-def _format_eta(s: float | None) -> str:
-    if s is None:
-        return "-"
-    s = int(s)
-    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
-
-
 def _progress_line(info: RunInfo) -> str:
     m = info.metrics
     bits = [f"{info.run_id}", info.state, f"epoch {info.epoch}/{info.total_epochs}", f"step {info.step}",
@@ -584,7 +578,7 @@ def _progress_line(info: RunInfo) -> str:
     if m.get("val_iou") is not None:
         bits.append(f"val_iou {m['val_iou']:.3f}")
     if info.eta_s is not None:
-        bits.append(f"eta {_format_eta(info.eta_s)}")
+        bits.append(f"eta {format_eta(info.eta_s)}")
     return "  ".join(bits)
 
 
@@ -654,7 +648,7 @@ def _cmd_runs(args: argparse.Namespace) -> int:
         iou = i.metrics.get("val_iou")
         enc = i.weights_source or "-"
         print(f"{i.run_id:<40} {i.state:<12} {f'{i.epoch}/{i.total_epochs}':>7} {i.progress * 100:5.1f}% "
-              f"{'-' if iou is None else f'{iou:.3f}':>8} {_format_eta(i.eta_s):>8} {enc:<10}  {i.config}")
+              f"{'-' if iou is None else f'{iou:.3f}':>8} {format_eta(i.eta_s, none="-"):>8} {enc:<10}  {i.config}")
         if i.weights:
             print(f"  weights: {i.weights}")
         problem = status_problem(i.path)

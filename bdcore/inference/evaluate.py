@@ -28,9 +28,10 @@ import pandas as pd
 
 from bdcore.atomic import atomic_write, atomic_write_json
 
+from bdcore.progress import Progress, terminal_progress
+
 log = logging.getLogger(__name__)
 
-Progress = Callable[[int, int], Any]
 WHICH = ("best", "last")
 
 
@@ -339,25 +340,12 @@ def evaluate_checkpoint(run_dir: str | os.PathLike, which: str = "best", tiles: 
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-    from tqdm.contrib.logging import logging_redirect_tqdm
-
     from bdcore.engine.runs import run_path
 
     run_dir = run_path(args.run)
-    bar = tqdm(total=0, unit="tile", desc=f"{run_dir.name} {args.which}")
-
-    def progress(done: int, total: int) -> None:
-        bar.total = total
-        bar.n = done
-        bar.refresh()
-
-    try:
-        with logging_redirect_tqdm():  # the input warning line never lands on the progress bar's line
-            df, summary = evaluate_checkpoint(run_dir, which=args.which, tiles=args.tiles, threshold=args.threshold,
-                                              progress=progress, device=args.device, normalize=args.normalize)
-    finally:
-        bar.close()
+    with terminal_progress("tile", f"{run_dir.name} {args.which}") as progress:
+        df, summary = evaluate_checkpoint(run_dir, which=args.which, tiles=args.tiles, threshold=args.threshold,
+                                          progress=progress, device=args.device, normalize=args.normalize)
     if args.json:
         print(json.dumps({"summary": summary, "tiles": df.to_dict("records")}, indent=2, default=str))
         return 0

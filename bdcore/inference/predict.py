@@ -28,9 +28,10 @@ import numpy as np
 
 from bdcore.data.products import DEFAULT_PRODUCT, PRODUCT_BANDS, products_with_bands
 
+from bdcore.progress import Progress, terminal_progress
+
 log = logging.getLogger(__name__)
 
-Progress = Callable[[int, int], Any]
 
 # GDAL's block cache (MB) while writing outputs: its default (5 % of RAM) would let a big output sit in memory.
 GDAL_CACHE_MB = 64
@@ -648,23 +649,10 @@ def predict_tiles(checkpoint: str | os.PathLike | Predictor, catalog, tile_ids: 
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-    from tqdm.contrib.logging import logging_redirect_tqdm
-
-    bar = tqdm(total=0, unit="win", desc=Path(args.input).name)
-
-    def progress(done: int, total: int) -> None:
-        bar.total = total
-        bar.n = done
-        bar.refresh()
-
-    try:
-        with logging_redirect_tqdm():  # log lines (the input warning) print above the bar, never onto its line
-            res = predict_geotiff(args.checkpoint, args.input, args.out, tta=args.tta, window=args.window,
-                                  overlap=args.overlap, threshold=args.threshold, batch_size=args.batch_size,
-                                  device=args.device, progress=progress, normalize=args.normalize)
-    finally:
-        bar.close()
+    with terminal_progress("win", Path(args.input).name) as progress:
+        res = predict_geotiff(args.checkpoint, args.input, args.out, tta=args.tta, window=args.window,
+                              overlap=args.overlap, threshold=args.threshold, batch_size=args.batch_size,
+                              device=args.device, progress=progress, normalize=args.normalize)
     for key in ("prob", "mask", "geojson", "csv"):
         if key in res:
             print(f"{key:8} {res[key]}")
