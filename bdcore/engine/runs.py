@@ -648,7 +648,7 @@ def _cmd_runs(args: argparse.Namespace) -> int:
         iou = i.metrics.get("val_iou")
         enc = i.weights_source or "-"
         print(f"{i.run_id:<40} {i.state:<12} {f'{i.epoch}/{i.total_epochs}':>7} {i.progress * 100:5.1f}% "
-              f"{'-' if iou is None else f'{iou:.3f}':>8} {format_eta(i.eta_s, none="-"):>8} {enc:<10}  {i.config}")
+              f"{'-' if iou is None else f'{iou:.3f}':>8} {format_eta(i.eta_s, none='-'):>8} {enc:<10}  {i.config}")
         if i.weights:
             print(f"  weights: {i.weights}")
         problem = status_problem(i.path)
