@@ -5,10 +5,6 @@ Opens on the embedded synthetic demo AOI; the sidebar picks a downloaded AOI or 
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
 import streamlit as st
 
 from bdcore import viz

@@ -74,6 +74,17 @@ def test_explore_real_vegas_tiles(vegas_small):
     assert not at.exception and not at.error and "**0 buildings**" in " ".join(texts(at, "markdown"))
 
 
+def test_app_does_not_force_the_hub_offline(monkeypatch, empty_runs):
+    """Runs started from the app inherit its environment: the app must not set HF_HUB_OFFLINE (a GPU box with
+    internet must download ImageNet weights; offline is decided by a bounded probe instead)."""
+    import os
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    at = page("app.py", "demo").run()
+    assert not at.exception
+    assert "HF_HUB_OFFLINE" not in os.environ
+
+
 def test_explore_split_is_the_split_a_run_with_those_settings_trains_on():
     """One owner of the split: the val tiles Explore lists are the val dataset of a run with the same settings."""
     from bdcore.data.dataset import build_datasets
