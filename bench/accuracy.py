@@ -31,7 +31,6 @@ import time
 import typing
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never wait on the network for pretrained weights
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "docs" / "accuracy.md"
