@@ -5,39 +5,16 @@ Only UI plumbing lives here; everything computed comes from bdcore.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import streamlit as st
 
-from bdcore.atomic import atomic_write_json
 from bdcore.paths import cache_dir
 
 DEMO = "demo"
-STATE_FILE = "app_state.json"
 USER_ERRORS = (ValueError, OSError)  # domain errors, and disk full / permissions / missing files
-
-
-def _state_path() -> Path:
-    return cache_dir() / STATE_FILE
-
-
-def load_app_state() -> dict:
-    try:
-        data = json.loads(_state_path().read_text())
-        return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
-        return {}
-
-
-def save_app_state(**updates) -> None:
-    state = load_app_state()
-    state.update(updates)
-    try:
-        atomic_write_json(_state_path(), state)
-    except OSError:
-        pass  # remembering the choice is a convenience, never an error
+URL_PARAM = "data"  # the picked dataset, in the page URL: a reload or bookmark in this browser keeps it
 
 
 def downloaded_aois() -> list[str]:
@@ -50,22 +27,31 @@ def downloaded_aois() -> list[str]:
 
 
 def current_root() -> str:
-    """The dataset the user picked: ``"demo"`` or a folder path (session first, then the remembered choice)."""
+    """The dataset this browser session picked: ``"demo"`` or a folder path.
+
+    The choice belongs to the session (one visitor's folder never becomes another's default); it is mirrored in
+    the page URL (``?data=…``) so that a reload or a bookmark in the same browser keeps it."""
     root = st.session_state.get("data_root")
     if not root:
-        root = load_app_state().get("data_root") or DEMO
+        root = st.query_params.get(URL_PARAM) or DEMO
         st.session_state["data_root"] = root
+    _show_in_url(root)
     return root
+
+
+def _show_in_url(root: str) -> None:
+    if root == DEMO:
+        st.query_params.pop(URL_PARAM, None)
+    elif st.query_params.get(URL_PARAM) != root:
+        st.query_params[URL_PARAM] = root
 
 
 def set_root(root: str) -> None:
     root = root.strip() or DEMO
     st.session_state["data_root"] = root
-    state = load_app_state()
-    recent = [r for r in state.get("recent", []) if r != root and r != DEMO]
-    if root != DEMO:
-        recent.insert(0, root)
-    save_app_state(data_root=root, recent=recent[:8])
+    recent = [r for r in st.session_state.get("recent_roots", []) if r not in (root, DEMO)]
+    st.session_state["recent_roots"] = ([root] if root != DEMO else []) + recent[:7]
+    _show_in_url(root)
 
 
 def resolve_root(root: str) -> Path:
@@ -99,7 +85,7 @@ def dataset_picker() -> None:
                     set_root(str(p))
         # drawn after the form (so a submitted folder shows at once), displayed above it
         current = current_root()
-        options = [DEMO] + downloaded_aois() + list(load_app_state().get("recent", []))
+        options = [DEMO] + downloaded_aois() + list(st.session_state.get("recent_roots", []))
         options = list(dict.fromkeys(options))
         if current not in options:
             options.append(current)

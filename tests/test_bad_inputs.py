@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from synth import make_aoi, write_garbage, write_geojson, write_geotiff, write_png_as_tif, write_truncated_tif
+from synth import make_aoi, write_garbage, write_geotiff, write_png_as_tif, write_truncated_tif
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "robustness.md"

@@ -33,9 +33,6 @@ def texts(at: AppTest, kind: str) -> list[str]:
 def test_app_opens_on_demo_and_remembers_choice(vegas_small):
     from bdcore.data.catalog import load_catalog
     from bdcore.data.demo import demo_root
-    from bdcore.paths import cache_dir
-
-    (cache_dir() / "app_state.json").unlink(missing_ok=True)
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT).run()
     assert not at.exception
     assert texts(at, "title")[0] == "Explore"
@@ -46,11 +43,14 @@ def test_app_opens_on_demo_and_remembers_choice(vegas_small):
     at.run()
     assert not at.exception
     assert "2 tiles, 49 buildings" in texts(at, "caption")[0]
-    # ... and a fresh session starts on the choice remembered on disk
-    (cache_dir() / "app_state.json").write_text(json.dumps({"data_root": str(vegas_small)}))
+    assert at.query_params["data"] == str(vegas_small)  # in this browser's URL: a reload keeps it
+    # ... another visitor's fresh session is not affected (it starts on the demo) ...
     at2 = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT).run()
-    assert "2 tiles, 49 buildings" in texts(at2, "caption")[0]
-    (cache_dir() / "app_state.json").unlink()
+    assert "Demo AOI" in texts(at2, "caption")[0]
+    # ... and a session opened on this browser's URL (a reload, a bookmark) starts on the folder
+    at3 = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
+    at3.query_params["data"] = str(vegas_small)
+    assert "2 tiles, 49 buildings" in texts(at3.run(), "caption")[0]
 
 
 def test_explore_real_vegas_tiles(vegas_small):

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -116,7 +115,7 @@ def wait_paths(frame, n: int, timeout: float = 30) -> int:
     return count
 
 
-def test_explore_map_click_and_picker(server, page):
+def test_explore_map_click_and_picker(server, page, browser):
     from bdcore.data.catalog import load_catalog
     from bdcore.data.demo import demo_root
 
@@ -140,7 +139,7 @@ def test_explore_map_click_and_picker(server, page):
     assert_clean(page)
     shot(page, "explore_clicked")
     # the sidebar folder picker switches to the real Vegas tiles in tests/data and remembers them across a reload
-    vegas = Path(__file__).resolve().parent / "data" / "spacenet2_vegas"
+    vegas = ROOT / "tests" / "data" / "spacenet2_vegas"
     page.get_by_label("Folder path", exact=True).fill(str(vegas))
     page.get_by_role("button", name="Use folder").click()
     page.get_by_text("2 tiles, 49 buildings").wait_for(timeout=60000)
@@ -148,6 +147,14 @@ def test_explore_map_click_and_picker(server, page):
     shot(page, "explore_vegas")
     page.reload()
     page.get_by_text("2 tiles, 49 buildings").wait_for(timeout=60000)
+    # another visitor (a separate browser context, its own session) still opens on the demo
+    other = browser.new_page(viewport={"width": 1400, "height": 1000})
+    try:
+        other.goto(server["url"])
+        other.get_by_text("Demo AOI (synthetic) —").wait_for(timeout=90000)
+        assert "2 tiles, 49 buildings" not in other.inner_text("body")
+    finally:
+        other.close()
     # back to the demo for the other pages
     page.locator('[data-testid="stSidebar"] [data-testid="stSelectbox"]').first.click()
     page.get_by_role("option", name="Demo AOI (synthetic)").click()
