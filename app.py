@@ -8,7 +8,7 @@ from __future__ import annotations
 import streamlit as st
 
 from bdcore import viz
-from pages._shared import dataset_picker  # (app.py's folder is on sys.path under `streamlit run`)
+from appkit import dataset_picker  # (app.py's folder is on sys.path under `streamlit run`)
 
 st.set_page_config(page_title="SpaceNet building workbench", page_icon=":material/location_city:", layout="wide")
 

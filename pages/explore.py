@@ -9,8 +9,9 @@ from bdcore import viz
 from bdcore.data.products import DEFAULT_PRODUCT, PRODUCTS
 from bdcore.data.split import run_split
 from bdcore.data.catalog import summary as catalog_summary
-from pages._shared import USER_ERRORS, current_root, get_catalog, rerun_fragment, root_label
+from appkit import USER_ERRORS, current_root, get_catalog, rerun_fragment, root_label, through_app_navigation
 
+through_app_navigation()
 st.title("Explore")
 root = current_root()
 catalog = get_catalog(root)

@@ -11,8 +11,9 @@ from streamlit_folium import st_folium
 from bdcore import viz
 from bdcore.data.products import PRODUCTS
 from bdcore.paths import cache_dir
-from pages._shared import USER_ERRORS, checkpoint_choices, current_root, get_catalog
+from appkit import USER_ERRORS, checkpoint_choices, current_root, get_catalog, through_app_navigation
 
+through_app_navigation()
 st.title("Predict")
 
 choices = checkpoint_choices()

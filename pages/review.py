@@ -6,8 +6,9 @@ import streamlit as st
 from streamlit_folium import st_folium
 
 from bdcore import viz
-from pages._shared import USER_ERRORS
+from appkit import USER_ERRORS, through_app_navigation
 
+through_app_navigation()
 st.title("Review")
 
 from bdcore.inference import evaluate

@@ -9,11 +9,12 @@ from bdcore import viz
 from bdcore.progress import format_eta
 from bdcore.data.products import DEFAULT_PRODUCT, PRODUCT_BANDS
 from bdcore.engine.config import ARCH_NAMES
-from pages._shared import USER_ERRORS, current_root, get_catalog, rerun_fragment, root_label
+from appkit import USER_ERRORS, current_root, get_catalog, rerun_fragment, root_label, through_app_navigation
 
 ENCODERS = ["resnet18", "resnet34", "resnet50", "efficientnet-b0", "efficientnet-b3", "mobilenet_v2", "timm-regnety_016"]
 CROPS = [64, 128, 256, 384, 512, "full tile"]
 
+through_app_navigation()
 st.title("Train")
 
 

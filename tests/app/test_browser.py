@@ -5,6 +5,7 @@ Screenshots of every page are saved when BDCORE_SCREENSHOTS names a folder (e.g.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -37,12 +38,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(_isolated_dirs):
+@contextlib.contextmanager
+def _streamlit(runs_dir: Path, log_path: Path):
+    """``streamlit run app.py`` on a free port (a fresh server), yielding its URL."""
     port = _free_port()
     env = dict(os.environ, HF_HUB_OFFLINE="1", BDCORE_CACHE_DIR=os.environ["BDCORE_CACHE_DIR"],
-               BDCORE_RUNS_DIR=str(_isolated_dirs / "browser-runs"))
-    log = open(_isolated_dirs / "streamlit.log", "wb")
+               BDCORE_RUNS_DIR=str(runs_dir))
+    log = open(log_path, "wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), "--server.address",
          "127.0.0.1", "--server.headless", "true"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
@@ -57,16 +59,25 @@ def server(_isolated_dirs):
             time.sleep(0.5)
     else:
         proc.kill()
-        pytest.fail("streamlit did not start: " + (_isolated_dirs / "streamlit.log").read_text()[-2000:])
-    yield {"url": url, "runs": Path(env["BDCORE_RUNS_DIR"])}
-    from bdcore.engine import runs
+        pytest.fail("streamlit did not start: " + log_path.read_text()[-2000:])
+    try:
+        yield url
+    finally:
+        from bdcore.engine import runs
 
-    for d in Path(env["BDCORE_RUNS_DIR"]).glob("*"):  # never leave a trainer behind
-        if d.is_dir() and runs.is_alive(d):
-            runs.stop_run(d, timeout=20)
-    os.killpg(proc.pid, signal.SIGTERM)
-    proc.wait(timeout=20)
-    log.close()
+        for d in runs_dir.glob("*"):  # never leave a trainer behind
+            if d.is_dir() and runs.is_alive(d):
+                runs.stop_run(d, timeout=20)
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=20)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def server(_isolated_dirs):
+    runs_dir = _isolated_dirs / "browser-runs"
+    with _streamlit(runs_dir, _isolated_dirs / "streamlit.log") as url:
+        yield {"url": url, "runs": runs_dir}
 
 
 @pytest.fixture(scope="module")
@@ -273,3 +284,24 @@ def test_train_stop_resume_review_predict(server, page):
     assert "not-a-tiff" in page.locator('[data-testid="stAlertContentError"]').first.inner_text()
     assert "Traceback" not in page.inner_text("body")
     shot(page, "predict_error")
+
+
+@pytest.mark.parametrize("path", ["review", "train"])
+def test_deep_link_first_after_server_start_goes_through_the_app_navigation(_isolated_dirs, browser, path):
+    """A bookmarked page opened before anyone opened ``/`` on a fresh server: the app's own navigation (four
+    pages, no helper module listed) and the dataset sidebar, on the page the link names."""
+    with _streamlit(_isolated_dirs / f"deep-{path}-runs", _isolated_dirs / f"deep-{path}.log") as url:
+        pg = browser.new_page(viewport={"width": 1400, "height": 1000})
+        try:
+            pg.goto(f"{url}/{path}")
+            pg.get_by_role("heading", name=path.capitalize(), exact=True).wait_for(timeout=90000)
+            pg.get_by_text("SpaceNet building workbench").first.wait_for(timeout=30000)  # app.py's sidebar ran
+            lines = [ln.strip() for ln in pg.locator('[data-testid="stSidebarNav"]').inner_text().split("\n")]
+            titles = [ln for ln in lines if ln[:1].isupper()]  # the other lines are material icon names
+            assert titles == ["Explore", "Train", "Review", "Predict"] and "shared" not in lines, lines
+            pg.get_by_label("Folder path", exact=True).wait_for(timeout=30000)  # the dataset sidebar
+            assert pg.url.rstrip("/").endswith(f"/{path}")
+            assert_clean(pg)
+            shot(pg, f"deep_link_{path}")
+        finally:
+            pg.close()

@@ -1,6 +1,8 @@
-"""Streamlit glue shared by the pages: the dataset picker, the cached catalog, readable errors.
+"""Streamlit glue shared by app.py and the pages: the dataset picker, the cached catalog, readable errors, and the
+guard that sends every URL through app.py's ``st.navigation``.
 
-Only UI plumbing lives here; everything computed comes from bdcore.
+Only UI plumbing lives here; everything computed comes from bdcore. It sits beside app.py, not in pages/, so that
+Streamlit never offers it as a page.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ import os
 from pathlib import Path
 
 import streamlit as st
+from streamlit.runtime.pages_manager import PagesManager
 
 from bdcore.paths import cache_dir
 
@@ -134,4 +137,15 @@ def rerun_fragment() -> None:
     try:
         st.rerun(scope="fragment")
     except StreamlitAPIException:
+        st.rerun()
+
+
+def through_app_navigation() -> None:
+    """Call first in every page. A deep link (``/review``) opened before anyone opened ``/`` after a server start
+    runs Streamlit's legacy ``pages/``-folder mode (Streamlit 1.67 sets ``PagesManager.uses_pages_directory`` when a
+    ``pages/`` folder sits beside the entry script, until ``st.navigation`` first runs): the page would run without
+    app.py's navigation and sidebar. Leave that mode and rerun: app.py then runs and its ``st.navigation`` resolves
+    the same URL to this page."""
+    if getattr(PagesManager, "uses_pages_directory", False):
+        PagesManager.uses_pages_directory = False
         st.rerun()
