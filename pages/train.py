@@ -166,7 +166,7 @@ def runs_panel() -> None:
     table = pd.DataFrame([{
         "run": i.run_id, "state": i.state, "progress": i.progress,
         "epoch": f"{i.epoch}/{i.total_epochs}", "step": i.step, "ETA": format_eta(i.eta_s) if i.state == "running" else "—",
-        "img/s": None if i.img_per_s is None else round(i.img_per_s, 1),
+        "img/s": "—" if i.img_per_s is None else f"{i.img_per_s:.1f}",
         "val IoU": i.metrics.get("val_iou"), "val F1": i.metrics.get("val_f1"),
         "weights": i.weights_source or "—",
         "config": i.config,

@@ -148,6 +148,7 @@ def test_train_page_lists_and_deletes_run(empty_runs):
     assert not at.exception
     df = at.dataframe[0].value
     assert df["run"].tolist() == ["r1"] and df["state"].tolist() == ["queued"]
+    assert df["img/s"].tolist() == ["—"] and df["weights"].tolist() == ["—"]  # not yet known: a dash, never None
     assert at.button(key="btn_delete").disabled  # a queued run cannot be deleted (it is about to start)
     (run_dir / "status.json").write_text(json.dumps({"state": "stopped", "epoch": 0, "step": 0}))
     at.run()
