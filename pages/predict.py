@@ -9,6 +9,7 @@ import streamlit as st
 from streamlit_folium import st_folium
 
 from bdcore import viz
+from bdcore.data.products import PRODUCTS
 from bdcore.paths import cache_dir
 from pages._shared import USER_ERRORS, checkpoint_choices, current_root, get_catalog
 
