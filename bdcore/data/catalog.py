@@ -392,36 +392,3 @@ def summary(cat: gpd.GeoDataFrame) -> dict:
         "per_aoi": per_aoi,
         "problems": dict(cat.attrs.get("problems", {})),
     }
-
-def _cmd_catalog(args) -> int:
-    cat = load_catalog(args.dir, refresh=args.refresh)
-    s = summary(cat)
-    if args.json:
-        print(json.dumps(s, indent=2, default=str))
-        return 0
-    print(f"catalog of {s['root']}{' (cached)' if cat.attrs.get('from_cache') else ''}")
-    detail = f"{s['tiles_without_buildings']} with no buildings"
-    if s["unlabelled"]:
-        detail = f"{s['unlabelled']} unlabelled: no labels file, building count unknown; {detail}"
-    print(f"  tiles       {s['tiles']}, {s['labelled']} labelled  ({detail})")
-    print(f"  buildings   {s['buildings']}" + (" (in labelled tiles)" if s["unlabelled"] else ""))
-    print(f"  bands       {', '.join(map(str, s['bands']))}   sizes {', '.join(s['sizes'])}")
-    print("  products    " + ", ".join(f"{p}: {n}" for p, n in s["products"].items()))
-    w, so, e, n = s["bounds"]
-    print(f"  bounds      lon {w:.5f} .. {e:.5f}, lat {so:.5f} .. {n:.5f} (EPSG:4326)")
-    print(f"  {'AOI':<16}{'tiles':>7}{'labelled':>10}{'buildings':>11}{'empty':>7}")
-    for r in s["per_aoi"]:
-        print(f"  {r['aoi']:<16}{r['tiles']:>7}{r['labelled']:>10}{r['buildings']:>11}{r['empty']:>7}")
-    if s["problems"]:
-        print(f"  problems    {len(s['problems'])}:")
-        for path, msg in s["problems"].items():
-            print(f"    {path}: {msg}")
-    return 0
-
-
-def register_cli(sub) -> None:
-    p = sub.add_parser("catalog", help="list the tiles of a SpaceNet 2 AOI folder (either layout)")
-    p.add_argument("dir", help="AOI folder")
-    p.add_argument("--refresh", action="store_true", help="rescan even if the cached catalog is current")
-    p.add_argument("--json", action="store_true", help="print the summary as JSON")
-    p.set_defaults(func=_cmd_catalog)

@@ -457,30 +457,3 @@ def check_input(
     if len(check.off_bands) * 2 >= sample.shape[0]:  # at least half the bands
         check.reasons.append("range")
     return check
-
-# ---------------------------------------------------------------------------------------------- CLI
-
-
-def _cmd_stats(args) -> int:
-    from bdcore.data.catalog import load_catalog
-
-    cat = load_catalog(args.dir, refresh=args.refresh)
-    stats = band_stats(cat, product=args.product, max_tiles=args.max_tiles, refresh=args.refresh)
-    if args.json:
-        print(json.dumps(stats.to_dict(), indent=2))
-        return 0
-    print(f"{stats.product} band statistics over {stats.n_tiles} sampled tile(s) of {len(cat)} ({args.dir})")
-    print(f"{'band':>4}  {'p2':>10}  {'p98':>10}  {'mean':>10}  {'std':>10}")
-    for b in range(stats.bands):
-        print(f"{b:>4}  {stats.lo[b]:>10.1f}  {stats.hi[b]:>10.1f}  {stats.mean[b]:>10.1f}  {stats.std[b]:>10.1f}")
-    return 0
-
-
-def register_cli(sub) -> None:
-    p = sub.add_parser("stats", help="per-band dataset statistics (used to normalise model input)")
-    p.add_argument("dir", help="AOI folder (either SpaceNet 2 layout)")
-    p.add_argument("--product", default=DEFAULT_PRODUCT, choices=PRODUCTS)
-    p.add_argument("--max-tiles", type=int, default=64, help="tiles sampled (default 64)")
-    p.add_argument("--refresh", action="store_true", help="ignore cached catalog and stats")
-    p.add_argument("--json", action="store_true", help="print JSON")
-    p.set_defaults(func=_cmd_stats)
