@@ -52,12 +52,13 @@ def bench_paths(cat, label: str, min_seconds: float) -> dict:
     """The dataset's own whole-tile item path (image decode + normalise, mask rasterize -> float tensors),
     once with ``cache=False`` (GeoTIFF/GeoJSON every time) and once from the cache."""
     from bdcore.data import imagery
-    from bdcore.data.dataset import ArrayCache, SpaceNetSegmentation
+    from bdcore.data.cache import ArrayCache
+    from bdcore.data.dataset import SampleSpec, SpaceNetSegmentation
 
     stats = imagery.band_stats(cat, "PS-RGB")
     ids = [t for t in cat.index if isinstance(cat.loc[t, "PS-RGB"], str)]
-    raw = SpaceNetSegmentation(cat, ids, crop_size=None, stats=stats, cache=False)
-    cached = SpaceNetSegmentation(cat, ids, crop_size=None, stats=stats, cache=ArrayCache())
+    raw = SpaceNetSegmentation(cat, ids, SampleSpec(crop_size=None), stats=stats, cache=False)
+    cached = SpaceNetSegmentation(cat, ids, SampleSpec(crop_size=None), stats=stats, cache=ArrayCache())
     t0 = time.perf_counter()
     for i in range(len(cached)):  # first pass: decode + write the cache
         cached[i]
@@ -65,10 +66,10 @@ def bench_paths(cat, label: str, min_seconds: float) -> dict:
     for i in range(len(raw)):  # the raw path and the cache give the same items
         a, b = raw[i], cached[i]
         assert np.array_equal(a["image"].numpy(), b["image"].numpy()) and np.array_equal(a["mask"].numpy(), b["mask"].numpy())
-    from bdcore.data.dataset import decode_mask
+    from bdcore.data.labels import tile_mask
 
     def decode_raw(i):
-        return imagery.read_image(raw.image_paths[i]), decode_mask(raw.image_paths[i], raw.label_paths[i])
+        return imagery.read_image(raw.image_paths[i]), tile_mask(raw.image_paths[i], raw.label_paths[i])
 
     def decode_cached(i):  # materialised copies, so the memmap's lazy reads are paid for
         return np.array(cached.raw_image(i)), np.array(cached.raw_mask(i))
@@ -99,7 +100,7 @@ def replicate(cat, n: int, dest: Path, link: bool):
     """n tiles named rep<i>, each a hard link of a demo tile's files, with the demo tile's cache entries copied."""
     import pandas as pd
 
-    from bdcore.data.dataset import ArrayCache
+    from bdcore.data.cache import ArrayCache
 
     cache = ArrayCache()
     src = _pairs_from_catalog(cat)
@@ -128,14 +129,15 @@ def bench_epoch(rep, stats, workers: int) -> dict:
     from torch.utils.data import DataLoader
 
     from bdcore.data import imagery, labels
-    from bdcore.data.dataset import SpaceNetSegmentation
+    from bdcore.data.augment import Augment
+    from bdcore.data.dataset import SampleSpec, SpaceNetSegmentation
 
     def no_decode(*a, **k):
         raise AssertionError("a GeoTIFF was decoded during the cached epoch")
 
     imagery.read_image, labels.tile_mask = no_decode, no_decode  # the epoch must come from the cache alone
     out = {"tiles": len(rep)}
-    train = SpaceNetSegmentation(rep, list(rep.index), crop_size=256, augment=True, stats=stats, seed=0)
+    train = SpaceNetSegmentation(rep, list(rep.index), SampleSpec(crop_size=256, augment=Augment(), seed=0), stats=stats)
     train.set_epoch(0)
     t0 = time.perf_counter()
     for i in range(len(train)):  # first touch of the freshly written entries (page cache, writeback)
@@ -150,7 +152,7 @@ def bench_epoch(rep, stats, workers: int) -> dict:
         assert n == len(rep)
         out[f"train_crop256_aug_workers{nw}_s"] = round(dt, 2)
         out[f"train_crop256_aug_workers{nw}_tiles_per_s"] = round(n / dt, 1)
-    val = SpaceNetSegmentation(rep, list(rep.index), crop_size=None, augment=False, stats=stats)
+    val = SpaceNetSegmentation(rep, list(rep.index), SampleSpec(crop_size=None), stats=stats)
     t0 = time.perf_counter()
     for i in range(len(val)):
         item = val[i]
@@ -159,7 +161,8 @@ def bench_epoch(rep, stats, workers: int) -> dict:
     out["val_full_tile_workers0_s"] = round(dt, 2)
     out["val_full_tile_workers0_tiles_per_s"] = round(len(val) / dt, 1)
     # one augmented full-tile pass too (crop_size=None training)
-    full = SpaceNetSegmentation(rep, list(rep.index), crop_size=None, augment=True, stats=stats, seed=0, pad_multiple=32)
+    spec = SampleSpec(crop_size=None, augment=Augment(), seed=0, pad_multiple=32)
+    full = SpaceNetSegmentation(rep, list(rep.index), spec, stats=stats)
     full.set_epoch(0)
     t0 = time.perf_counter()
     for i in range(len(full)):

@@ -290,7 +290,7 @@ def _upload_and_predict(at, name: str, data: bytes):
 APP_RASTER_CASES = [
     ("truncated", "truncated TIFF (header intact, strips missing)", "truncated or corrupt"),
     ("png", "PNG renamed .tif", "is a PNG file, not a GeoTIFF"),
-    ("garbage", "text file renamed .tif", "not a readable GeoTIFF"),
+    ("garbage", "text file renamed .tif", "not a readable raster"),
     ("1band", "1-band raster, model expects 3", "model expects 3 bands (PS-RGB), file has 1"),
     ("4band", "4-band raster, model expects 3", "model expects 3 bands (PS-RGB), file has 4"),
 ]

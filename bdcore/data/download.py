@@ -1,6 +1,6 @@
 """Fetch SpaceNet 2 from the public, unsigned ``spacenet-dataset`` S3 bucket over plain HTTPS (no AWS account).
 
-Two ways, both resumable (``*.part`` + HTTP Range) and size-verified, standard library only:
+Two ways, both resumable (``*.part`` + HTTP Range) and size-verified, standard library only (plus tqdm bars):
 
 - ``method="tarball"``: ``<base>/tarballs/SN2_buildings_train_<AOI>.tar.gz``. The archive holds the original release
   layout (``AOI_3_Paris_Train/{RGB-PanSharpen,MUL-PanSharpen,MUL,PAN,geojson/buildings,summaryData}/``); only the
@@ -12,6 +12,9 @@ Two ways, both resumable (``*.part`` + HTTP Range) and size-verified, standard l
 
 ``base_url`` is a virtual-hosted-style bucket URL plus key prefix: the listing goes to ``scheme://host/`` and
 keys are ``<path of base_url>/...``.
+
+This module only fetches files: it does not import the catalog (the ``download`` command builds it afterwards), so
+the CLI can read its option defaults without importing geopandas.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ from typing import Iterable, Sequence
 from urllib.error import HTTPError, URLError
 from urllib.parse import quote, urlencode, urlsplit
 from urllib.request import Request, urlopen
+
+from tqdm.auto import tqdm
 
 from bdcore.atomic import atomic_write_json
 from bdcore.data.products import DEFAULT_PRODUCT, LABELS_PRODUCT, LABELS_RELEASE_FOLDER, PRODUCT_TABLE
@@ -53,6 +58,7 @@ DEFAULT_PRODUCTS = (DEFAULT_PRODUCT, LABELS_PRODUCT)
 RELEASE_FOLDERS = {**{p.name: (p.release_folder,) for p in PRODUCT_TABLE},
                    LABELS_PRODUCT: tuple(LABELS_RELEASE_FOLDER.split("/"))}
 ALWAYS_EXTRACT = (("summaryData",),)
+METHODS = ("tarball", "files")
 RETRY_HTTP = {408, 429, 500, 502, 503, 504}
 USER_AGENT = "bdcore-download/1 (+urllib)"
 MARKER = ".bdcore_download.json"
@@ -141,6 +147,92 @@ def _get_bytes(url: str, *, retries: int, backoff: float, timeout: float) -> byt
         _sleep(failures, backoff)
 
 
+class _StartOver(Exception):
+    """The server's answer does not continue the partial file: delete it and retry from byte 0."""
+
+
+class _Retries:
+    """The retry budget of one download: at most ``retries`` failures in a row without progress."""
+
+    def __init__(self, url: str, path: Path, part: Path, retries: int, backoff: float):
+        self.url, self.name, self.part, self.retries, self.backoff = url, path.name, part, retries, backoff
+        self.failures = 0
+
+    def progressed(self) -> None:
+        self.failures = 0  # the budget is per stall
+
+    def retry(self, reason: str) -> None:
+        """Count a failure and wait (exponential backoff), or give up with a DownloadError saying how to resume."""
+        self.failures += 1
+        if self.failures > self.retries:
+            have = self.part.stat().st_size if self.part.exists() else 0
+            raise DownloadError(f"{self.url}: gave up after {self.retries} retries ({reason}); {have} bytes kept in "
+                                f"{self.part}, run the same command again to resume")
+        log.info("%s: %s; retry %d/%d", self.name, reason, self.failures, self.retries)
+        _sleep(self.failures, self.backoff)
+
+
+def _resume_offset(part: Path, total: int | None) -> int:
+    """Bytes already in ``part``; a partial file larger than the object is stale and removed."""
+    offset = part.stat().st_size if part.exists() else 0
+    if total is not None and offset > total:
+        log.info("%s: stale partial file larger than the object; starting over", part)
+        part.unlink()
+        offset = 0
+    return offset
+
+
+def _after_http_error(exc: HTTPError, url: str, part: Path, offset: int, total: int | None,
+                      tries: _Retries) -> int | None:
+    """The object's size when a 416 says ``part`` is already whole; None after counting a retry; else raises."""
+    if exc.code == 416:  # our offset is at or beyond the end
+        _, size = _content_range(exc.headers.get("Content-Range"))
+        if size is not None and total is not None and size != total:
+            raise DownloadError(f"{url}: server reports {size} bytes but {total} were expected; "
+                                f"partial file kept at {part}") from None
+        if size is not None and offset == size:
+            return size
+        part.unlink(missing_ok=True)
+        tries.retry("HTTP 416 for a stale partial file; starting over")
+        return None
+    if exc.code in RETRY_HTTP:
+        tries.retry(f"HTTP {exc.code}")
+        return None
+    raise DownloadError(f"{url}: HTTP {exc.code} {exc.reason}") from None
+
+
+def _body_start(resp, url: str, name: str, part: Path, offset: int, total: int | None) -> tuple[int, str, int | None]:
+    """(offset the body starts at, file mode, object size) of a 200/206 answer; _StartOver when a 206 starts
+    elsewhere than ``offset``, DownloadError when the size is not the one expected."""
+    if resp.status == 206:
+        start, size = _content_range(resp.headers.get("Content-Range"))
+        if start != offset:
+            raise _StartOver(f"server answered a range starting at {start}, not {offset}; starting over")
+        mode = "ab"
+    else:  # 200: the whole object, whatever we asked for
+        if offset:
+            log.info("%s: server ignored the Range request; starting over", name)
+        length = resp.headers.get("Content-Length")
+        offset, mode, size = 0, "wb", int(length) if length is not None else None
+    if size is not None and total is not None and size != total:
+        raise DownloadError(f"{url}: server reports {size} bytes but {total} were expected (listing); "
+                            f"not downloading{f', partial file kept at {part}' if part.exists() else ''}")
+    return offset, mode, size if size is not None else total
+
+
+def _copy_body(resp, name: str, part: Path, mode: str, offset: int, total: int | None, chunk_size: int,
+               progress: bool) -> None:
+    """Write the response body to ``part`` (a byte progress bar named ``name`` on stderr unless not ``progress``)."""
+    with tqdm(total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
+              desc=name, disable=not progress, leave=False) as bar, open(part, mode) as f:
+        while True:
+            buf = resp.read(chunk_size)
+            if not buf:
+                break
+            f.write(buf)
+            bar.update(len(buf))
+
+
 def fetch(url: str, path: str | os.PathLike, expected_size: int | None = None, *, progress: bool = True,
           retries: int = 5, backoff: float = 1.0, timeout: float = 60.0, chunk_size: int = 1 << 20) -> Path:
     """Download ``url`` to ``path`` via ``path.part``, resuming a previous ``.part`` with an HTTP Range request.
@@ -150,107 +242,52 @@ def fetch(url: str, path: str | os.PathLike, expected_size: int | None = None, *
     without progress. The final size must equal ``expected_size`` (e.g. from the S3 listing) and the server's
     length; on a mismatch a ``DownloadError`` is raised and the ``.part`` is kept for inspection.
     """
-    from tqdm.auto import tqdm
-
     path = Path(path)
     part = path.with_name(path.name + ".part")
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists() and (expected_size is None or path.stat().st_size == expected_size):
         return path
     total = expected_size
-    failures = 0
-
-    def retry(reason: str) -> None:
-        nonlocal failures
-        failures += 1
-        if failures > retries:
-            have = part.stat().st_size if part.exists() else 0
-            raise DownloadError(f"{url}: gave up after {retries} retries ({reason}); {have} bytes kept in {part}, "
-                                "run the same command again to resume")
-        log.info("%s: %s; retry %d/%d", path.name, reason, failures, retries)
-        _sleep(failures, backoff)
-
+    tries = _Retries(url, path, part, retries, backoff)
     while True:
-        offset = part.stat().st_size if part.exists() else 0
-        if total is not None and offset > total:
-            log.info("%s: stale partial file larger than the object; starting over", part)
-            part.unlink()
-            offset = 0
+        offset = _resume_offset(part, total)
         if total is not None and offset == total and (offset > 0 or part.exists()):
             break
-        headers = {"User-Agent": USER_AGENT}
-        if offset:
-            headers["Range"] = f"bytes={offset}-"
+        headers = {"User-Agent": USER_AGENT, **({"Range": f"bytes={offset}-"} if offset else {})}
         try:
             resp = urlopen(Request(url, headers=headers), timeout=timeout)
         except HTTPError as exc:
-            if exc.code == 416:  # our offset is at or beyond the end
-                _, size = _content_range(exc.headers.get("Content-Range"))
-                if size is not None and total is not None and size != total:
-                    raise DownloadError(f"{url}: server reports {size} bytes but {total} were expected; "
-                                        f"partial file kept at {part}") from None
-                if size is not None and offset == size:
-                    total = size
-                    break
-                part.unlink(missing_ok=True)
-                retry("HTTP 416 for a stale partial file; starting over")
+            whole = _after_http_error(exc, url, part, offset, total, tries)
+            if whole is None:
                 continue
-            if exc.code in RETRY_HTTP:
-                retry(f"HTTP {exc.code}")
-                continue
-            raise DownloadError(f"{url}: HTTP {exc.code} {exc.reason}") from None
+            total = whole
+            break
         except (URLError, OSError, http.client.HTTPException) as exc:
-            retry(f"connection error: {getattr(exc, 'reason', exc)}")
+            tries.retry(f"connection error: {getattr(exc, 'reason', exc)}")
             continue
-
         with resp:
-            length = resp.headers.get("Content-Length")
-            if resp.status == 206:
-                start, size = _content_range(resp.headers.get("Content-Range"))
-                if start != offset:
-                    part.unlink(missing_ok=True)
-                    retry(f"server answered a range starting at {start}, not {offset}; starting over")
-                    continue
-                mode = "ab"
-            else:  # 200: the whole object, whatever we asked for
-                if offset:
-                    log.info("%s: server ignored the Range request; starting over", path.name)
-                offset, mode = 0, "wb"
-                size = int(length) if length is not None else None
-            if size is not None:
-                if total is not None and size != total:
-                    raise DownloadError(f"{url}: server reports {size} bytes but {total} were expected (listing); "
-                                        f"not downloading{f', partial file kept at {part}' if part.exists() else ''}")
-                total = size
-            bar = tqdm(total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
-                       desc=path.name, disable=not progress, leave=False)
-            before = offset
             try:
-                with open(part, mode) as f:
-                    while True:
-                        buf = resp.read(chunk_size)
-                        if not buf:
-                            break
-                        f.write(buf)
-                        bar.update(len(buf))
+                before, mode, total = _body_start(resp, url, path.name, part, offset, total)
+            except _StartOver as exc:
+                part.unlink(missing_ok=True)
+                tries.retry(str(exc))
+                continue
+            try:
+                _copy_body(resp, path.name, part, mode, before, total, chunk_size, progress)
             except (OSError, http.client.HTTPException) as exc:
                 got = part.stat().st_size
                 if got > before:
-                    failures = 0  # progress was made: the retry budget is per stall
-                bar.close()
-                retry(f"connection lost after {got} bytes: {exc}")
+                    tries.progressed()
+                tries.retry(f"connection lost after {got} bytes: {exc}")
                 continue
-            bar.close()
         got = part.stat().st_size
-        if total is None:  # no length from the server and none expected: accept what we got
-            break
-        if got == total:
+        if total is None or got == total:  # no length from the server and none expected: accept what we got
             break
         if got > total:
             raise DownloadError(f"{url}: received {got} bytes but {total} were expected; partial file kept at {part}")
         if got > before:
-            failures = 0
-        retry(f"connection closed after {got} of {total} bytes")
+            tries.progressed()
+        tries.retry(f"connection closed after {got} of {total} bytes")
 
     size = part.stat().st_size
     if expected_size is not None and size != expected_size:
@@ -389,83 +426,66 @@ def _find_root(dest: Path, aoi: str, tops: list[Path]) -> Path:
     return dirs[0] if len(dirs) == 1 else dest
 
 
-def _build_catalog(root: Path) -> None:
-    try:
-        from bdcore.data.catalog import load_catalog
-    except ImportError:
-        return
-    try:
-        cat = load_catalog(root, refresh=True)
-        log.info("catalog: %d tiles in %s", len(cat), root)
-    except ValueError as exc:
-        log.warning("downloaded, but no catalog could be built: %s", exc)
+def _downloaded_root(dest: Path, aoi: str, url: str, products: Sequence[str]) -> Path | None:
+    """The AOI folder a previous tarball download of ``url`` with (at least) ``products`` left, if any."""
+    for name in (f"{aoi}_Train", aoi):
+        marker = dest / name / MARKER
+        if marker.is_file():
+            done = json.loads(marker.read_text())
+            if done.get("url") == url and set(products) <= set(done.get("products", [])):
+                return marker.parent
+    return None
+
+
+def _download_tarball(aoi: str, products: Sequence[str], dest: Path, base_url: str, progress: bool,
+                      keep_archive: bool, opts: dict) -> Path:
+    url = tarball_url(base_url, aoi)
+    done = _downloaded_root(dest, aoi, url, products)
+    if done is not None:
+        log.info("%s already downloaded in %s", aoi, done)
+        return done
+    archive = dest / ".downloads" / url.rsplit("/", 1)[1]
+    log.info("downloading %s", url)
+    fetch(url, archive, progress=progress, **opts)
+    log.info("extracting %s (%s)", archive.name, ", ".join(products))
+    tops = safe_extract(archive, dest, products)
+    root = _find_root(dest, aoi, tops)
+    atomic_write_json(root / MARKER, {"url": url, "products": list(products), "aoi": aoi,
+                                      "archive_size": archive.stat().st_size})
+    if not keep_archive:
+        archive.unlink()
+    return root
+
+
+def _download_files(aoi: str, products: Sequence[str], dest: Path, base_url: str, progress: bool,
+                    opts: dict) -> Path:
+    root = dest / aoi
+    for product in products:
+        objects = list_objects(base_url, f"train/{aoi}/{product}/", **opts)
+        if not objects:
+            raise DownloadError(f"{base_url}: no objects under train/{aoi}/{product}/; check --aoi/--products")
+        log.info("%s/%s: %d files", aoi, product, len(objects))
+        for key, size in tqdm(objects, desc=product, unit="file", disable=not progress):
+            fetch(object_url(base_url, key), root / product / key.rsplit("/", 1)[1], expected_size=size,
+                  progress=False, **opts)
+    return root
 
 
 def download_aoi(aoi: str = "paris", products: str | Sequence[str] = DEFAULT_PRODUCTS,
                  dest: str | os.PathLike | None = None, base_url: str = DEFAULT_BASE_URL, method: str = "tarball",
                  *, progress: bool = True, keep_archive: bool = False, retries: int = 5,
                  backoff: float = 1.0, timeout: float = 60.0) -> Path:
-    """Download one SpaceNet 2 training AOI and return the folder to catalog (its catalog is built at the end)."""
+    """Download one SpaceNet 2 training AOI and return its folder (what ``catalog.load_catalog`` takes).
+
+    ``method``: one of ``METHODS`` (see the module docstring). Nothing is fetched again that is already there."""
     aoi = resolve_aoi(aoi)
     products = parse_products(products)
-    if method not in ("tarball", "files"):
+    if method not in METHODS:
         raise DownloadError(f"unknown method {method!r}: use tarball or files")
     dest = Path(dest).expanduser().absolute() if dest else default_dest()
     dest.mkdir(parents=True, exist_ok=True)
     _split_base(base_url)
     opts = dict(retries=retries, backoff=backoff, timeout=timeout)
     if method == "tarball":
-        url = tarball_url(base_url, aoi)
-        for name in (f"{aoi}_Train", aoi):
-            marker = dest / name / MARKER
-            if marker.is_file():
-                done = json.loads(marker.read_text())
-                if done.get("url") == url and set(products) <= set(done.get("products", [])):
-                    log.info("%s already downloaded in %s", aoi, marker.parent)
-                    _build_catalog(marker.parent)
-                    return marker.parent
-        archive = dest / ".downloads" / url.rsplit("/", 1)[1]
-        log.info("downloading %s", url)
-        fetch(url, archive, progress=progress, **opts)
-        log.info("extracting %s (%s)", archive.name, ", ".join(products))
-        tops = safe_extract(archive, dest, products)
-        root = _find_root(dest, aoi, tops)
-        atomic_write_json(root / MARKER, {"url": url, "products": list(products), "aoi": aoi,
-                                          "archive_size": archive.stat().st_size})
-        if not keep_archive:
-            archive.unlink()
-    else:
-        root = dest / aoi
-        for product in products:
-            objects = list_objects(base_url, f"train/{aoi}/{product}/", **opts)
-            if not objects:
-                raise DownloadError(f"{base_url}: no objects under train/{aoi}/{product}/; check --aoi/--products")
-            log.info("%s/%s: %d files", aoi, product, len(objects))
-            from tqdm.auto import tqdm
-
-            for key, size in tqdm(objects, desc=product, unit="file", disable=not progress):
-                fetch(object_url(base_url, key), root / product / key.rsplit("/", 1)[1], expected_size=size,
-                      progress=False, **opts)
-    _build_catalog(root)
-    return root
-
-
-def _cli(args) -> int:
-    root = download_aoi(args.aoi, args.products, dest=args.dest, base_url=args.base_url, method=args.method,
-                        progress=not args.no_progress, keep_archive=args.keep_archive, retries=args.retries)
-    print(root)
-    return 0
-
-
-def register_cli(subparsers) -> None:
-    p = subparsers.add_parser("download", help="fetch a SpaceNet 2 AOI from the public bucket (HTTPS, resumable)")
-    p.add_argument("--aoi", default="paris", help=f"{'|'.join(AOI_ALIASES)} (default paris)")
-    p.add_argument("--products", default=",".join(DEFAULT_PRODUCTS), help=f"comma list of {','.join(PRODUCTS)}")
-    p.add_argument("--dest", default=None, help="destination folder (default: <cache dir>/spacenet)")
-    p.add_argument("--base-url", default=DEFAULT_BASE_URL, help="bucket URL + key prefix of SN2_buildings")
-    p.add_argument("--method", choices=("tarball", "files"), default="tarball",
-                   help="one archive per AOI (all products inside) or one object per tile and product")
-    p.add_argument("--keep-archive", action="store_true", help="keep the .tar.gz after extraction")
-    p.add_argument("--retries", type=int, default=5, help="retries per file on connection errors")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.set_defaults(func=_cli)
+        return _download_tarball(aoi, products, dest, base_url, progress, keep_archive, opts)
+    return _download_files(aoi, products, dest, base_url, progress, opts)

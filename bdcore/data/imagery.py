@@ -38,33 +38,46 @@ class ImageryError(ValueError):
     """A file that should be a readable GeoTIFF is not (missing, corrupt, truncated, another format)."""
 
 
-def _open(path: str | os.PathLike):
-    """Open ``path`` with rasterio, insisting on a GeoTIFF; every failure becomes an ImageryError naming the file."""
+def open_geotiff(path: str | os.PathLike, check_pixels: bool = False, error: type[ValueError] = ImageryError):
+    """Open ``path`` with rasterio (the caller closes it), insisting on a GeoTIFF: THE check every GeoTIFF read goes
+    through. A missing file, a folder, an unreadable or non-GeoTIFF file raises ``error`` (default ImageryError)
+    naming the file and the fix. ``check_pixels`` also decodes one pixel of the last row of the last band, which
+    catches truncated files (their header parses but the final strips are missing) at the cost of one block."""
     path = Path(path)
     if not path.exists():
-        raise ImageryError(f"{path}: no such image file (check the path or rebuild the catalog)")
+        raise error(f"{path}: image file not found; check the path")
     if path.is_dir():
-        raise ImageryError(f"{path}: is a folder, expected a GeoTIFF file")
+        raise error(f"{path}: is a folder, expected a GeoTIFF file")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             src = rasterio.open(path)
     except RasterioError as exc:
-        raise ImageryError(
-            f"{path}: not a readable GeoTIFF ({_short(exc)}); the file is corrupt or not an image, re-download it"
-        ) from exc
+        raise error(f"{path}: not a readable raster ({_first_line(exc)}); the file is corrupt or not an image: "
+                    "pass a GeoTIFF, or re-download it") from None
     if src.driver not in GEOTIFF_DRIVERS:
-        driver = src.driver
         src.close()
-        raise ImageryError(
-            f"{path}: is a {driver} file, not a GeoTIFF (renamed?); convert it to GeoTIFF or re-download the original"
-        )
+        raise error(f"{path}: is a {src.driver} file, not a GeoTIFF (renamed?); convert it to GeoTIFF "
+                    "(e.g. gdal_translate) or use the original GeoTIFF")
+    if check_pixels:
+        try:
+            src.read(src.count, window=Window(src.width - 1, src.height - 1, 1, 1))
+        except RasterioError as exc:
+            src.close()
+            raise pixel_read_error(path, exc, error) from None
     return src
 
 
-def _short(exc: BaseException) -> str:
-    msg = str(exc).strip().splitlines()
-    return msg[0] if msg else type(exc).__name__
+def pixel_read_error(path: str | os.PathLike, exc: BaseException, error: type[ValueError] = ImageryError) -> ValueError:
+    """The error for pixel data GDAL cannot decode (``exc``, a RasterioError): a truncated or corrupt file."""
+    why = _first_line(exc)
+    why = "" if "See previous exception" in why else f" ({why})"  # GDAL's generic wrapper says nothing
+    return error(f"{path}: pixel data cannot be read{why}; the file is truncated or corrupt, re-download or re-export it")
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
 
 
 def _window(window: Any) -> Window | None:
@@ -77,7 +90,7 @@ def _window(window: Any) -> Window | None:
 
 def read_image(path: str | os.PathLike, bands: Sequence[int] | None = None, window: Any = None) -> np.ndarray:
     """Read a GeoTIFF as a (C,H,W) array in its native dtype. ``bands`` are 0-based indices (None = all)."""
-    with _open(path) as src:
+    with open_geotiff(path) as src:
         if bands is None:
             indexes = list(range(1, src.count + 1))
         else:
@@ -88,9 +101,7 @@ def read_image(path: str | os.PathLike, bands: Sequence[int] | None = None, wind
         try:
             return src.read(indexes, window=_window(window))
         except RasterioError as exc:
-            raise ImageryError(
-                f"{path}: pixel data cannot be read ({_short(exc)}); the file is truncated or corrupt, re-download it"
-            ) from exc
+            raise pixel_read_error(path, exc) from exc
 
 
 def _profile(src) -> dict:
@@ -108,18 +119,13 @@ def _profile(src) -> dict:
 
 def read_profile(path: str | os.PathLike) -> dict:
     """Header only: crs, transform, width, height, count, dtype, nodata, bounds (image CRS)."""
-    with _open(path) as src:
+    with open_geotiff(path) as src:
         return _profile(src)
 
 
 def check_readable(path: str | os.PathLike) -> dict:
-    """``read_profile`` plus a one-pixel read from the last row of the last band, which catches truncated files
-    (their header parses but the final strips are missing) at the cost of decoding one block."""
-    with _open(path) as src:
-        try:
-            src.read(src.count, window=Window(src.width - 1, src.height - 1, 1, 1))
-        except RasterioError as exc:
-            raise ImageryError(f"{path}: pixel data cannot be read ({_short(exc)}); the file is truncated or corrupt") from exc
+    """``read_profile`` of a file whose last pixel decodes too (``open_geotiff(check_pixels=True)``)."""
+    with open_geotiff(path, check_pixels=True) as src:
         return _profile(src)
 
 
@@ -209,8 +215,8 @@ def _stats_key(catalog, product: str, settings: str) -> tuple[str, list[str]]:
     """Cache key: catalog fingerprint (when the catalog carries one) + product + the exact tile set + settings."""
     if product not in catalog.columns:
         raise ValueError(f"catalog has no column {product!r}; products are {', '.join(PRODUCTS)}")
-    paths = sorted(str(p) for p in catalog[product].tolist() if p is not None and isinstance(p, str))
-    fp = catalog.attrs.get("fingerprint") if hasattr(catalog, "attrs") else None
+    paths = sorted(p for p in catalog[product].tolist() if isinstance(p, str))
+    fp = catalog.attrs.get("fingerprint")
     h = hashlib.sha256()
     h.update(f"v{STATS_VERSION}|{product}|{settings}|".encode())
     if fp:
@@ -236,18 +242,54 @@ def _sample_paths(paths: list[str], max_tiles: int) -> list[str]:
 
 def _read_decimated(path: str, max_side: int) -> tuple[np.ndarray, float | None]:
     """Read all bands at reduced resolution (nearest), so stats over many tiles stay cheap."""
-    with _open(path) as src:
+    with open_geotiff(path) as src:
         f = max(1, int(np.ceil(max(src.width, src.height) / max_side)))
         shape = (src.count, max(1, src.height // f), max(1, src.width // f))
         try:
             return src.read(out_shape=shape), src.nodata
         except RasterioError as exc:
-            raise ImageryError(f"{path}: pixel data cannot be read ({_short(exc)}); the file is truncated or corrupt") from exc
+            raise pixel_read_error(path, exc) from exc
+
+
+def _sample_values(paths: list[str], max_side: int) -> list[list[np.ndarray]]:
+    """Per band, the valid (non-nodata) values of each readable tile with the first tile's band count."""
+    chunks: list[list[np.ndarray]] = []
+    for p in paths:
+        try:
+            arr, nodata = _read_decimated(p, max_side)
+        except ImageryError as exc:
+            log.warning("band stats: skipping %s", exc)
+            continue
+        if not chunks:
+            chunks = [[] for _ in range(arr.shape[0])]
+        if arr.shape[0] != len(chunks):
+            log.warning("band stats: skipping %s (%d bands, expected %d)", p, arr.shape[0], len(chunks))
+            continue
+        for b, band in enumerate(arr):
+            chunks[b].append(band[_valid_mask(band, nodata)].astype(np.float64))
+    return chunks
+
+
+def _summarise(product: str, chunks: list[list[np.ndarray]], lo: float, hi: float, key: str) -> BandStats:
+    los, his, means, stds, n_pix = [], [], [], [], 0
+    for band in chunks:
+        vals = np.concatenate(band) if band else np.zeros(0)
+        n_pix = max(n_pix, vals.size)
+        if vals.size == 0:
+            los.append(0.0), his.append(1.0), means.append(0.0), stds.append(1.0)
+            continue
+        p_lo, p_hi = np.percentile(vals, [lo, hi])
+        los.append(float(p_lo))
+        his.append(float(p_hi))
+        means.append(float(vals.mean()))
+        stds.append(float(vals.std()))
+    n_tiles = len(chunks[0])
+    return BandStats(product=product, lo=los, hi=his, mean=means, std=stds, n_tiles=n_tiles, n_pixels=n_pix, key=key)
 
 
 def band_stats(
     catalog,
-    product: str = "PS-RGB",
+    product: str = DEFAULT_PRODUCT,
     max_tiles: int = 64,
     max_side: int = 256,
     lo: float = 2.0,
@@ -268,41 +310,10 @@ def band_stats(
             return BandStats.from_dict(json.loads(cache_file.read_text()))
         except (ValueError, TypeError, KeyError) as exc:
             log.warning("ignoring unreadable band stats cache %s (%s)", cache_file, exc)
-
-    chunks: list[list[np.ndarray]] = []
-    used = 0
-    n_bands = None
-    for p in _sample_paths(paths, max_tiles):
-        try:
-            arr, nodata = _read_decimated(p, max_side)
-        except ImageryError as exc:
-            log.warning("band stats: skipping %s", exc)
-            continue
-        if n_bands is None:
-            n_bands = arr.shape[0]
-            chunks = [[] for _ in range(n_bands)]
-        if arr.shape[0] != n_bands:
-            log.warning("band stats: skipping %s (%d bands, expected %d)", p, arr.shape[0], n_bands)
-            continue
-        for b in range(n_bands):
-            valid = _valid_mask(arr[b], nodata)
-            chunks[b].append(arr[b][valid].astype(np.float64))
-        used += 1
-    if not used:
+    chunks = _sample_values(_sample_paths(paths, max_tiles), max_side)
+    if not chunks or not chunks[0]:
         raise ImageryError(f"none of the sampled {product} images could be read (see warnings); check the data folder")
-    los, his, means, stds, n_pix = [], [], [], [], 0
-    for b in range(n_bands):
-        vals = np.concatenate(chunks[b]) if chunks[b] else np.zeros(0)
-        n_pix = max(n_pix, vals.size)
-        if vals.size == 0:
-            los.append(0.0), his.append(1.0), means.append(0.0), stds.append(1.0)
-            continue
-        p_lo, p_hi = np.percentile(vals, [lo, hi])
-        los.append(float(p_lo))
-        his.append(float(p_hi))
-        means.append(float(vals.mean()))
-        stds.append(float(vals.std()))
-    stats = BandStats(product=product, lo=los, hi=his, mean=means, std=stds, n_tiles=used, n_pixels=n_pix, key=key)
+    stats = _summarise(product, chunks, lo, hi, key)
     try:
         atomic_write_json(cache_file, stats.to_dict())
     except OSError as exc:  # a read-only cache must not stop training
@@ -446,31 +457,3 @@ def check_input(
     if len(check.off_bands) * 2 >= sample.shape[0]:  # at least half the bands
         check.reasons.append("range")
     return check
-
-
-# ---------------------------------------------------------------------------------------------- CLI
-
-
-def _cmd_stats(args) -> int:
-    from bdcore.data.catalog import load_catalog
-
-    cat = load_catalog(args.dir, refresh=args.refresh)
-    stats = band_stats(cat, product=args.product, max_tiles=args.max_tiles, refresh=args.refresh)
-    if args.json:
-        print(json.dumps(stats.to_dict(), indent=2))
-        return 0
-    print(f"{stats.product} band statistics over {stats.n_tiles} sampled tile(s) of {len(cat)} ({args.dir})")
-    print(f"{'band':>4}  {'p2':>10}  {'p98':>10}  {'mean':>10}  {'std':>10}")
-    for b in range(stats.bands):
-        print(f"{b:>4}  {stats.lo[b]:>10.1f}  {stats.hi[b]:>10.1f}  {stats.mean[b]:>10.1f}  {stats.std[b]:>10.1f}")
-    return 0
-
-
-def register_cli(sub) -> None:
-    p = sub.add_parser("stats", help="per-band dataset statistics (used to normalise model input)")
-    p.add_argument("dir", help="AOI folder (either SpaceNet 2 layout)")
-    p.add_argument("--product", default=DEFAULT_PRODUCT, choices=PRODUCTS)
-    p.add_argument("--max-tiles", type=int, default=64, help="tiles sampled (default 64)")
-    p.add_argument("--refresh", action="store_true", help="ignore cached catalog and stats")
-    p.add_argument("--json", action="store_true", help="print JSON")
-    p.set_defaults(func=_cmd_stats)

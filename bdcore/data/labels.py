@@ -24,9 +24,12 @@ from affine import Affine
 from pyproj import CRS
 from pyproj.exceptions import CRSError
 from rasterio import features
+from scipy import ndimage
 from shapely import affinity
 from shapely.geometry import MultiPolygon, Polygon, shape
 from shapely.geometry.base import BaseGeometry
+
+from bdcore.data.imagery import read_profile
 
 log = logging.getLogger(__name__)
 
@@ -171,8 +174,6 @@ def boundary_band(geoms: Iterable[BaseGeometry], transform: Affine, shape: tuple
     - background pixels with two different buildings within ``r``: the narrow gaps between nearly touching buildings.
 
     Isolated background and building interiors stay 0, so footprint minus band separates adjacent buildings."""
-    from scipy import ndimage
-
     inst = instance_map(geoms, transform, shape)
     if not inst.any():
         return np.zeros(shape, np.uint8)
@@ -196,8 +197,6 @@ def tile_mask(
 ) -> np.ndarray:
     """uint8 (C,H,W) target for one tile on the image's exact grid: C=1 footprint, or C=2 (footprint, boundary band).
     ``labels_path=None`` (a tile without a labels file) gives all zeros. Labels are reprojected to the image CRS."""
-    from bdcore.data.imagery import read_profile
-
     prof = read_profile(image_path)
     h, w, transform = prof["height"], prof["width"], prof["transform"]
     c = 2 if boundary else 1
@@ -229,12 +228,6 @@ def pixel_polygons(gdf, transform: Affine) -> list[Polygon]:
     return out
 
 
-def pixel_area(gdf, transform: Affine) -> float:
-    """Total area of the geometries in pixel units (|det| of the transform)."""
-    return float(sum(g.area for g in _geom_list(gdf))) / abs(transform.determinant)
-
-
 __all__: Sequence[str] = (
     "LabelError", "read_buildings", "rasterize", "instance_map", "boundary_band", "tile_mask", "pixel_polygons",
-    "pixel_area",
 )

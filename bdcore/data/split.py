@@ -9,7 +9,7 @@ settings trains and is evaluated on.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 from shapely import STRtree
@@ -26,9 +26,15 @@ class SplitError(ValueError):
 
 
 def _tile_ids(catalog) -> list[str]:
-    if "tile_id" in getattr(catalog, "columns", ()):
+    if "tile_id" in catalog.columns:
         return [str(t) for t in catalog["tile_id"]]
     return [str(t) for t in catalog.index]
+
+
+def _median_side(geoms: np.ndarray) -> float:
+    """The median tile side (the larger of width and height), in the footprints' units."""
+    b = np.array([g.bounds for g in geoms], dtype=float)
+    return float(np.median(np.maximum(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1])))
 
 
 def split_tiles(
@@ -69,61 +75,70 @@ def split_tiles(
         raise SplitError("catalog has duplicate tile_id values; rebuild the catalog (python -m bdcore catalog DIR)")
     n = len(ids)
     if val_fraction == 0:
-        out = (sorted(ids), [])
-        return (*out, []) if return_buffer else out
-    if n < 2:
+        train, val, buffer = sorted(ids), [], []
+    elif n < 2:
         raise SplitError(f"need at least 2 tiles to split into train and val, the catalog has {n}; add tiles or set val_fraction: 0")
-    n_val = min(n - 1, max(1, int(round(val_fraction * n))))
-    if method == "random":
-        order = sorted(ids)
-        perm = np.random.default_rng(seed).permutation(n)
-        val = sorted(order[i] for i in perm[:n_val])
-        vs = set(val)
-        out = ([t for t in order if t not in vs], val)
-        return (*out, []) if return_buffer else out
-    if "geometry" not in getattr(catalog, "columns", ()):
-        raise SplitError("a blocked split needs tile footprints (a geometry column); use split: random or rebuild the catalog")
-    if any(g is None or g.is_empty for g in catalog.geometry.values):
-        raise SplitError("some tiles have no footprint geometry; a blocked split needs all of them (use split: random)")
-    if block_tiles is not None:
-        train, val, buffer = _blocked_split(catalog, ids, n_val, seed, block_tiles, touch_tolerance)
+    elif method == "random":
+        train, val, buffer = _random_split(ids, min(n - 1, max(1, int(round(val_fraction * n)))), seed)
     else:
-        best = None
-        min_blocks = max(10, int(np.ceil(3 / val_fraction)))
-        for k in AUTO_BLOCK_TILES:
-            try:
-                best = _blocked_split(
-                    catalog, ids, n_val, seed, k, touch_tolerance, 1 if k == AUTO_BLOCK_TILES[-1] else min_blocks
-                )
-            except SplitError:
-                continue
-            if len(best[0]) >= len(best[1]):
-                break
-        if best is None or len(best[2]) > COMPACT_IF_BUFFER_OVER * len(ids):
-            try:
-                compact = _compact_split(catalog, ids, n_val, seed, touch_tolerance)
-            except SplitError:
-                if best is None:
-                    raise
-            else:
-                if best is None or len(compact[2]) < len(best[2]):
-                    best = compact
-        train, val, buffer = best
+        geoms = _footprints(catalog)
+        n_val = min(n - 1, max(1, int(round(val_fraction * n))))
+        if block_tiles is not None:
+            train, val, buffer = _blocked_split(geoms, ids, n_val, seed, block_tiles, touch_tolerance)
+        else:
+            train, val, buffer = _auto_blocked_split(geoms, ids, n_val, seed, val_fraction, touch_tolerance)
     return (train, val, buffer) if return_buffer else (train, val)
 
 
-def _blocked_split(catalog, ids, n_val, seed, block_tiles, touch_tolerance, min_blocks=1):
-    if "geometry" not in getattr(catalog, "columns", ()):
+def _random_split(ids: list[str], n_val: int, seed: int) -> tuple[list[str], list[str], list[str]]:
+    order = sorted(ids)
+    perm = np.random.default_rng(seed).permutation(len(ids))
+    val = sorted(order[i] for i in perm[:n_val])
+    vs = set(val)
+    return [t for t in order if t not in vs], val, []
+
+
+def _footprints(catalog) -> np.ndarray:
+    """The tiles' footprint geometries (object array); SplitError when a blocked split cannot have them."""
+    if "geometry" not in catalog.columns:
         raise SplitError("a blocked split needs tile footprints (a geometry column); use split: random or rebuild the catalog")
     geoms = np.asarray(catalog.geometry.values, dtype=object)
     if any(g is None or g.is_empty for g in geoms):
         raise SplitError("some tiles have no footprint geometry; a blocked split needs all of them (use split: random)")
+    return geoms
+
+
+def _auto_blocked_split(geoms, ids, n_val, seed, val_fraction, touch_tolerance):
+    """The largest block size that gives enough blocks and train >= val; a compact val region if that drops fewer."""
+    best = None
+    min_blocks = max(10, int(np.ceil(3 / val_fraction)))
+    for k in AUTO_BLOCK_TILES:
+        try:
+            best = _blocked_split(geoms, ids, n_val, seed, k, touch_tolerance,
+                                  1 if k == AUTO_BLOCK_TILES[-1] else min_blocks)
+        except SplitError:
+            continue
+        if len(best[0]) >= len(best[1]):
+            break
+    if best is None or len(best[2]) > COMPACT_IF_BUFFER_OVER * len(ids):
+        try:
+            compact = _compact_split(geoms, ids, n_val, seed, touch_tolerance)
+        except SplitError:
+            if best is None:
+                raise
+        else:
+            if best is None or len(compact[2]) < len(best[2]):
+                best = compact
+    return best
+
+
+def _blocked_split(geoms, ids, n_val, seed, block_tiles, touch_tolerance, min_blocks=1):
     if block_tiles < 1:
         raise SplitError(f"block_tiles must be >= 1, got {block_tiles}")
-    b = np.array([g.bounds for g in geoms], dtype=float)
-    side = float(np.median(np.maximum(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1])))
+    side = _median_side(geoms)
     if not side > 0:
         raise SplitError("tile footprints have zero size; cannot build spatial blocks (use split: random)")
+    b = np.array([g.bounds for g in geoms], dtype=float)
     cx, cy = (b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2
     cell = side * block_tiles
     gx = np.floor((cx - b[:, 0].min()) / cell).astype(np.int64)
@@ -140,10 +155,8 @@ def _blocked_split(catalog, ids, n_val, seed, block_tiles, touch_tolerance, min_
         if len(val_idx) >= n_val:
             break
         val_idx.update(blocks[keys[k]])
-    tree = STRtree(geoms)
-    tol = touch_tolerance * side
     vi = np.array(sorted(val_idx))
-    _, hits = tree.query(geoms[vi], predicate="dwithin", distance=tol)
+    _, hits = STRtree(geoms).query(geoms[vi], predicate="dwithin", distance=touch_tolerance * side)
     buffer_idx = set(hits.tolist()) - val_idx
     train = sorted(ids[i] for i in range(len(ids)) if i not in val_idx and i not in buffer_idx)
     val = sorted(ids[i] for i in val_idx)
@@ -165,13 +178,10 @@ def _neighbours(geoms: np.ndarray, tol: float) -> list[set[int]]:
     return nb
 
 
-def _compact_split(catalog, ids, n_val, seed, touch_tolerance):
+def _compact_split(geoms, ids, n_val, seed, touch_tolerance):
     """One val region grown from a seeded random tile, always adding the touching tile that enlarges the buffer
     least (ties broken by the seed); jumps to a new random start when a connected group is used up."""
-    geoms = np.asarray(catalog.geometry.values, dtype=object)
-    b = np.array([g.bounds for g in geoms], dtype=float)
-    side = float(np.median(np.maximum(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1])))
-    nb = _neighbours(geoms, touch_tolerance * side)
+    nb = _neighbours(geoms, touch_tolerance * _median_side(geoms))
     rng = np.random.default_rng(seed)
     tie = rng.random(len(ids))  # fixed random tie-break order
     order = sorted(range(len(ids)), key=lambda i: ids[i])
@@ -197,22 +207,6 @@ def _compact_split(catalog, ids, n_val, seed, touch_tolerance):
             "lower val_fraction or use split: random"
         )
     return train, sorted(ids[i] for i in val), sorted(ids[i] for i in buffer)
-
-
-def tiles_touch(catalog, a: Iterable[str], b: Iterable[str], touch_tolerance: float = 0.01) -> list[tuple[str, str]]:
-    """Pairs (tile in ``a``, tile in ``b``) whose footprints touch/overlap (same tolerance rule as the split)."""
-    ids = _tile_ids(catalog)
-    pos = {t: i for i, t in enumerate(ids)}
-    geoms = np.asarray(catalog.geometry.values, dtype=object)
-    ai = [pos[t] for t in a]
-    bi = [pos[t] for t in b]
-    if not ai or not bi:
-        return []
-    bnd = np.array([g.bounds for g in geoms], dtype=float)
-    side = float(np.median(np.maximum(bnd[:, 2] - bnd[:, 0], bnd[:, 3] - bnd[:, 1])))
-    tree = STRtree(geoms[bi])
-    qa, qb = tree.query(geoms[ai], predicate="dwithin", distance=touch_tolerance * side)
-    return [(ids[ai[x]], ids[bi[y]]) for x, y in zip(qa.tolist(), qb.tolist())]
 
 
 @dataclass(frozen=True)

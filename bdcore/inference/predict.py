@@ -343,42 +343,6 @@ def image_id_for(path: str | os.PathLike) -> str:
     return f"{m.group(1)}_{m.group(2)}" if m else stem
 
 
-def _open_raster(path: Path):
-    """Open the input GeoTIFF; a missing, non-GeoTIFF (e.g. a renamed PNG) or truncated file is a clear error."""
-    import rasterio
-    from rasterio.errors import RasterioError
-    from rasterio.windows import Window
-
-    if not path.is_file():
-        raise FileNotFoundError(f"input {path} not found")
-    try:
-        src = rasterio.open(path)
-    except RasterioError as exc:
-        raise PredictError(f"{path} is not a readable raster ({_first_line(exc)}); pass a GeoTIFF") from None
-    if src.driver not in ("GTiff", "COG"):
-        driver = src.driver
-        src.close()
-        raise PredictError(f"{path} is a {driver} file, not a GeoTIFF (renamed?); convert it to GeoTIFF "
-                           "(e.g. gdal_translate) or pass the original GeoTIFF")
-    try:  # one pixel of the last row: a truncated file parses but its last strips are missing
-        src.read(src.count, window=Window(src.width - 1, src.height - 1, 1, 1))
-    except RasterioError as exc:
-        src.close()
-        raise PredictError(_unreadable(path, exc)) from None
-    return src
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
-
-
-def _unreadable(path: Path, exc: BaseException) -> str:
-    why = _first_line(exc)
-    why = "" if "See previous exception" in why else f" ({why})"  # GDAL's generic wrapper says nothing
-    return f"{path}: pixel data cannot be read{why}; the file is truncated or corrupt, re-download or re-export it"
-
-
 def _sample_for_stats(src, max_side: int = 1024) -> np.ndarray:
     """A decimated read of the whole image (bounded size) for percentile stretching."""
     from rasterio.enums import Resampling
@@ -490,10 +454,12 @@ def predict_geotiff(
     from rasterio.errors import RasterioError
     from rasterio.windows import Window
 
+    from bdcore.data.imagery import open_geotiff, pixel_read_error
+
     t0 = time.perf_counter()
     input_path = Path(input_path)
     Normalization().for_mode(normalize)  # a bad mode fails before anything is read
-    _open_raster(input_path).close()  # a bad input fails before the (slow) model load
+    open_geotiff(input_path, check_pixels=True, error=PredictError).close()  # fails before the (slow) model load
     predictor = checkpoint if isinstance(checkpoint, Predictor) else Predictor.from_checkpoint(
         checkpoint, device=device, batch_size=batch_size)
     if window % predictor.stride:
@@ -506,7 +472,7 @@ def predict_geotiff(
     prob_path, mask_path = out_dir / f"{stem}_prob.tif", out_dir / f"{stem}_mask.tif"
     image_id = image_id_for(input_path)
 
-    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), _open_raster(input_path) as src:
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), open_geotiff(input_path, True, PredictError) as src:
         predictor.check_bands(src.count, input_path)
         H, W, nodata = src.height, src.width, src.nodata
         norm = predictor.normalization.for_mode(normalize)
@@ -515,7 +481,7 @@ def predict_geotiff(
             try:
                 norm = norm.fitted_for(_sample_for_stats(src), nodata)
             except RasterioError as exc:
-                raise PredictError(_unreadable(input_path, exc)) from None
+                raise pixel_read_error(input_path, exc, PredictError) from None
         elif len(norm.lo) != src.count:
             raise PredictError(f"checkpoint band stats have {len(norm.lo)} bands, {input_path} has {src.count}")
         else:
@@ -556,7 +522,7 @@ def predict_geotiff(
                         try:
                             src.read(window=Window(c, rr, ww, wh), out=raw)
                         except RasterioError as exc:
-                            raise PredictError(_unreadable(input_path, exc)) from None
+                            raise pixel_read_error(input_path, exc, PredictError) from None
                         norm.apply(raw, out=batch[j])
                         if nodata is not None:
                             invalid.append(np.all(raw == nodata, axis=0))

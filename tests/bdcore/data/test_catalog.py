@@ -15,6 +15,7 @@ from shapely.geometry import box
 from bdcore.data import catalog as catalog_mod
 from bdcore.data.catalog import PRODUCTS, CatalogError, load_catalog, match_file, product_path, summary
 from bdcore.cli import main
+from bdcore.data.labels import read_buildings
 from synth import make_aoi, write_garbage, write_geotiff, write_png_as_tif, write_truncated_tif
 
 CONTRACT_COLUMNS = ["tile_id", "image_id", "aoi", "geometry", *PRODUCTS, "labels", "bands", "width", "height", "n_buildings"]
@@ -182,6 +183,21 @@ def test_unreadable_labels_recorded(tmp_path):
     assert cat.loc["img1", "n_buildings"] == 0 and cat.loc["img1", "labels"] is not None
     assert "unreadable labels" in cat.attrs["problems"][str(aoi.tiles[0].labels.resolve())]
     assert cat.loc["img2", "n_buildings"] == len(aoi.tiles[1].boxes_px)
+
+
+def test_building_count_parses_the_json(tmp_path):
+    """A property ``"type": "Feature"`` is not a second feature and a null geometry is no building (the count used to
+    be a text pattern that counted the first); the count agrees with the labels reader."""
+    aoi = make_aoi(tmp_path / "a", n_tiles=1, size=16)
+    labels = aoi.tiles[0].labels
+    fc = json.loads(labels.read_text())
+    feats = fc["features"]
+    assert len(feats) >= 2
+    feats[0]["properties"] = {"type": "Feature", "note": {"type": "Feature", "geometry": None}}
+    feats.append({"type": "Feature", "properties": {"type": "Feature"}, "geometry": None})
+    labels.write_text(json.dumps(fc, indent=1))
+    cat = load_catalog(aoi.root)
+    assert cat.loc["img1", "n_buildings"] == len(feats) - 1 == len(read_buildings(labels))
 
 
 def test_all_tiles_corrupt(tmp_path):

@@ -12,7 +12,9 @@ import pytest
 import torch
 
 from bdcore.data import imagery, labels
-from bdcore.data.dataset import ArrayCache, CachedArray, SpaceNetSegmentation
+from bdcore.data.augment import Augment
+from bdcore.data.cache import ArrayCache, CachedArray
+from bdcore.data.dataset import SampleSpec, SpaceNetSegmentation
 from bdcore.data.imagery import BandStats
 import synth
 
@@ -49,7 +51,7 @@ def test_cached_items_equal_imagery_normalize_on_vegas(vegas_root, tmp_path):
     stats = BandStats(product="PS-RGB", lo=lo, hi=hi)
     cache = ArrayCache(tmp_path / "c")
     for crop in (None, 256, 300):
-        ds = SpaceNetSegmentation(cat, list(cat.index), crop_size=crop, stats=stats, cache=cache)
+        ds = SpaceNetSegmentation(cat, list(cat.index), SampleSpec(crop_size=crop), stats=stats, cache=cache)
         for i, (img_path, lab_path) in enumerate(pairs):
             for _ in range(2):  # first pass fills the cache, second reads it back
                 item = ds[i]
@@ -70,9 +72,9 @@ def test_cached_and_uncached_augmented_samples_identical(tmp_path):
     pairs = [(t.images["PS-RGB"], t.labels) for t in aoi.tiles]
     cat = _catalog(pairs)
     stats = BandStats(product="PS-RGB", lo=[5.5, 0.0, 100.25], hi=[900.0, 1700.5, 1200.0])
-    kw = dict(crop_size=48, augment=True, stats=stats, samples_per_tile=6, seed=11, boundary=True)
-    fast = SpaceNetSegmentation(cat, list(cat.index), cache=ArrayCache(tmp_path / "c"), **kw)
-    slow = SpaceNetSegmentation(cat, list(cat.index), cache=False, **kw)
+    spec = SampleSpec(crop_size=48, augment=Augment(), samples_per_tile=6, seed=11, boundary=True)
+    fast = SpaceNetSegmentation(cat, list(cat.index), spec, stats=stats, cache=ArrayCache(tmp_path / "c"))
+    slow = SpaceNetSegmentation(cat, list(cat.index), spec, stats=stats, cache=False)
     fast.set_epoch(2), slow.set_epoch(2)
     for _ in range(2):
         for i in range(len(fast)):
@@ -89,7 +91,7 @@ def test_normalize_extreme_uint16_values(tmp_path):
     img_path = synth.write_geotiff(tmp_path / "x.tif", arr)
     stats = BandStats(product="PS-RGB", lo=[100.0, 0.0, 101.5], hi=[2000.0, 65535.0, 101.5])  # band 3: zero span
     cat = _catalog([(img_path, None)])
-    ds = SpaceNetSegmentation(cat, ["t0"], crop_size=None, stats=stats, cache=ArrayCache(tmp_path / "c"))
+    ds = SpaceNetSegmentation(cat, ["t0"], SampleSpec(crop_size=None), stats=stats, cache=ArrayCache(tmp_path / "c"))
     for _ in range(2):
         item = ds[0]
         np.testing.assert_array_equal(item["image"].numpy(), imagery.normalize(arr, stats))
@@ -134,7 +136,7 @@ def test_corrupt_entry_is_decoded_again(tmp_path, caplog):
         pass  # layout memoised
     with open(entry, "r+b") as f:  # truncated entry, header intact
         f.truncate(entry.stat().st_size - 100)
-    with caplog.at_level(logging.WARNING, logger="bdcore.data.dataset"):
+    with caplog.at_level(logging.WARNING, logger="bdcore.data.cache"):
         with cache.open_image(img_path, "PS-RGB") as a:
             np.testing.assert_array_equal(a.rows(), expect)
     assert "unreadable" in caplog.text

@@ -145,13 +145,14 @@ def test_learns_real_vegas_buildings(vegas_root, tmp_path):
     """Two real SpaceNet 2 Vegas tiles with many buildings: pixel IoU on those tiles > 0.5 after ~1 minute."""
     from bdcore.data import imagery
     from bdcore.data.catalog import load_catalog
-    from bdcore.data.dataset import SpaceNetSegmentation
+    from bdcore.data.augment import Augment
+    from bdcore.data.dataset import SampleSpec, SpaceNetSegmentation
 
     cat = load_catalog(vegas_root)
     ids = ["img1265", "img225"]  # 49 and 46 buildings
     stats = imagery.band_stats(cat, "PS-RGB")
-    tr = SpaceNetSegmentation(cat, ids, crop_size=64, augment=True, stats=stats, seed=0)
-    va = SpaceNetSegmentation(cat, ids, crop_size=None, augment=False, stats=stats, seed=0, pad_multiple=32)
+    tr = SpaceNetSegmentation(cat, ids, SampleSpec(crop_size=64, augment=Augment(), seed=0), stats=stats)
+    va = SpaceNetSegmentation(cat, ids, SampleSpec(crop_size=None, seed=0, pad_multiple=32), stats=stats)
     cfg = RunConfig(data_root=str(vegas_root), encoder="resnet18", encoder_weights=None, crop_size=64,
                     batch_size=16, epochs=4, steps_per_epoch=20, workers=0, lr=1e-3, warmup_epochs=0.2,
                     device="cpu", log_every=5, eval_every=4, building_f1_tiles=2)
