@@ -12,7 +12,7 @@ from shapely.geometry import Polygon, box
 
 import argparse
 
-from bdcore.metrics import scoring
+from bdcore.cli import metrics as cli_metrics
 from bdcore.metrics.scoring import (
     PER_AOI_COLUMNS,
     PER_IMAGE_COLUMNS,
@@ -80,7 +80,7 @@ def run_score_cli(argv: list[str]) -> int:
     """The ``score`` sub-command as ``python -m bdcore`` wires it (only this module's parser, so another
     module's import problem cannot mask a scoring failure)."""
     parser = argparse.ArgumentParser()
-    scoring.register_cli(parser.add_subparsers(dest="command"))
+    cli_metrics.register_cli(parser.add_subparsers(dest="command"))
     args = parser.parse_args(argv)
     return args.func(args)
 
