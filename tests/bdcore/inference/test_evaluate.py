@@ -56,7 +56,7 @@ def test_per_tile_table_on_the_runs_val_split_and_cache_hit(short_run, monkeypat
     assert sorted(p.stem for p in pdir.glob("*.npy")) == sorted(df["tile_id"])
 
     # second call: every tile from the cache, the model is never loaded
-    from bdcore.inference.predict import Predictor
+    from bdcore.inference.predictor import Predictor
 
     monkeypatch.setattr(Predictor, "from_checkpoint", classmethod(lambda *a, **k: pytest.fail("model reloaded")))
     df2, summary2 = evaluate_checkpoint(run_dir, which="best")
@@ -132,7 +132,7 @@ def test_checkpoint_carries_training_band_stats_for_inference_elsewhere(short_ru
     from bdcore.data.catalog import load_catalog
     from bdcore.data.imagery import band_stats
     from bdcore.engine.models import load_checkpoint
-    from bdcore.inference.predict import Predictor
+    from bdcore.inference.predictor import Predictor
 
     run_dir, aoi, cfg = short_run
     stats = band_stats(load_catalog(cfg.resolved_data_root()), product=cfg.product)
@@ -141,9 +141,9 @@ def test_checkpoint_carries_training_band_stats_for_inference_elsewhere(short_ru
     # the checkpoint alone (copied away, data root unknown to it) still gives training's normalisation
     ck = tmp_path / "moved.pt"
     shutil.copy(run_dir / "last.pt", ck)
-    import bdcore.inference.predict
+    import bdcore.inference.predictor
 
-    monkeypatch.setattr(bdcore.inference.predict, "training_band_stats", lambda cfg: None)  # the data is not on this machine
+    monkeypatch.setattr(bdcore.inference.predictor, "training_band_stats", lambda cfg: None)  # the data is not on this machine
     pred = Predictor.from_checkpoint(ck, device="cpu")
     assert pred.normalization.source == "checkpoint"
     assert list(pred.normalization.lo) == stats.lo and list(pred.normalization.hi) == stats.hi
@@ -168,9 +168,9 @@ def test_empty_tile_predicted_empty_is_perfect_not_worst(tmp_path):
 def test_normalize_image_is_cached_apart_and_unlike_inputs_warn_once(short_run, monkeypatch, caplog, capsys):
     import shutil
 
-    import bdcore.inference.predict
+    import bdcore.inference.predictor
     from bdcore.cli import main
-    from bdcore.inference.predict import Normalization
+    from bdcore.inference.predictor import Normalization
 
     run_dir, aoi, cfg = short_run
     _, s_ck = evaluate_checkpoint(run_dir, which="best", tiles="all")
@@ -190,7 +190,7 @@ def test_normalize_image_is_cached_apart_and_unlike_inputs_warn_once(short_run, 
     assert summary["normalize"] == "image" and summary["cached_tiles"] == 6
 
     # a checkpoint whose training statistics are far from these tiles: ONE warning line for the whole evaluation
-    monkeypatch.setattr(bdcore.inference.predict, "normalization_from_payload",
+    monkeypatch.setattr(bdcore.inference.predictor, "normalization_from_payload",
                         lambda payload: Normalization(np.full(3, 20000.0), np.full(3, 40000.0), "checkpoint"))
     shutil.rmtree(E.prediction_dir(run_dir, "last"), ignore_errors=True)
     caplog.clear()

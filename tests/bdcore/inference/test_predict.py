@@ -13,8 +13,9 @@ from affine import Affine
 from rasterio.warp import transform_bounds
 from shapely.geometry import box, shape
 
-from bdcore.inference import predict as P
-from bdcore.inference.predict import Normalization, PredictError, Predictor, predict_geotiff
+from bdcore.inference import predictor as P
+from bdcore.inference.predict import predict_geotiff, predict_tiles
+from bdcore.inference.predictor import Normalization, PredictError, Predictor
 from synth import write_geotiff
 
 UTM = "EPSG:32611"  # Vegas UTM zone: outputs must come back reprojected to EPSG:4326
@@ -176,7 +177,7 @@ def test_predict_tiles_over_a_catalog(tmp_path):
 
     aoi = make_aoi(tmp_path / "aoi", n_tiles=2, size=64)
     cat = load_catalog(aoi.root)
-    res = P.predict_tiles(_predictor(Identity()), cat, None, tmp_path / "out")
+    res = predict_tiles(_predictor(Identity()), cat, None, tmp_path / "out")
     assert sorted(r["tile_id"] for r in res) == sorted(aoi.tile_ids)
     for r in res:
         assert r["image_id"] == aoi.tile(r["tile_id"]).image_id and r["prob"].exists()
@@ -217,7 +218,6 @@ def test_memory_bounded_by_window_not_image(tmp_path):
 def test_inference_normalisation_is_bit_identical_to_training():
     """Prediction feeds the model exactly the values training fed it (one shared normalisation)."""
     from bdcore.data.imagery import BandStats, normalize
-    from bdcore.inference.predict import Normalization
 
     rng = np.random.default_rng(0)
     arr = rng.integers(0, 2048, size=(3, 97, 131), dtype=np.uint16)
