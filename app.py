@@ -11,7 +11,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import streamlit as st
 
-from bdcore import viz
+from bdcore.viz.leaflet import ensure_leaflet_assets
 from pages._shared import dataset_picker  # (app.py's folder is on sys.path under `streamlit run`)
 
 st.set_page_config(page_title="SpaceNet building workbench", page_icon=":material/location_city:", layout="wide")
@@ -19,7 +19,7 @@ st.set_page_config(page_title="SpaceNet building workbench", page_icon=":materia
 
 @st.cache_resource
 def _assets() -> str:
-    return str(viz.ensure_leaflet_assets())
+    return str(ensure_leaflet_assets())
 
 
 try:

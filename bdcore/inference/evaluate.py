@@ -106,7 +106,8 @@ def run_config(run_dir: str | os.PathLike) -> RunConfig:
     return RunConfig.load(path)
 
 
-def eval_tiles(cfg: RunConfig, tiles: str | Sequence[str] = "val") -> tuple[gpd.GeoDataFrame, gpd.GeoDataFrame, list[str]]:
+def eval_tiles(cfg: RunConfig,
+               tiles: str | Sequence[str] = "val") -> tuple[gpd.GeoDataFrame, gpd.GeoDataFrame, list[str]]:
     """(catalog, labelled catalog, tile ids) for ``tiles`` = "val" (the run's own split), "all" (every labelled
     tile) or a list of tile ids. "val" is ``split.config_split``, the split the run trained on."""
     cat = load_catalog(cfg.resolved_data_root())
@@ -253,11 +254,14 @@ def score_tile(prob: np.ndarray, image_path: str, labels_path: str | None, thres
 
 
 def review_tile(run_dir: str | os.PathLike, which: str, tile_id: str, threshold: float | None = None,
-                min_area: float = 20.0, normalize: str = "checkpoint") -> tuple[TileScore, str]:
+                min_area: float = 20.0, normalize: str = "checkpoint",
+                catalog: gpd.GeoDataFrame | None = None) -> tuple[TileScore, str]:
     """(``TileScore``, image path) of one tile for the Review page: its cached probabilities scored by the same
-    :func:`tile_score` as :func:`evaluate_checkpoint`'s row, so the picture drawn from it shows the row's TP/FP/FN."""
+    :func:`tile_score` as :func:`evaluate_checkpoint`'s row, so the picture drawn from it shows the row's TP/FP/FN.
+    ``catalog``: the run's catalog when the caller has loaded it already."""
     cfg = run_config(run_dir)
-    tile = _tile_paths(cfg, load_catalog(cfg.resolved_data_root()), tile_id)
+    catalog = load_catalog(cfg.resolved_data_root()) if catalog is None else catalog
+    tile = _tile_paths(cfg, catalog, tile_id)
     prob = load_prediction(run_dir, which, tile_id, normalize=normalize)
     threshold = float(cfg.threshold if threshold is None else threshold)
     return tile_score(prob, tile.image, tile.labels, threshold, min_area), tile.image

@@ -20,7 +20,7 @@ from rasterio.windows import Window
 from shapely import affinity
 from shapely.geometry import Polygon
 
-from bdcore.inference.predictor import PredictError
+from bdcore.inference.normalization import PredictError
 from bdcore.metrics.polygons import mask_to_polygons
 
 # GDAL's block cache (MB) while writing outputs: its default (5 % of RAM) would let a big output sit in memory.

@@ -28,8 +28,16 @@ from rasterio.windows import Window
 
 from bdcore.data.products import DEFAULT_PRODUCT
 from bdcore.inference.export import image_id_for, write_vectors
-from bdcore.inference.geotiff import GDAL_CACHE_MB, ProbMaskWriter, RasterSource, extract_polygons, first_line, unreadable
-from bdcore.inference.predictor import Normalization, PredictError, Predictor, WindowPlan
+from bdcore.inference.geotiff import (
+    GDAL_CACHE_MB,
+    ProbMaskWriter,
+    RasterSource,
+    extract_polygons,
+    first_line,
+    unreadable,
+)
+from bdcore.inference.normalization import Normalization, PredictError
+from bdcore.inference.predictor import Predictor, WindowPlan
 from bdcore.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -110,7 +118,8 @@ def predict_geotiff(
         raise PredictError(f"overlap {overlap} must be in [0, window={window})")
     out_dir = Path(out_dir) if out_dir is not None else input_path.parent / "predictions"
     out_dir.mkdir(parents=True, exist_ok=True)
-    prob_path, mask_path = out_dir / f"{input_path.stem}_prob.tif", out_dir / f"{input_path.stem}_mask.tif"
+    stem = input_path.stem
+    prob_path, mask_path = out_dir / f"{stem}_prob.tif", out_dir / f"{stem}_mask.tif"
 
     with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), _open_raster(input_path) as src:
         predictor.check_bands(src.count, input_path)
@@ -128,7 +137,7 @@ def predict_geotiff(
         "input_check": check, "warning": check.message() if check is not None and not check.ok else None}
     if polygons:
         polys = extract_polygons(prob_path, threshold=threshold, min_area=min_area)
-        geojson_path, csv_path = out_dir / f"{input_path.stem}_buildings.geojson", out_dir / f"{input_path.stem}_spacenet.csv"
+        geojson_path, csv_path = out_dir / f"{stem}_buildings.geojson", out_dir / f"{stem}_spacenet.csv"
         write_vectors(polys, transform, crs, result["image_id"], geojson_path, csv_path)
         result.update(geojson=geojson_path, csv=csv_path, n_buildings=len(polys))
     result["seconds"] = round(time.perf_counter() - t0, 3)

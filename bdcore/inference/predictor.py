@@ -166,8 +166,9 @@ class Predictor:
     @classmethod
     def from_checkpoint(cls, checkpoint: str | os.PathLike, device: str = "auto", batch_size: int = 4,
                         stats: Any = None) -> "Predictor":
-        """Load ``checkpoint`` (read once); normalisation from its band stats, else ``stats`` (e.g. ``imagery.band_stats``
-        of the training catalog), else the training catalog's stats when on this machine, else per-image percentiles."""
+        """Load ``checkpoint`` (the file is read once); normalisation from its band stats, else ``stats`` (e.g.
+        ``imagery.band_stats`` of the training catalog), else the training catalog's stats when that data is on this
+        machine, else per-image percentiles."""
         checkpoint = Path(checkpoint)
         if not checkpoint.is_file():
             raise FileNotFoundError(f"checkpoint {checkpoint} not found: train a run first or pass a .pt file")

@@ -170,7 +170,7 @@ def test_normalize_image_is_cached_apart_and_unlike_inputs_warn_once(short_run, 
 
     import bdcore.inference.predictor
     from bdcore.cli import main
-    from bdcore.inference.predictor import Normalization
+    from bdcore.inference.normalization import Normalization
 
     run_dir, aoi, cfg = short_run
     _, s_ck = evaluate_checkpoint(run_dir, which="best", tiles="all")
@@ -206,3 +206,49 @@ def test_normalize_image_is_cached_apart_and_unlike_inputs_warn_once(short_run, 
     assert s["warning"] is None and s["cached_tiles"] == 6
     with pytest.raises(ValueError, match="normalize must be one of checkpoint, image"):
         evaluate_checkpoint(run_dir, normalize="percentile")
+
+
+@pytest.fixture(scope="module")
+def learnt_run(tmp_path_factory):
+    """A tiny run trained long enough (16 steps, ~5-30 s on 2 shared cores) to find buildings: across thresholds its
+    val tiles have true positives, false positives and misses."""
+    from bdcore.engine.config import RunConfig
+    from bdcore.engine.train import train
+    from synth import make_aoi
+
+    base = tmp_path_factory.mktemp("learntrun")
+    aoi = make_aoi(base / "aoi", n_tiles=6, size=96, seed=2, buildings_per_tile=4)
+    cfg = RunConfig(data_root=str(aoi.root), arch="Unet", encoder="resnet18", encoder_weights=None, epochs=2,
+                    steps_per_epoch=8, crop_size=64, batch_size=4, workers=0, device="cpu", val_fraction=0.34,
+                    building_f1_tiles=0, lr=3e-3)
+    run_dir = runs.create_run(cfg, name="learnt", root=base / "runs")
+    train(cfg, run_dir)
+    return run_dir
+
+
+@pytest.mark.slow
+def test_review_picture_shows_the_score_row_on_every_val_tile(learnt_run):
+    """One match per tile: the Review picture (drawn from evaluate.review_tile's TileScore) and the per-tile score
+    row of evaluate_checkpoint have the same TP/FP/FN on every val tile, at every threshold."""
+    from bdcore.data.imagery import read_image
+    from bdcore.viz import overlays
+
+    seen = {"tp": 0, "fp": 0, "fn": 0}
+    for threshold in (0.2, 0.5, 0.8, 0.95):
+        df, _ = evaluate_checkpoint(learnt_run, which="best", threshold=threshold)
+        assert len(df) == 2
+        for row in df.to_dict("records"):
+            score, image_path = E.review_tile(learnt_run, "best", row["tile_id"], threshold)
+            assert score.row() == {k: row[k] for k in score.row()}
+            views = overlays.review_images(read_image(image_path), score)
+            assert views.drawn == {"tp": row["tp"], "fp": row["fp"], "fn": row["fn"]}
+            seen = {k: seen[k] + v for k, v in views.drawn.items()}
+    assert all(seen.values()), seen  # the check saw matches, false alarms and misses
+
+
+def test_checkpoints_of_run_folders(short_run, tmp_path):
+    run_dir, _, _ = short_run
+    assert E.available_checkpoints(run_dir) == ["best", "last"]
+    assert E.available_checkpoints(tmp_path) == []
+    assert E.checkpoints_of([run_dir, tmp_path]) == {"evalrun · best.pt": run_dir / "best.pt",
+                                                     "evalrun · last.pt": run_dir / "last.pt"}
