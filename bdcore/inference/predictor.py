@@ -151,8 +151,7 @@ class Predictor:
     (B, C, H, W) float input in [0, 1] to (B, K, H, W) logits (``Predictor(model, in_channels=3)``)."""
 
     def __init__(self, model: torch.nn.Module, in_channels: int, normalization: Normalization | None = None,
-                 device: str = "auto", product: str | None = None, batch_size: int = 4, stride: int = 32,
-                 checkpoint: str | os.PathLike | None = None, config: RunConfig | None = None):
+                 device: str = "auto", product: str | None = None, batch_size: int = 4, stride: int = 32):
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.in_channels = int(in_channels)
@@ -160,8 +159,6 @@ class Predictor:
         self.product = product
         self.batch_size = max(int(batch_size), 1)
         self.stride = stride
-        self.checkpoint = Path(checkpoint) if checkpoint else None
-        self.config = config
 
     @classmethod
     def from_checkpoint(cls, checkpoint: str | os.PathLike, device: str = "auto", batch_size: int = 4,
@@ -186,7 +183,7 @@ class Predictor:
         if norm.source == "percentile":
             log.info("%s carries no band statistics: using per-image 2-98%% percentile stretch", checkpoint.name)
         return cls(model, in_channels=cfg.in_channels, normalization=norm, device=device, product=cfg.product,
-                   batch_size=batch_size, checkpoint=checkpoint, config=cfg)
+                   batch_size=batch_size)
 
     def check_bands(self, count: int, source: str | os.PathLike = "input") -> None:
         if count == self.in_channels:
