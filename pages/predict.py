@@ -59,7 +59,7 @@ else:
     input_path = Path(row[product]) if product else None
 
 if input_path is not None and st.button("Run prediction", type="primary", key="predict_go"):
-    # torch + segmentation_models_pytorch: ~2.4 s to import (measured); the page opens without them
+    # torch + segmentation_models_pytorch: 2.1-2.4 s to import (measured on 2 CPU cores); the page opens without them
     from bdcore.inference.predict import predict_geotiff
 
     out_dir = cache_dir() / "predictions" / hashlib.sha256(f"{checkpoint}|{input_path}|{normalize}".encode()).hexdigest()[:16]
