@@ -22,7 +22,8 @@ def add_normalize_argument(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    # torch + segmentation_models_pytorch: 2.1-2.4 s to import (measured on 2 CPU cores), kept out of `python -m bdcore --help`
+    # torch + segmentation_models_pytorch: 2.1-2.4 s to import (measured on 2 CPU cores), kept out of
+    # `python -m bdcore --help` and the other commands
     from bdcore.inference.predict import predict_geotiff
 
     with terminal_progress("win", Path(args.input).name) as progress:

@@ -194,8 +194,8 @@ class _PredictionCache:
         """Predict one tile and cache it: (uint8 probabilities, ``InputCheck`` against the training statistics or
         None); the check runs on the tile already in memory (strided sample)."""
         if self._predictor is None:
-            # torch + segmentation_models_pytorch: 2.1-2.4 s to import (measured on 2 CPU cores); re-scoring cached predictions (the
-            # Review page, `evaluate` at another threshold) never needs them
+            # torch + segmentation_models_pytorch: 2.1-2.4 s to import (measured on 2 CPU cores); re-scoring cached
+            # predictions (the Review page, `evaluate` at another threshold) never needs them
             from bdcore.inference.predictor import Predictor
 
             self._predictor = Predictor.from_checkpoint(self.checkpoint, device=self.device)
