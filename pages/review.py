@@ -97,4 +97,4 @@ cols[0].image(views.image, caption="image", width="stretch")
 cols[1].image(views.truth, caption="ground truth (yellow)", width="stretch")
 cols[2].image(views.prediction, caption=f"prediction > {threshold:.2f} (cyan)", width="stretch")
 d = views.drawn
-cols[3].image(views.matches, caption=f"TP {d['tp']} green · FP {d['fp']} red · FN {d['fn']} blue", width="stretch")
+cols[3].image(views.matches, caption=f"TP green · FP red · FN blue ({d['tp']} · {d['fp']} · {d['fn']})", width="stretch")

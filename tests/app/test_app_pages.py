@@ -193,7 +193,7 @@ def test_review_and_predict_with_a_checkpoint(tiny_run, monkeypatch):
         assert not at.exception and not at.error
         row = at.dataframe[0].value.iloc[i]
         assert texts(at, "subheader")[0].startswith(f"{row['tile_id']} ")
-        assert at.get("image")[3].captions[0] == f"TP {row['tp']} green · FP {row['fp']} red · FN {row['fn']} blue"
+        assert at.get("image")[3].captions[0] == f"TP green · FP red · FN blue ({row['tp']} · {row['fp']} · {row['fn']})"
 
     at = page("pages/predict.py", "demo").run()
     at.radio(key="predict_source").set_value("Catalog tile").run()
