@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from bdcore import viz
+from bdcore.viz.leaflet import ensure_leaflet_assets
 from appkit import dataset_picker  # (app.py's folder is on sys.path under `streamlit run`)
 
 st.set_page_config(page_title="SpaceNet building workbench", page_icon=":material/location_city:", layout="wide")
@@ -15,7 +15,7 @@ st.set_page_config(page_title="SpaceNet building workbench", page_icon=":materia
 
 @st.cache_resource
 def _assets() -> str:
-    return str(viz.ensure_leaflet_assets())
+    return str(ensure_leaflet_assets())
 
 
 try:

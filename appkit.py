@@ -121,7 +121,7 @@ def show_error(exc: BaseException, what: str) -> None:
 def checkpoint_choices() -> dict[str, Path]:
     """``"<run> · best.pt"`` → path, for every run that has a checkpoint (newest run first)."""
     from bdcore.engine import runs
-    from bdcore.viz import checkpoints_of
+    from bdcore.inference.evaluate import checkpoints_of
 
     try:
         return checkpoints_of(i.path for i in runs.list_runs())

@@ -27,9 +27,17 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before torch/smp are imported: never wait on the hub
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+import numpy as np
+import rasterio
+import torch
+from affine import Affine
+from rasterio.windows import Window
+
+from bdcore.engine.models import build_model
+from bdcore.inference.predict import predict_geotiff
+from bdcore.inference.predictor import Normalization, Predictor, resolve_device
 
 
 def _rss_kb(field: str = "VmRSS") -> int:
@@ -56,8 +64,6 @@ class Dummy:
 
     @staticmethod
     def build(in_ch: int = 3):
-        import torch
-
         class BandMean(torch.nn.Module):
             def forward(self, x):
                 return x.mean(dim=1, keepdim=True) * 4.0 - 1.5
@@ -68,17 +74,11 @@ class Dummy:
 def _model(arch: str, encoder: str, dummy: bool = False):
     if dummy:
         return Dummy.build()
-    from bdcore.engine.models import build_model
-
     return build_model(arch, encoder, 3, 1, encoder_weights=None)
 
 
 def write_image(path: Path, size: int, seed: int = 0, strip: int = 512) -> None:
     """A size x size 3-band uint16 GeoTIFF (UTM, 0.3 m) with bright rectangles, written in strips."""
-    import rasterio
-    from affine import Affine
-    from rasterio.windows import Window
-
     rng = np.random.default_rng(seed)
     prof = dict(driver="GTiff", width=size, height=size, count=3, dtype="uint16", crs="EPSG:32611",
                 transform=Affine(0.3, 0, 660000.0, 0, -0.3, 4000000.0), tiled=True, blockxsize=256, blockysize=256,
@@ -94,8 +94,6 @@ def write_image(path: Path, size: int, seed: int = 0, strip: int = 512) -> None:
 
 
 def bench_speed(args, tmp: Path) -> dict:
-    from bdcore.inference.predict import Normalization, Predictor, predict_geotiff
-
     model = _model(args.arch, args.encoder)
     norm = Normalization(np.full(3, 100.0), np.full(3, 1600.0), "bench")
     pred = Predictor(model, in_channels=3, normalization=norm, device=args.device, product="PS-RGB",
@@ -127,12 +125,8 @@ def bench_speed(args, tmp: Path) -> dict:
 
 
 def memory_child(args) -> dict:
-    """Runs in a fresh process: peak RSS growth of one predict_geotiff call on a big image."""
-    from bdcore.inference.predict import Normalization, Predictor, predict_geotiff
-
-    import geopandas  # noqa: F401  (imports done before the baseline)
-    import bdcore.metrics.polygons, bdcore.metrics.scoring  # noqa: F401,E401
-
+    """Runs in a fresh process: peak RSS growth of one predict_geotiff call on a big image (every import, the model
+    and a warm-up batch come before the baseline)."""
     model = _model(args.arch, args.encoder, dummy=args.mem_model == "dummy")
     norm = Normalization(np.full(3, 100.0), np.full(3, 1600.0), "bench")
     pred = Predictor(model, in_channels=3, normalization=norm, device=args.device, batch_size=args.batch_size)
@@ -149,8 +143,6 @@ def memory_child(args) -> dict:
            "peak_rss_mb": round(peak / 1024, 1), "peak_reset": reset, "seconds": round(wall, 2),
            "windows": res["windows"], "n_buildings": res.get("n_buildings")}
     if pred.device.startswith("cuda"):
-        import torch
-
         out["cuda_max_allocated_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     return out
 
@@ -200,10 +192,6 @@ def main() -> None:
     if args.memory_child:
         print(json.dumps(memory_child(args)))
         return
-
-    import torch
-
-    from bdcore.inference.predict import resolve_device
 
     result = {"bench": "inference", "device": resolve_device(args.device), "torch": torch.__version__,
               "threads": torch.get_num_threads(), "cpus": os.cpu_count(), "machine": platform.machine()}

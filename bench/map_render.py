@@ -16,6 +16,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from bdcore.viz.leaflet import ensure_leaflet_assets
+from bdcore.viz.maps import map_html, tile_map
+
 ROOT = Path(__file__).resolve().parent.parent
 
 DEFAULT_INDEX = ROOT.parent / "shared" / "data" / "tile_index" / "AOI_3_Paris_Train_Tindex.geojson"
@@ -37,19 +40,17 @@ def main() -> int:
     ap.add_argument("--index", type=Path, default=DEFAULT_INDEX)
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
-    from bdcore import viz
-
     gdf = load_index(args.index)
     builds = []
     for _ in range(args.repeat):
         t0 = time.perf_counter()
-        html = viz.map_html(viz.tile_map(gdf))
+        html = map_html(tile_map(gdf))
         builds.append(time.perf_counter() - t0)
 
     out = {"tiles": len(gdf), "html_bytes": len(html), "build_s": round(min(builds), 3),
            "build_s_all": [round(b, 3) for b in builds]}
     with tempfile.TemporaryDirectory() as tmp:
-        static = viz.ensure_leaflet_assets(Path(tmp) / "static")
+        static = ensure_leaflet_assets(Path(tmp) / "static")
         page = Path(tmp) / "map.html"
         page.write_text(html.replace("/app/static/leaflet/", static.as_uri() + "/"))
         from playwright.sync_api import sync_playwright

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import geopandas as gpd
+import numpy as np
 import streamlit as st
 from streamlit_folium import st_folium
 
-from bdcore import viz
+from bdcore.data import imagery, labels
+from bdcore.data.catalog import product_path
+from bdcore.data.catalog import summary as catalog_summary
 from bdcore.data.products import DEFAULT_PRODUCT, PRODUCTS
 from bdcore.data.split import run_split
-from bdcore.data.catalog import summary as catalog_summary
+from bdcore.viz import figures, maps, overlays
 from appkit import USER_ERRORS, current_root, get_catalog, rerun_fragment, root_label, through_app_navigation
 
 through_app_navigation()
@@ -18,7 +22,7 @@ catalog = get_catalog(root)
 summary = catalog_summary(catalog)
 st.caption(f"{root_label(root)} — {summary['headline']}")
 if summary["unlabelled"]:
-    st.info(f"{summary['unlabelled']:,} of {summary['tiles']:,} tiles are **{viz.UNLABELLED}** (no labels file): "
+    st.info(f"{summary['unlabelled']:,} of {summary['tiles']:,} tiles are **{maps.UNLABELLED}** (no labels file): "
             "their building count is unknown, not zero. They can be viewed and predicted on; training and "
             "evaluation use only labelled tiles.")
 
@@ -42,7 +46,7 @@ def _splits(root: str, n: int, product: str, val_fraction: float, method: str, s
 
 splits = None
 if color_by == "train/val split" and not summary["labelled"]:
-    st.info(f"No labelled tile to split: every tile is {viz.UNLABELLED}.")
+    st.info(f"No labelled tile to split: every tile is {maps.UNLABELLED}.")
 elif color_by == "train/val split":
     try:
         splits = _splits(root, len(catalog), split_product, float(val_fraction), method, int(seed))
@@ -59,6 +63,19 @@ if st.session_state.get("explore_tile") not in tile_ids:
     st.session_state["explore_tile"] = tile_ids[0]
 
 
+def tile_preview(row, product: str, bands, lo: float, hi: float) -> tuple[np.ndarray, np.ndarray, gpd.GeoDataFrame]:
+    """(display RGB with the building outlines, raw CHW array, buildings in EPSG:4326) of a catalog row."""
+    path = product_path(row, product)
+    arr, prof = imagery.read_image(path), imagery.read_profile(path)
+    lab = row.get("labels")
+    if not isinstance(lab, str):  # unlabelled tile
+        return overlays.tile_preview(arr, (), bands, lo, hi, name=str(path)), arr, gpd.GeoDataFrame(geometry=[], crs=4326)
+    bldg = labels.read_buildings(lab, crs=prof["crs"] or "EPSG:4326")
+    outlines = labels.pixel_polygons(bldg, prof["transform"]) if len(bldg) else []
+    rgb = overlays.tile_preview(arr, outlines, bands, lo, hi, name=str(path))
+    return rgb, arr, bldg.to_crs(4326) if bldg.crs is not None else bldg
+
+
 @st.fragment
 def tile_panel() -> None:
     """Map + selected tile: a click reruns only this fragment, and the map itself is not rebuilt."""
@@ -73,24 +90,24 @@ def tile_panel() -> None:
     try:
         bands = st.session_state.get("explore_bands", (0, 1, 2))
         lo, hi = st.session_state.get("explore_stretch", (2.0, 98.0))
-        preview = viz.tile_preview(row, st.session_state["explore_product"], bands, lo, hi)
+        preview = tile_preview(row, st.session_state["explore_product"], bands, lo, hi)
     except USER_ERRORS as exc:
         err = exc
     buildings = preview[2] if preview else None
 
-    m = viz.tile_map(catalog, color_by="split" if splits is not None else "n_buildings", splits=splits, osm=osm)
+    m = maps.tile_map(catalog, color_by="split" if splits is not None else "n_buildings", splits=splits, osm=osm)
     out = st_folium(
         m,
         key=f"explore_map_{root}_{color_by}_{osm}",
         height=460,
         use_container_width=True,
-        feature_group_to_add=viz.selection_layer(row.geometry, buildings),
+        feature_group_to_add=maps.selection_layer(row.geometry, buildings),
         returned_objects=["last_object_clicked", "last_object_clicked_tooltip"],
     )
     click = (out or {}).get("last_object_clicked")
     if click and click != st.session_state.get("explore_last_click"):
         st.session_state["explore_last_click"] = click
-        tid = viz.tile_at(catalog, click.get("lat"), click.get("lng")) or viz.tile_from_tooltip(
+        tid = maps.tile_at(catalog, click.get("lat"), click.get("lng")) or maps.tile_from_tooltip(
             (out or {}).get("last_object_clicked_tooltip"), tile_ids)
         if tid and tid != selected:
             st.session_state["explore_tile"] = tid
@@ -110,8 +127,8 @@ def tile_panel() -> None:
             st.session_state["explore_bands"] = (0, 1, 2)
         st.slider("Stretch percentiles", 0.0, 100.0, (2.0, 98.0), 0.5, key="explore_stretch")
         st.markdown(f"**{selected}** · {row.get('image_id', '')}")
-        count = viz.building_counts(catalog.loc[[selected]])[0]
-        count_md = f"**{viz.UNLABELLED}** (no labels file)" if count is None else f"**{count} buildings**"
+        count = maps.building_counts(catalog.loc[[selected]])[0]
+        count_md = f"**{maps.UNLABELLED}** (no labels file)" if count is None else f"**{count} buildings**"
         st.markdown(f"Size: {int(row.get('width') or 0)} × {int(row.get('height') or 0)} px, "
                     f"{n_bands} band(s) · {count_md}")
         paths = {p: row.get(p) for p in (*PRODUCTS, "labels") if p in catalog.columns and row.get(p)}
@@ -123,24 +140,27 @@ def tile_panel() -> None:
             what = "no labels (unlabelled tile)" if count is None else "building outlines in yellow"
             st.image(preview[0], caption=f"{selected}: stretched image, {what}", width="stretch")
     if preview is not None:
-        st.plotly_chart(viz.band_histogram_fig(preview[1]), key="explore_hist")
+        st.plotly_chart(figures.band_histogram_fig(preview[1]), key="explore_hist")
 
 
 tile_panel()
 
 st.subheader("Dataset statistics")
 s1, s2 = st.columns(2)
-s1.plotly_chart(viz.buildings_per_tile_fig(catalog))
+s1.plotly_chart(figures.buildings_per_tile_fig(catalog))
 
 
 @st.cache_data(show_spinner="Measuring building areas…", max_entries=4)
-def _areas(root: str, n: int):
-    return viz.sample_building_areas(catalog)
+def _areas(root: str, n: int) -> tuple[np.ndarray, int]:
+    """Building areas (m²) over a sample of the labelled tiles, and how many tiles were read."""
+    paths = figures.sample_label_paths(catalog)
+    parts = [figures.building_areas_m2(labels.read_buildings(p)) for p in paths]
+    return (np.concatenate(parts) if parts else np.zeros(0)), len(paths)
 
 
 try:
     areas, n_read = _areas(root, len(catalog))
-    fig = viz.building_area_fig(areas)
+    fig = figures.building_area_fig(areas)
     if n_read < int(catalog["labels"].notna().sum()):
         fig.update_layout(title=f"Building footprint area (sample of {n_read} tiles, n={len(areas)})")
     s2.plotly_chart(fig)

@@ -5,17 +5,18 @@ from __future__ import annotations
 import streamlit as st
 from streamlit_folium import st_folium
 
-from bdcore import viz
+from bdcore.data.catalog import load_catalog
+from bdcore.data.imagery import read_image
+from bdcore.engine import runs
+from bdcore.inference import evaluate
+from bdcore.viz import maps, overlays
 from appkit import USER_ERRORS, through_app_navigation
 
 through_app_navigation()
 st.title("Review")
 
-from bdcore.inference import evaluate
-from bdcore.engine import runs
-
 try:
-    infos = [i for i in runs.list_runs() if (i.path / "best.pt").is_file() or (i.path / "last.pt").is_file()]
+    infos = [i for i in runs.list_runs() if evaluate.available_checkpoints(i.path)]
 except USER_ERRORS as exc:
     st.error(f"Could not list runs: {exc}")
     st.stop()
@@ -26,8 +27,7 @@ if not infos:
 c1, c2, c3 = st.columns([3, 1, 2])
 run_id = c1.selectbox("Run", [i.run_id for i in infos], key="review_run")
 info = next(i for i in infos if i.run_id == run_id)
-available = [w for w in ("best", "last") if (info.path / f"{w}.pt").is_file()]
-which = c2.radio("Checkpoint", available, horizontal=True, key="review_which")
+which = c2.radio("Checkpoint", evaluate.available_checkpoints(info.path), horizontal=True, key="review_which")
 threshold = c3.slider("Threshold", 0.05, 0.95, 0.5, 0.05, key="review_threshold")
 if info.weights:  # what the encoder started from: pretrained or random init makes a large difference
     (st.warning if info.weights_source == "random" else st.caption)(f"Encoder weights of this run: {info.weights}")
@@ -76,20 +76,16 @@ rows = event.selection.rows if event is not None else []
 tile_id = str(table.loc[rows[0], "tile_id"]) if rows else str(table.loc[0, "tile_id"])
 
 try:
-    cfg = evaluate.run_config(info.path)
-    from bdcore.data.catalog import load_catalog
-
-    catalog = load_catalog(cfg.resolved_data_root())
+    catalog = load_catalog(evaluate.run_config(info.path).resolved_data_root())
     with right:
         st.markdown("**Val tiles coloured by SpaceNet F1**")
         scores = dict(zip(per_tile["tile_id"].astype(str), per_tile["f1"].astype(float)))
-        st_folium(viz.tile_map(catalog.loc[list(scores)], color_by="value", values=scores),
+        st_folium(maps.tile_map(catalog.loc[list(scores)], color_by="value", values=scores),
                   key=f"review_map_{run_id}_{which}_{threshold}", height=260, use_container_width=True,
                   returned_objects=[])
-    row = catalog.loc[tile_id]
-    prob = evaluate.load_prediction(info.path, which, tile_id)
-    views = viz.review_images(prob, row[cfg.product], row["labels"] if isinstance(row["labels"], str) else None,
-                              threshold=float(threshold))
+    # the same scoring as the table's row (evaluate.tile_score), drawn as scored: the picture shows the row's TP/FP/FN
+    score, image_path = evaluate.review_tile(info.path, which, tile_id, float(threshold), catalog=catalog)
+    views = overlays.review_images(read_image(image_path), score)
 except USER_ERRORS as exc:
     st.error(f"Could not show tile {tile_id}: {exc}")
     st.stop()
@@ -98,7 +94,8 @@ r = table[table["tile_id"] == tile_id].iloc[0]
 st.subheader(f"{tile_id} — pixel IoU {r['pixel_iou']:.3f}, SpaceNet F1 {r['f1']:.3f} "
              f"(TP {int(r['tp'])}, FP {int(r['fp'])}, FN {int(r['fn'])})")
 cols = st.columns(4)
-cols[0].image(views["image"], caption="image", width="stretch")
-cols[1].image(views["truth"], caption="ground truth (yellow)", width="stretch")
-cols[2].image(views["prediction"], caption=f"prediction > {threshold:.2f} (cyan)", width="stretch")
-cols[3].image(views["matches"], caption="TP green · FP red · FN blue", width="stretch")
+cols[0].image(views.image, caption="image", width="stretch")
+cols[1].image(views.truth, caption="ground truth (yellow)", width="stretch")
+cols[2].image(views.prediction, caption=f"prediction > {threshold:.2f} (cyan)", width="stretch")
+d = views.drawn
+cols[3].image(views.matches, caption=f"TP green · FP red · FN blue ({d['tp']} · {d['fp']} · {d['fn']})", width="stretch")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from bdcore import viz
+from bdcore.viz.figures import training_curves_fig
 from bdcore.progress import format_eta
 from bdcore.data.products import DEFAULT_PRODUCT, PRODUCT_BANDS
 from bdcore.engine.config import ARCH_NAMES
@@ -191,7 +191,7 @@ def runs_panel() -> None:
         st.error(f"Run error: {info.error}")
     run_actions(info)
     metrics = runs.read_metrics(info.path)
-    st.plotly_chart(viz.training_curves_fig(metrics), key="train_curves")
+    st.plotly_chart(training_curves_fig(metrics), key="train_curves")
     st.caption(f"{sum(1 for m in metrics if m.get('kind') == 'step')} step records, "
                f"{sum(1 for m in metrics if m.get('kind') == 'epoch')} epoch records · refreshed every 2 s")
 

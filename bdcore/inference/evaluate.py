@@ -6,29 +6,40 @@ Probabilities are computed once per checkpoint file and cached as uint8 ``.npy``
 with ``normalize="image"`` (per-image 2-98 % stretch instead of the training band statistics) are cached apart, in
 ``<which>-<key>-image/``.
 
+A tile is scored by ONE function, :func:`tile_score` (a ``scoring.TileScore``: pixel counts and the SpaceNet match,
+proposals by decreasing confidence); the per-tile table and the Review page's TP/FP/FN picture both come from it.
+
 Tiles whose pixels look unlike the training data (``imagery.check_input``, done when a tile is predicted) are
 reported in ONE warning line per evaluation and in ``summary["warning"]``.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import io
-import json
 import logging
 import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Iterable, NamedTuple, Sequence
 
+import geopandas as gpd
 import numpy as np
 import pandas as pd
 
 from bdcore.atomic import atomic_write, atomic_write_json
+from bdcore.data import imagery, labels
+from bdcore.data.catalog import CatalogError, load_catalog
+from bdcore.data.split import config_split
+from bdcore.engine.config import RunConfig
+from bdcore.inference.normalization import Normalization
+from bdcore.metrics.polygons import mask_to_polygons
+from bdcore.metrics.scoring import PixelCounts, TileScore, precision_recall_f1
+from bdcore.progress import Progress
 
-from bdcore.progress import Progress, terminal_progress
+if TYPE_CHECKING:
+    from bdcore.inference.predictor import Predictor
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +65,16 @@ def checkpoint_path(run_dir: str | os.PathLike, which: str = "best") -> Path:
     return path
 
 
+def available_checkpoints(run_dir: str | os.PathLike) -> list[str]:
+    """The ``WHICH`` checkpoints a run folder has (``["best", "last"]``, ``["last"]``, ``[]``)."""
+    return [w for w in WHICH if (Path(run_dir) / f"{w}.pt").is_file()]
+
+
+def checkpoints_of(run_dirs: Iterable[str | os.PathLike]) -> dict[str, Path]:
+    """``"<run> · best.pt"`` → path for every best.pt / last.pt found in the given run folders."""
+    return {f"{Path(d).name} · {w}.pt": Path(d) / f"{w}.pt" for d in run_dirs for w in available_checkpoints(d)}
+
+
 def checkpoint_key(path: str | os.PathLike, head_bytes: int = 1 << 20) -> str:
     """Short hash of a checkpoint file's first MiB + size + mtime (cheap; changes whenever the file is rewritten)."""
     path = Path(path)
@@ -65,8 +86,6 @@ def checkpoint_key(path: str | os.PathLike, head_bytes: int = 1 << 20) -> str:
 
 
 def _cache_name(which: str, key: str, normalize: str = "checkpoint") -> str:
-    from bdcore.inference.predict import Normalization
-
     Normalization().for_mode(normalize)  # PredictError (a ValueError) for an unknown mode
     return f"{which}-{key}" + ("" if normalize == "checkpoint" else f"-{normalize}")
 
@@ -80,21 +99,17 @@ def prediction_dir(run_dir: str | os.PathLike, which: str = "best", normalize: s
 # ------------------------------------------------------------------------------------------------- inputs
 
 
-def run_config(run_dir: str | os.PathLike):
-    from bdcore.engine.config import RunConfig
-
+def run_config(run_dir: str | os.PathLike) -> RunConfig:
     path = Path(run_dir) / "config.json"
     if not path.is_file():
         raise EvaluationError(f"{path} not found: {run_dir} is not a run folder")
     return RunConfig.load(path)
 
 
-def eval_tiles(cfg, tiles: str | Sequence[str] = "val"):
+def eval_tiles(cfg: RunConfig,
+               tiles: str | Sequence[str] = "val") -> tuple[gpd.GeoDataFrame, gpd.GeoDataFrame, list[str]]:
     """(catalog, labelled catalog, tile ids) for ``tiles`` = "val" (the run's own split), "all" (every labelled
     tile) or a list of tile ids. "val" is ``split.config_split``, the split the run trained on."""
-    from bdcore.data.catalog import CatalogError, load_catalog
-    from bdcore.data.split import config_split
-
     cat = load_catalog(cfg.resolved_data_root())
     try:  # unlabelled tiles are skipped: with no truth there is nothing to score
         split = config_split(cat, cfg, purpose="evaluation")
@@ -119,6 +134,23 @@ def eval_tiles(cfg, tiles: str | Sequence[str] = "val"):
     return cat, labelled, list(ids)
 
 
+class TilePaths(NamedTuple):
+    image: str  # the run's product
+    labels: str | None
+    image_id: str
+
+
+def _tile_paths(cfg: RunConfig, cat: gpd.GeoDataFrame, tile_id: str) -> TilePaths:
+    """Where one catalog tile's image (of the run's product) and labels are, and its SpaceNet ImageId."""
+    if tile_id not in cat.index:
+        raise EvaluationError(f"tile {tile_id} is not in the catalog of {cfg.resolved_data_root()}")
+    row = cat.loc[tile_id]
+    image, lab = row[cfg.product], row["labels"]
+    if not isinstance(image, str) or not image:
+        raise EvaluationError(f"tile {tile_id} has no {cfg.product} image")
+    return TilePaths(image, lab if isinstance(lab, str) else None, row.get("image_id", tile_id))
+
+
 # ---------------------------------------------------------------------------------------------- predictions
 
 
@@ -135,55 +167,45 @@ def _load_npy(path: Path) -> np.ndarray | None:
         return None
 
 
-class _LazyPredictor:
-    """Loads the model only if some tile is not cached."""
+class _PredictionCache:
+    """The uint8 probability cache of one run checkpoint and normalisation mode. Creating it makes the folder and
+    drops stale caches of earlier versions of the checkpoint; the model is loaded only on the first miss."""
 
-    def __init__(self, ckpt: Path, cat, product: str, device: str):
-        self.ckpt, self.cat, self.product, self.device = ckpt, cat, product, device
-        self._p = None
+    def __init__(self, run_dir: Path, which: str, normalize: str = "checkpoint", device: str = "auto"):
+        self.checkpoint = checkpoint_path(run_dir, which)
+        self.key = checkpoint_key(self.checkpoint)
+        self.dir = run_dir / "predictions" / _cache_name(which, self.key, normalize)
+        self.normalize, self.device = normalize, device
+        self._predictor: Predictor | None = None
+        self.dir.mkdir(parents=True, exist_ok=True)
+        current = {_cache_name(which, self.key, m) for m in imagery.NORMALIZE_MODES}
+        for old in (run_dir / "predictions").glob(f"{which}-*"):
+            if old.name not in current and old.is_dir():
+                shutil.rmtree(old, ignore_errors=True)
+        meta_path = self.dir / "meta.json"
+        if not meta_path.exists():
+            atomic_write_json(meta_path, {"checkpoint": str(self.checkpoint), "which": which, "key": self.key,
+                                          "normalize": normalize, "created": time.time()})
 
-    def get(self):
-        if self._p is None:
-            from bdcore.inference.predict import Normalization, Predictor
+    def cached(self, tile_id: str) -> np.ndarray | None:
+        return _load_npy(self.dir / f"{tile_id}.npy")
 
-            p = Predictor.from_checkpoint(self.ckpt, device=self.device)
-            if p.normalization.source == "percentile":
-                # the checkpoint does not carry its band stats: recompute them as training did (cached on disk)
-                from bdcore.data import imagery
+    def predict(self, tile_id: str, image_path: str) -> tuple[np.ndarray, imagery.InputCheck | None]:
+        """Predict one tile and cache it: (uint8 probabilities, ``InputCheck`` against the training statistics or
+        None); the check runs on the tile already in memory (strided sample)."""
+        if self._predictor is None:
+            # torch + segmentation_models_pytorch: 2.1-2.4 s to import (measured on 2 CPU cores); re-scoring cached
+            # predictions (the Review page, `evaluate` at another threshold) never needs them
+            from bdcore.inference.predictor import Predictor
 
-                st = imagery.band_stats(self.cat, product=self.product)
-                p.normalization = Normalization(np.asarray(st.lo, np.float64), np.asarray(st.hi, np.float64), "stats")
-            self._p = p
-        return self._p
-
-
-def _predict_tile(predictor, image_path: str, normalize: str = "checkpoint"):
-    """(uint8 probabilities, ``imagery.InputCheck`` or None) of one tile; the check runs on the tile already in
-    memory (strided sample), against the training statistics, only when those are used."""
-    from bdcore.data import imagery
-
-    prof = imagery.read_profile(image_path)
-    img = imagery.read_image(image_path)
-    norm = predictor.normalization.for_mode(normalize)
-    check = norm.check(img, name=Path(image_path).name, nodata=prof.get("nodata"))
-    prob = predictor.predict_array(img, nodata=prof.get("nodata"), normalization=norm)
-    return np.rint(prob * 255.0).astype(np.uint8), check
-
-
-def _prepare(run_dir: Path, which: str, cat, device: str, normalize: str = "checkpoint"):
-    ck = checkpoint_path(run_dir, which)
-    key = checkpoint_key(ck)
-    pdir = run_dir / "predictions" / _cache_name(which, key, normalize)
-    pdir.mkdir(parents=True, exist_ok=True)
-    current = {_cache_name(which, key, m) for m in ("checkpoint", "image")}
-    for old in (run_dir / "predictions").glob(f"{which}-*"):  # stale caches of earlier versions of this checkpoint
-        if old.name not in current and old.is_dir():
-            shutil.rmtree(old, ignore_errors=True)
-    meta_path = pdir / "meta.json"
-    if not meta_path.exists():
-        atomic_write_json(meta_path, {"checkpoint": str(ck), "which": which, "key": key, "normalize": normalize,
-                                      "created": time.time()})
-    return ck, key, pdir
+            self._predictor = Predictor.from_checkpoint(self.checkpoint, device=self.device)
+        prof, img = imagery.read_profile(image_path), imagery.read_image(image_path)
+        norm = self._predictor.normalization.for_mode(self.normalize)
+        check = norm.check(img, name=Path(image_path).name, nodata=prof.get("nodata"))
+        prob = self._predictor.predict_array(img, nodata=prof.get("nodata"), normalization=norm)
+        arr = np.rint(prob * 255.0).astype(np.uint8)
+        _save_npy(self.dir / f"{tile_id}.npy", arr)
+        return arr, check
 
 
 def load_prediction(run_dir: str | os.PathLike, which: str, tile_id: str, compute: bool = True,
@@ -191,87 +213,87 @@ def load_prediction(run_dir: str | os.PathLike, which: str, tile_id: str, comput
     """Cached probabilities (K,H,W float32 in [0,1]) of one tile for the current ``which`` checkpoint; computed and
     cached on a miss (``compute=False``: None on a miss)."""
     run_dir = Path(run_dir)
-    pdir = prediction_dir(run_dir, which, normalize)
-    arr = _load_npy(pdir / f"{tile_id}.npy")
+    arr = _load_npy(prediction_dir(run_dir, which, normalize) / f"{tile_id}.npy")
     if arr is None:
         if not compute:
             return None
         cfg = run_config(run_dir)
-        from bdcore.data.catalog import load_catalog
-
-        cat = load_catalog(cfg.resolved_data_root())
-        if tile_id not in cat.index:
-            raise EvaluationError(f"tile {tile_id} is not in the catalog of {cfg.resolved_data_root()}")
-        path = cat.loc[tile_id, cfg.product]
-        if not isinstance(path, str) or not path:
-            raise EvaluationError(f"tile {tile_id} has no {cfg.product} image")
-        ck, _, pdir = _prepare(run_dir, which, cat, device, normalize)
-        arr, check = _predict_tile(_LazyPredictor(ck, cat, cfg.product, device).get(), path, normalize)
+        tile = _tile_paths(cfg, load_catalog(cfg.resolved_data_root()), tile_id)
+        arr, check = _PredictionCache(run_dir, which, normalize, device).predict(tile_id, tile.image)
         if check is not None and not check.ok:
             log.warning(check.message())
-        _save_npy(pdir / f"{tile_id}.npy", arr)
     return arr.astype(np.float32) / 255.0
 
 
 # ------------------------------------------------------------------------------------------------- scoring
 
 
-def score_tile(prob: np.ndarray, image_path: str, labels_path: str | None, threshold: float = 0.5,
-               min_area: float = 20.0) -> dict:
-    """Pixel metrics and SpaceNet building matching of one tile's probabilities (K,H,W in [0,1]) against its labels.
-
-    A tile with no buildings and no prediction is scored as perfect (IoU, precision, recall, F1 = 1), not 0: the
-    model got it right, and the Review table must not list it among the worst tiles. Aggregates use summed counts
-    (``summarize``), which such a tile does not change."""
-    from bdcore.data import imagery, labels
-    from bdcore.metrics import scoring
-    from bdcore.metrics.polygons import mask_to_polygons
-
-    truth = labels.tile_mask(image_path, labels_path)[0]
-    pred = (prob[0] > threshold).astype(np.uint8)
-    pix = scoring.pixel_metrics(pred, truth)
+def _truth_polygons(image_path: str, labels_path: str | None) -> list:
+    """Ground-truth building polygons of a tile in its pixel coordinates."""
+    if not labels_path:
+        return []
     prof = imagery.read_profile(image_path)
-    if labels_path:
-        gdf = labels.read_buildings(labels_path, crs=prof["crs"])
-        truth_polys = labels.pixel_polygons(gdf, prof["transform"])
-    else:
-        truth_polys = []
+    return labels.pixel_polygons(labels.read_buildings(labels_path, crs=prof["crs"]), prof["transform"])
+
+
+def tile_score(prob: np.ndarray, image_path: str, labels_path: str | None, threshold: float = 0.5,
+               min_area: float = 20.0) -> TileScore:
+    """One tile's probabilities (K,H,W in [0,1]) against its labels: pixel counts at ``threshold`` and the SpaceNet
+    match of its polygons (``polygons.mask_to_polygons``, boundary channel when present) with the truth."""
+    truth_mask = labels.tile_mask(image_path, labels_path)[0]
     props = mask_to_polygons(prob[0], threshold=threshold, min_area=min_area,
                              boundary=prob[1] if prob.shape[0] > 1 else None)
-    m = scoring.match_buildings(truth_polys, [p for p, _ in props], [c for _, c in props], min_area=min_area)
-    if pix["tp"] + pix["fp"] + pix["fn"] == 0:
-        pix.update(iou=1.0, precision=1.0, recall=1.0, f1=1.0)
-    if m["tp"] + m["fp"] + m["fn"] == 0:
-        m.update(precision=1.0, recall=1.0, f1=1.0)
-    return {
-        "pixel_iou": pix["iou"], "pixel_precision": pix["precision"], "pixel_recall": pix["recall"],
-        "pixel_f1": pix["f1"], "pixel_tp": int(pix["tp"]), "pixel_fp": int(pix["fp"]), "pixel_fn": int(pix["fn"]),
-        "tp": int(m["tp"]), "fp": int(m["fp"]), "fn": int(m["fn"]), "precision": m["precision"],
-        "recall": m["recall"], "f1": m["f1"], "n_truth": len(truth_polys), "n_pred": len(props),
-    }
+    return TileScore.of(prob[0] > threshold, truth_mask, _truth_polygons(image_path, labels_path), props,
+                        min_area=min_area)
 
 
-def _ratio(a: float, b: float) -> float:
-    return float(a) / float(b) if b else 0.0
+def score_tile(prob: np.ndarray, image_path: str, labels_path: str | None, threshold: float = 0.5,
+               min_area: float = 20.0) -> dict:
+    """The per-tile score row of :func:`tile_score` (``TileScore.row``: an empty tile predicted empty is perfect)."""
+    return tile_score(prob, image_path, labels_path, threshold, min_area).row()
+
+
+def review_tile(run_dir: str | os.PathLike, which: str, tile_id: str, threshold: float | None = None,
+                min_area: float = 20.0, normalize: str = "checkpoint",
+                catalog: gpd.GeoDataFrame | None = None) -> tuple[TileScore, str]:
+    """(``TileScore``, image path) of one tile for the Review page: its cached probabilities scored by the same
+    :func:`tile_score` as :func:`evaluate_checkpoint`'s row, so the picture drawn from it shows the row's TP/FP/FN.
+    ``catalog``: the run's catalog when the caller has loaded it already."""
+    cfg = run_config(run_dir)
+    catalog = load_catalog(cfg.resolved_data_root()) if catalog is None else catalog
+    tile = _tile_paths(cfg, catalog, tile_id)
+    prob = load_prediction(run_dir, which, tile_id, normalize=normalize)
+    threshold = float(cfg.threshold if threshold is None else threshold)
+    return tile_score(prob, tile.image, tile.labels, threshold, min_area), tile.image
 
 
 def summarize(df: pd.DataFrame) -> dict:
     """Aggregate scores: pixel metrics and building F1 from summed counts (micro), plus per-tile means."""
-    tp, fp, fn = (int(df[c].sum()) if len(df) else 0 for c in ("pixel_tp", "pixel_fp", "pixel_fn"))
+    pixels = PixelCounts(*(int(df[c].sum()) if len(df) else 0 for c in ("pixel_tp", "pixel_fp", "pixel_fn")))
     btp, bfp, bfn = (int(df[c].sum()) if len(df) else 0 for c in ("tp", "fp", "fn"))
-    prec, rec = _ratio(btp, btp + bfp), _ratio(btp, btp + bfn)
-    pprec, prec_rec = _ratio(tp, tp + fp), _ratio(tp, tp + fn)
+    precision, recall, f1 = precision_recall_f1(btp, bfp, bfn)
     return {
         "n_tiles": int(len(df)),
-        "pixel_iou": _ratio(tp, tp + fp + fn),
-        "pixel_precision": pprec,
-        "pixel_recall": prec_rec,
-        "pixel_f1": _ratio(2 * tp, 2 * tp + fp + fn),
+        "pixel_iou": pixels.iou,
+        "pixel_precision": pixels.precision,
+        "pixel_recall": pixels.recall,
+        "pixel_f1": pixels.f1,
         "TruePos": btp, "FalsePos": bfp, "FalseNeg": bfn,
-        "Precision": prec, "Recall": rec, "F1Score": _ratio(2 * prec * rec, prec + rec),
+        "Precision": precision, "Recall": recall, "F1Score": f1,
         "mean_tile_iou": float(df["pixel_iou"].mean()) if len(df) else 0.0,
         "mean_tile_f1": float(df["f1"].mean()) if len(df) else 0.0,
     }
+
+
+def _unlike_warning(unlike: list[imagery.InputCheck], n_predicted: int) -> str | None:
+    """ONE line for the tiles predicted now that look unlike the training data (also logged)."""
+    if not unlike:
+        return None
+    warning = unlike[0].message()
+    if len(unlike) > 1:
+        warning = f"{len(unlike)} of {n_predicted} predicted tiles look unlike the training data, e.g. {warning}"
+    log.warning(warning)
+    return warning
 
 
 def evaluate_checkpoint(run_dir: str | os.PathLike, which: str = "best", tiles: str | Sequence[str] = "val",
@@ -293,80 +315,30 @@ def evaluate_checkpoint(run_dir: str | os.PathLike, which: str = "best", tiles: 
     cfg = run_config(run_dir)
     threshold = float(cfg.threshold if threshold is None else threshold)
     cat, labelled, ids = eval_tiles(cfg, tiles)
-    ck, key, pdir = _prepare(run_dir, which, cat, device, normalize)
-    lazy = _LazyPredictor(ck, cat, cfg.product, device)
-    rows = []
-    n_cached = 0
-    unlike = []  # InputChecks of tiles that look unlike the training data
+    cache = _PredictionCache(run_dir, which, normalize, device)
+    rows, unlike, n_cached = [], [], 0
     for i, tid in enumerate(ids):
-        row = labelled.loc[tid]
-        image_path, labels_path = row[cfg.product], row["labels"]
-        cache = pdir / f"{tid}.npy"
-        arr = _load_npy(cache)
+        tile = _tile_paths(cfg, labelled, tid)
+        arr = cache.cached(tid)
         cached = arr is not None
-        if arr is None:
-            arr, check = _predict_tile(lazy.get(), image_path, normalize)
+        if not cached:
+            arr, check = cache.predict(tid, tile.image)
             if check is not None and not check.ok:
                 unlike.append(check)
-            _save_npy(cache, arr)
         n_cached += cached
-        prob = arr.astype(np.float32) / 255.0
-        scores = score_tile(prob, image_path, labels_path if isinstance(labels_path, str) else None,
-                            threshold=threshold, min_area=min_area)
-        rows.append({"tile_id": tid, "image_id": row.get("image_id", tid), **scores, "cached": cached})
+        scores = score_tile(arr.astype(np.float32) / 255.0, tile.image, tile.labels, threshold, min_area)
+        rows.append({"tile_id": tid, "image_id": tile.image_id, **scores, "cached": cached})
         if progress is not None:
             progress(i + 1, len(ids))
     df = pd.DataFrame(rows)
-    warning = None
-    if unlike:
-        warning = unlike[0].message()
-        if len(unlike) > 1:
-            warning = f"{len(unlike)} of {len(ids) - n_cached} predicted tiles look unlike the training data, e.g. {warning}"
-        log.warning(warning)
     summary = {
-        "run_id": run_dir.name, "which": which, "checkpoint": str(ck), "key": key, "predictions": str(pdir),
-        "tiles": tiles if isinstance(tiles, str) else "list", "threshold": threshold, "normalize": normalize,
-        "cached_tiles": n_cached, **summarize(df), "unlike_training": len(unlike), "warning": warning,
-        "seconds": round(time.perf_counter() - t0, 3),
+        "run_id": run_dir.name, "which": which, "checkpoint": str(cache.checkpoint), "key": cache.key,
+        "predictions": str(cache.dir), "tiles": tiles if isinstance(tiles, str) else "list", "threshold": threshold,
+        "normalize": normalize, "cached_tiles": n_cached, **summarize(df), "unlike_training": len(unlike),
+        "warning": _unlike_warning(unlike, len(ids) - n_cached), "seconds": round(time.perf_counter() - t0, 3),
     }
     try:
-        atomic_write_json(pdir / f"scores-{threshold:g}-{summary['tiles']}.json", summary)
+        atomic_write_json(cache.dir / f"scores-{threshold:g}-{summary['tiles']}.json", summary)
     except OSError as exc:
         log.debug("could not write scores: %s", exc)
     return df, summary
-
-
-# ------------------------------------------------------------------------------------------------------ CLI
-
-
-def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from bdcore.engine.runs import run_path
-
-    run_dir = run_path(args.run)
-    with terminal_progress("tile", f"{run_dir.name} {args.which}") as progress:
-        df, summary = evaluate_checkpoint(run_dir, which=args.which, tiles=args.tiles, threshold=args.threshold,
-                                          progress=progress, device=args.device, normalize=args.normalize)
-    if args.json:
-        print(json.dumps({"summary": summary, "tiles": df.to_dict("records")}, indent=2, default=str))
-        return 0
-    cols = ["tile_id", "pixel_iou", "precision", "recall", "f1", "tp", "fp", "fn"]
-    with pd.option_context("display.width", 160, "display.max_rows", 500):
-        print(df[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-    print(f"\n{summary['n_tiles']} tiles ({summary['cached_tiles']} cached)  pixel IoU {summary['pixel_iou']:.4f}  "
-          f"SpaceNet F1 {summary['F1Score']:.4f} (P {summary['Precision']:.3f} R {summary['Recall']:.3f}, "
-          f"TP {summary['TruePos']} FP {summary['FalsePos']} FN {summary['FalseNeg']})")
-    return 0
-
-
-def register_cli(sub) -> None:
-    p = sub.add_parser("evaluate", help="score a run's checkpoint on its val tiles (pixel IoU, SpaceNet F1)")
-    p.add_argument("run", help="run id or folder")
-    p.add_argument("--which", choices=WHICH, default="best")
-    p.add_argument("--tiles", default="val", help="val (the run's split) or all (every labelled tile)")
-    p.add_argument("--threshold", type=float, default=None)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--json", action="store_true")
-    from bdcore.inference.predict import add_normalize_argument
-
-    add_normalize_argument(p)
-    p.set_defaults(func=_cmd_evaluate)

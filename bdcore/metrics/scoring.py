@@ -1,4 +1,9 @@
-"""Metrics: pixel IoU/F1 and the SpaceNet building F1 (reproduces solaris ``spacenet_buildings_2``).
+"""Metrics: pixel IoU/F1 and the SpaceNet building F1 (reproduces solaris ``spacenet_buildings_2``), and a tile's
+score (:class:`TileScore`: its pixel counts and building match, what both the per-tile row and the Review picture
+are read from).
+
+The precision/recall/F1 of any confusion counts (pixels or buildings) are computed in ONE place,
+:func:`precision_recall_f1`; pixel counts and IoU in :class:`PixelCounts`.
 
 SpaceNet rules, as the reference scorer applies them (checked against its golden CSVs):
 
@@ -14,12 +19,11 @@ SpaceNet rules, as the reference scorer applies them (checked against its golden
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, NamedTuple, Sequence
 
 import numpy as np
 import pandas as pd
@@ -40,9 +44,25 @@ class ScoringError(ValueError):
 # --------------------------------------------------------------------------- pixel metrics
 
 
+def _ratio(num: float, den: float) -> float:
+    return num / float(den) if den > 0 else 0.0
+
+
+def _f1(precision: float, recall: float) -> float:
+    # Same expression and guard as the reference scorer, so floats agree to the last bit.
+    return 2 * precision * recall / (precision + recall) if precision * recall > 0 else 0.0
+
+
+def precision_recall_f1(tp: float, fp: float, fn: float) -> tuple[float, float, float]:
+    """Precision, recall and F1 of confusion counts (pixels or buildings); undefined ratios are 0.0."""
+    precision, recall = _ratio(tp, tp + fp), _ratio(tp, tp + fn)
+    return precision, recall, _f1(precision, recall)
+
+
 @dataclass(frozen=True)
 class PixelCounts:
-    """Confusion counts of a binary mask; add them over tiles, then read the metrics."""
+    """Confusion counts of a binary mask; add them over tiles (or count them anywhere, e.g. on a GPU), then read the
+    metrics: ``PixelCounts(tp, fp, fn).iou`` / ``.precision`` / ``.recall`` / ``.f1`` or ``.as_dict()``."""
 
     tp: int = 0
     fp: int = 0
@@ -76,33 +96,25 @@ class PixelCounts:
 
     @property
     def precision(self) -> float:
-        return _ratio(self.tp, self.tp + self.fp)
+        return precision_recall_f1(self.tp, self.fp, self.fn)[0]
 
     @property
     def recall(self) -> float:
-        return _ratio(self.tp, self.tp + self.fn)
+        return precision_recall_f1(self.tp, self.fp, self.fn)[1]
 
     @property
     def f1(self) -> float:
-        return _f1(self.precision, self.recall)
+        return precision_recall_f1(self.tp, self.fp, self.fn)[2]
 
     def as_dict(self) -> dict[str, float | int]:
-        return {"iou": self.iou, "precision": self.precision, "recall": self.recall, "f1": self.f1,
+        precision, recall, f1 = precision_recall_f1(self.tp, self.fp, self.fn)
+        return {"iou": self.iou, "precision": precision, "recall": recall, "f1": f1,
                 "tp": self.tp, "fp": self.fp, "fn": self.fn}
 
 
 def pixel_metrics(pred: np.ndarray, truth: np.ndarray) -> dict[str, float | int]:
     """IoU/precision/recall/F1 of two boolean (or 0/1) masks; undefined ratios are 0.0."""
     return PixelCounts.from_masks(pred, truth).as_dict()
-
-
-def _ratio(num: float, den: float) -> float:
-    return num / float(den) if den > 0 else 0.0
-
-
-def _f1(precision: float, recall: float) -> float:
-    # Same expression and guard as the reference scorer, so floats agree to the last bit.
-    return 2 * precision * recall / (precision + recall) if precision * recall > 0 else 0.0
 
 
 # --------------------------------------------------------------------------- object matching
@@ -123,70 +135,76 @@ def _as_geoms(polys: Iterable[Any]) -> np.ndarray:
     return shapely.force_2d(arr) if len(arr) else arr
 
 
+class _Match(NamedTuple):
+    matches: list[tuple[int, int, float]]  # (proposal index, truth index, IoU), in matching order
+    false_positives: list[int]  # scored proposals left unmatched (ascending index)
+    false_negatives: list[int]  # scored truth polygons of positive area left unmatched (ascending index)
+
+
+def _candidate_ious(pg: np.ndarray, tg: np.ndarray, t_area: np.ndarray,
+                    iou_threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(proposal idx, truth idx, IoU) of every intersecting pair, sorted by proposal then truth index."""
+    t_valid = shapely.is_valid(tg)
+    pi, ti = shapely.STRtree(tg).query(pg, predicate="intersects")
+    if not len(pi):
+        return pi, ti, np.zeros(0)
+    a, b = pg[pi], tg[ti]
+    inter = shapely.area(shapely.intersection(a, b))
+    # |A ∪ B| = |A| + |B| - |A ∩ B| saves an overlay per pair; where that puts IoU within 1e-9 of the
+    # threshold, the union is computed as the reference does, so the strict '>' decides identically.
+    union = shapely.area(pg)[pi] + t_area[ti] - inter
+    with np.errstate(divide="ignore", invalid="ignore"):
+        iou = np.where(t_valid[ti] & (union > 0), inter / union, 0.0)
+        close = np.flatnonzero(t_valid[ti] & (np.abs(iou - iou_threshold) < 1e-9))
+        if len(close):
+            exact_union = shapely.area(shapely.union(a[close], b[close]))
+            iou[close] = np.where(exact_union > 0, inter[close] / exact_union, 0.0)
+    # Within a proposal, candidates in truth order so that argmax picks the first of equal IoUs.
+    order = np.lexsort((ti, pi))
+    return pi[order], ti[order], iou[order]
+
+
 def _match_arrays(truth: np.ndarray, props: np.ndarray, conf: np.ndarray | None,
-                  iou_threshold: float, min_area: float) -> tuple[list[tuple[int, int, float]], int, int]:
-    """Greedy SpaceNet matching of one image. Returns (matches, n_scored_props, n_unmatched_truth)."""
+                  iou_threshold: float, min_area: float) -> _Match:
+    """Greedy SpaceNet matching of one image (proposals by decreasing confidence, each to its best free truth)."""
     t_area = shapely.area(truth) if len(truth) else np.zeros(0)
     p_area = shapely.area(props) if len(props) else np.zeros(0)
     t_keep = np.flatnonzero(t_area >= min_area)
     p_keep = np.flatnonzero(p_area > min_area)
     if conf is not None and len(p_keep):
         p_keep = p_keep[np.argsort(-np.asarray(conf, dtype=float)[p_keep], kind="stable")]
-    n_fn_base = int(np.count_nonzero(t_area[t_keep] > 0))
-    if len(t_keep) == 0 or len(p_keep) == 0:
-        return [], len(p_keep), n_fn_base
-
-    tg = truth[t_keep]
-    pg = props[p_keep]
-    bad = ~shapely.is_valid(pg)
-    if bad.any():
-        pg = pg.copy()
-        pg[bad] = shapely.buffer(pg[bad], 0.0)
-    t_valid = shapely.is_valid(tg)
-
-    tree = shapely.STRtree(tg)
-    pi, ti = tree.query(pg, predicate="intersects")  # candidate pairs, sorted by pi
     matches: list[tuple[int, int, float]] = []
-    if len(pi):
-        a, b = pg[pi], tg[ti]
-        inter = shapely.area(shapely.intersection(a, b))
-        # |A ∪ B| = |A| + |B| - |A ∩ B| saves an overlay per pair; where that puts IoU within 1e-9 of the
-        # threshold, the union is computed as the reference does, so the strict '>' decides identically.
-        union = shapely.area(pg)[pi] + t_area[t_keep][ti] - inter
-        with np.errstate(divide="ignore", invalid="ignore"):
-            iou = np.where(t_valid[ti] & (union > 0), inter / union, 0.0)
-            close = np.flatnonzero(t_valid[ti] & (np.abs(iou - iou_threshold) < 1e-9))
-            if len(close):
-                exact_union = shapely.area(shapely.union(a[close], b[close]))
-                iou[close] = np.where(exact_union > 0, inter[close] / exact_union, 0.0)
-        # Within a proposal, candidates in truth order so that argmax picks the first of equal IoUs.
-        order = np.lexsort((ti, pi))
-        pi, ti, iou = pi[order], ti[order], iou[order]
+    if len(t_keep) and len(p_keep):
+        pg = props[p_keep]
+        bad = ~shapely.is_valid(pg)
+        if bad.any():
+            pg = pg.copy()
+            pg[bad] = shapely.buffer(pg[bad], 0.0)
+        pi, ti, iou = _candidate_ious(pg, truth[t_keep], t_area[t_keep], iou_threshold)
         starts = np.searchsorted(pi, np.arange(len(pg) + 1))
-        taken = np.zeros(len(tg), dtype=bool)
+        taken = np.zeros(len(t_keep), dtype=bool)
         for k in range(len(pg)):
-            lo, hi = starts[k], starts[k + 1]
-            if lo == hi:
+            cand = ti[starts[k] : starts[k + 1]]
+            if not len(cand) or taken[cand].all():
                 continue
-            cand = ti[lo:hi]
-            free = ~taken[cand]
-            if not free.any():
-                continue
-            vals = np.where(free, iou[lo:hi], -1.0)
+            vals = np.where(~taken[cand], iou[starts[k] : starts[k + 1]], -1.0)
             j = int(np.argmax(vals))
             if vals[j] > iou_threshold:
                 taken[cand[j]] = True
                 matches.append((int(p_keep[k]), int(t_keep[cand[j]]), float(vals[j])))
-    n_fn = n_fn_base - sum(1 for _, t, _ in matches if t_area[t] > 0)
-    return matches, len(p_keep), n_fn
+    matched_p, matched_t = {p for p, _, _ in matches}, {t for _, t, _ in matches}
+    return _Match(matches, sorted(int(p) for p in p_keep if p not in matched_p),
+                  [int(t) for t in t_keep if t_area[t] > 0 and t not in matched_t])
 
 
 def match_buildings(truth_polys: Sequence[Any], prop_polys: Sequence[Any], confidences: Sequence[float] | None = None,
                     iou_threshold: float = 0.5, min_area: float = 20.0) -> dict[str, Any]:
     """SpaceNet matching of one image's polygons (pixel coordinates).
 
-    ``matches`` is a list of ``(proposal_index, truth_index, iou)`` into the given sequences. Without
-    ``confidences`` the proposals are taken in the given order.
+    ``matches`` is a list of ``(proposal_index, truth_index, iou)`` into the given sequences; ``false_positives`` /
+    ``false_negatives`` are the indices of the scored proposals / truth polygons left unmatched (polygons under
+    ``min_area`` are not scored, so they are in neither). Without ``confidences`` (given, or as the second item of
+    ``(polygon, confidence)`` proposals) the proposals are taken in the given order.
     """
     truth = _as_geoms(truth_polys)
     props = _as_geoms(prop_polys)
@@ -194,13 +212,68 @@ def match_buildings(truth_polys: Sequence[Any], prop_polys: Sequence[Any], confi
         confidences = [p[1] for p in prop_polys]
     if confidences is not None and len(confidences) != len(props):
         raise ValueError(f"match_buildings: {len(confidences)} confidences for {len(props)} proposals")
-    matches, n_props, fn = _match_arrays(truth, props, None if confidences is None else np.asarray(confidences, float),
-                                         iou_threshold, min_area)
-    tp = len(matches)
-    fp = n_props - tp
-    precision, recall = _ratio(tp, tp + fp), _ratio(tp, tp + fn)
-    return {"tp": tp, "fp": fp, "fn": fn, "precision": precision, "recall": recall,
-            "f1": _f1(precision, recall), "matches": matches}
+    m = _match_arrays(truth, props, None if confidences is None else np.asarray(confidences, float),
+                      iou_threshold, min_area)
+    tp, fp, fn = len(m.matches), len(m.false_positives), len(m.false_negatives)
+    precision, recall, f1 = precision_recall_f1(tp, fp, fn)
+    return {"tp": tp, "fp": fp, "fn": fn, "precision": precision, "recall": recall, "f1": f1,
+            "matches": m.matches, "false_positives": m.false_positives, "false_negatives": m.false_negatives}
+
+
+@dataclass(frozen=True)
+class TileScore:
+    """One tile's pixel counts and SpaceNet building match. The per-tile score row (:meth:`row`) and the Review
+    page's TP/FP/FN picture (:attr:`tp_proposals`, :attr:`fp_proposals`, :attr:`fn_truth`) are both read from this
+    one object, so they cannot disagree.
+
+    ``truth``: ground-truth polygons, ``proposals``: ``(polygon, confidence)`` pairs (pixel coordinates),
+    ``pred``: the thresholded prediction (H,W) the pixel counts were taken from, ``match``: ``match_buildings``
+    of the two, proposals taken by decreasing confidence as SpaceNet scores them."""
+
+    pixels: PixelCounts
+    truth: list[BaseGeometry]
+    proposals: list[tuple[BaseGeometry, float]]
+    match: dict[str, Any] = field(repr=False)
+    pred: np.ndarray = field(repr=False)
+
+    @classmethod
+    def of(cls, pred: np.ndarray, truth_mask: np.ndarray, truth: Sequence[BaseGeometry],
+           proposals: Sequence[tuple[BaseGeometry, float]], iou_threshold: float = 0.5,
+           min_area: float = 20.0) -> "TileScore":
+        truth, proposals = list(truth), list(proposals)
+        match = match_buildings(truth, [p for p, _ in proposals], [c for _, c in proposals],
+                                iou_threshold=iou_threshold, min_area=min_area)
+        return cls(PixelCounts.from_masks(pred, truth_mask), truth, proposals, match, np.asarray(pred, bool))
+
+    @property
+    def tp_proposals(self) -> list[BaseGeometry]:
+        return [self.proposals[p][0] for p, _, _ in self.match["matches"]]
+
+    @property
+    def fp_proposals(self) -> list[BaseGeometry]:
+        return [self.proposals[p][0] for p in self.match["false_positives"]]
+
+    @property
+    def fn_truth(self) -> list[BaseGeometry]:
+        return [self.truth[t] for t in self.match["false_negatives"]]
+
+    def row(self) -> dict[str, Any]:
+        """Pixel IoU/precision/recall/F1 and counts, building TP/FP/FN/precision/recall/F1, ``n_truth``, ``n_pred``.
+
+        A tile with no buildings and no prediction is scored as perfect (IoU, precision, recall, F1 = 1), not 0: the
+        model got it right, and the Review table must not list it among the worst tiles. Aggregates use summed
+        counts, which such a tile does not change."""
+        pix, m = self.pixels.as_dict(), dict(self.match)
+        if pix["tp"] + pix["fp"] + pix["fn"] == 0:
+            pix.update(iou=1.0, precision=1.0, recall=1.0, f1=1.0)
+        if m["tp"] + m["fp"] + m["fn"] == 0:
+            m.update(precision=1.0, recall=1.0, f1=1.0)
+        return {
+            "pixel_iou": pix["iou"], "pixel_precision": pix["precision"], "pixel_recall": pix["recall"],
+            "pixel_f1": pix["f1"], "pixel_tp": int(pix["tp"]), "pixel_fp": int(pix["fp"]), "pixel_fn": int(pix["fn"]),
+            "tp": int(m["tp"]), "fp": int(m["fp"]), "fn": int(m["fn"]), "precision": m["precision"],
+            "recall": m["recall"], "f1": m["f1"], "n_truth": len(self.truth), "n_pred": len(self.proposals),
+        }
 
 
 # --------------------------------------------------------------------------- SpaceNet CSVs
@@ -311,11 +384,10 @@ def score_spacenet(truth_df: pd.DataFrame | str | Path, prop_df: pd.DataFrame | 
     rows = []
     for image_id in sorted(set(t_groups) | set(p_groups)):
         ti, pi = t_groups.get(image_id, empty), p_groups.get(image_id, empty)
-        matches, n_props, fn = _match_arrays(t_geom[ti], p_geom[pi], p_conf[pi], iou_threshold, min_area)
-        tp = len(matches)
-        fp = n_props - tp
-        precision, recall = _ratio(tp, tp + fp), _ratio(tp, tp + fn)
-        rows.append({"F1Score": _f1(precision, recall), "FalseNeg": fn, "FalsePos": fp, "Precision": precision,
+        m = _match_arrays(t_geom[ti], p_geom[pi], p_conf[pi], iou_threshold, min_area)
+        tp, fp, fn = len(m.matches), len(m.false_positives), len(m.false_negatives)
+        precision, recall, f1 = precision_recall_f1(tp, fp, fn)
+        rows.append({"F1Score": f1, "FalseNeg": fn, "FalsePos": fp, "Precision": precision,
                      "Recall": recall, "TruePos": tp, "imageID": image_id, "iou_field": "iou_score",
                      "AOI": aoi_of(image_id)})
     per_image = pd.DataFrame(rows, columns=PER_IMAGE_COLUMNS)
@@ -324,8 +396,8 @@ def score_spacenet(truth_df: pd.DataFrame | str | Path, prop_df: pd.DataFrame | 
     sums = per_image.groupby("AOI", sort=True)[["FalseNeg", "FalsePos", "TruePos"]].sum()
     per_aoi = pd.DataFrame(index=sums.index, columns=PER_AOI_COLUMNS)
     for aoi, (fn, fp, tp) in sums.iterrows():
-        precision, recall = _ratio(tp, tp + fp), _ratio(tp, tp + fn)
-        per_aoi.loc[aoi] = [_f1(precision, recall), fn, fp, precision, recall, tp]
+        precision, recall, f1 = precision_recall_f1(tp, fp, fn)
+        per_aoi.loc[aoi] = [f1, fn, fp, precision, recall, tp]
     per_aoi = per_aoi.astype({"F1Score": float, "Precision": float, "Recall": float,
                               "FalseNeg": "int64", "FalsePos": "int64", "TruePos": "int64"})
     return per_aoi, per_image
@@ -334,38 +406,9 @@ def score_spacenet(truth_df: pd.DataFrame | str | Path, prop_df: pd.DataFrame | 
 def overall_scores(per_image: pd.DataFrame) -> dict[str, float | int]:
     """Counts summed over all images, then P/R/F1 (the usual single-number SpaceNet score)."""
     tp, fp, fn = (int(per_image[c].sum()) for c in ("TruePos", "FalsePos", "FalseNeg"))
-    precision, recall = _ratio(tp, tp + fp), _ratio(tp, tp + fn)
-    return {"tp": tp, "fp": fp, "fn": fn, "precision": precision, "recall": recall, "f1": _f1(precision, recall)}
+    precision, recall, f1 = precision_recall_f1(tp, fp, fn)
+    return {"tp": tp, "fp": fp, "fn": fn, "precision": precision, "recall": recall, "f1": f1}
 
 
-# --------------------------------------------------------------------------- CLI
-
-
-def _cmd_score(args: argparse.Namespace) -> int:
-    per_aoi, per_image = score_spacenet(read_spacenet_csv(args.truth), read_spacenet_csv(args.proposals),
-                                        iou_threshold=args.iou, min_area=args.min_area)
-    with pd.option_context("display.width", 200, "display.max_columns", 20):
-        print(per_aoi.reset_index().to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-    total = overall_scores(per_image)
-    print(f"overall: F1 {total['f1']:.4f}  precision {total['precision']:.4f}  recall {total['recall']:.4f}  "
-          f"TP {total['tp']}  FP {total['fp']}  FN {total['fn']}  ({len(per_image)} images)")
-    if args.out:
-        out = Path(args.out)
-        atomic_write(out / "results.csv", lambda f: per_aoi.to_csv(f, index=False), "w")
-        atomic_write(out / "results_full.csv", lambda f: per_image.to_csv(f, index=False), "w")
-        print(f"wrote {out / 'results.csv'} and {out / 'results_full.csv'}")
-    return 0
-
-
-def register_cli(subparsers: Any) -> None:
-    p = subparsers.add_parser("score", help="SpaceNet building F1 of a proposal CSV against a truth CSV")
-    p.add_argument("--truth", required=True, help="truth CSV (ImageId,BuildingId,PolygonWKT_Pix[,PolygonWKT_Geo])")
-    p.add_argument("--proposals", required=True, help="proposal CSV (ImageId,BuildingId,PolygonWKT_Pix,Confidence)")
-    p.add_argument("--out", default=None, help="folder for results.csv (per AOI) and results_full.csv (per image)")
-    p.add_argument("--iou", type=float, default=0.5, help="match when IoU is strictly greater (default 0.5)")
-    p.add_argument("--min-area", type=float, default=20.0, help="ignore polygons smaller than this, px² (default 20)")
-    p.set_defaults(func=_cmd_score)
-
-
-__all__ = ["PixelCounts", "ScoringError", "aoi_of", "match_buildings", "overall_scores", "pixel_metrics",
-           "read_spacenet_csv", "score_spacenet", "write_spacenet_csv", "SPACENET_HEADER"]
+__all__ = ["PixelCounts", "ScoringError", "TileScore", "aoi_of", "match_buildings", "overall_scores", "pixel_metrics",
+           "precision_recall_f1", "read_spacenet_csv", "score_spacenet", "write_spacenet_csv", "SPACENET_HEADER"]

@@ -199,6 +199,13 @@ def test_review_and_predict_with_a_checkpoint(tiny_run, monkeypatch):
     assert texts(at, "subheader")[0].startswith(str(df["tile_id"].iloc[0]))
     at.slider(key="review_threshold").set_value(0.9).run()
     assert not at.exception and not at.error
+    for i in range(len(df)):  # every val tile: the TP/FP/FN picture counts what the score row says
+        at.session_state["review_table"] = {"selection": {"rows": [i], "columns": [], "cells": []}}
+        at.run()
+        assert not at.exception and not at.error
+        row = at.dataframe[0].value.iloc[i]
+        assert texts(at, "subheader")[0].startswith(f"{row['tile_id']} ")
+        assert at.get("image")[3].captions[0] == f"TP green · FP red · FN blue ({row['tp']} · {row['fp']} · {row['fn']})"
 
     at = page("pages/predict.py", "demo").run()
     at.radio(key="predict_source").set_value("Catalog tile").run()

@@ -11,7 +11,7 @@ import pytest
 import rasterio
 from shapely.geometry import box, shape
 
-from bdcore import viz
+from bdcore.viz import figures, maps
 from bdcore.data.catalog import CatalogError, labelled_tiles, load_catalog, summary
 from bdcore.cli import main
 
@@ -74,17 +74,17 @@ def test_training_and_evaluation_refuse_a_folder_without_labelled_tiles(paris_ca
 
 
 def test_map_and_histogram_say_unlabelled(paris_catalog):
-    m = viz.tile_map(paris_catalog)
+    m = maps.tile_map(paris_catalog)
     layer = next(c for c in m._children.values() if type(c).__name__ == "GeoJson")
     props = [f["properties"] for f in layer.data["features"]]
-    assert [p["buildings"] for p in props] == [viz.UNLABELLED] * 2
-    assert all(p["n_buildings"] is None and p["fill"] == viz.UNLABELLED_COLOR for p in props)
+    assert [p["buildings"] for p in props] == [maps.UNLABELLED] * 2
+    assert all(p["n_buildings"] is None and p["fill"] == maps.UNLABELLED_COLOR for p in props)
     tooltip = next(c for c in layer._children.values() if type(c).__name__ == "GeoJsonTooltip")
     assert "buildings" in tooltip.fields and "n_buildings" not in tooltip.fields
-    split_map = viz.tile_map(paris_catalog, color_by="split", splits={})
+    split_map = maps.tile_map(paris_catalog, color_by="split", splits={})
     layer = next(c for c in split_map._children.values() if type(c).__name__ == "GeoJson")
-    assert {f["properties"]["value"] for f in layer.data["features"]} == {viz.UNLABELLED}
-    fig = viz.buildings_per_tile_fig(paris_catalog)
+    assert {f["properties"]["value"] for f in layer.data["features"]} == {maps.UNLABELLED}
+    fig = figures.buildings_per_tile_fig(paris_catalog)
     assert len(fig.data[0].x) == 0 and "2 unlabelled left out" in fig.layout.title.text
 
 

@@ -56,7 +56,7 @@ def test_per_tile_table_on_the_runs_val_split_and_cache_hit(short_run, monkeypat
     assert sorted(p.stem for p in pdir.glob("*.npy")) == sorted(df["tile_id"])
 
     # second call: every tile from the cache, the model is never loaded
-    from bdcore.inference.predict import Predictor
+    from bdcore.inference.predictor import Predictor
 
     monkeypatch.setattr(Predictor, "from_checkpoint", classmethod(lambda *a, **k: pytest.fail("model reloaded")))
     df2, summary2 = evaluate_checkpoint(run_dir, which="best")
@@ -132,7 +132,7 @@ def test_checkpoint_carries_training_band_stats_for_inference_elsewhere(short_ru
     from bdcore.data.catalog import load_catalog
     from bdcore.data.imagery import band_stats
     from bdcore.engine.models import load_checkpoint
-    from bdcore.inference.predict import Predictor
+    from bdcore.inference.predictor import Predictor
 
     run_dir, aoi, cfg = short_run
     stats = band_stats(load_catalog(cfg.resolved_data_root()), product=cfg.product)
@@ -141,9 +141,9 @@ def test_checkpoint_carries_training_band_stats_for_inference_elsewhere(short_ru
     # the checkpoint alone (copied away, data root unknown to it) still gives training's normalisation
     ck = tmp_path / "moved.pt"
     shutil.copy(run_dir / "last.pt", ck)
-    import bdcore.inference.predict
+    import bdcore.inference.predictor
 
-    monkeypatch.setattr(bdcore.inference.predict, "training_band_stats", lambda cfg: None)  # the data is not on this machine
+    monkeypatch.setattr(bdcore.inference.predictor, "training_band_stats", lambda cfg: None)  # the data is not on this machine
     pred = Predictor.from_checkpoint(ck, device="cpu")
     assert pred.normalization.source == "checkpoint"
     assert list(pred.normalization.lo) == stats.lo and list(pred.normalization.hi) == stats.hi
@@ -168,9 +168,9 @@ def test_empty_tile_predicted_empty_is_perfect_not_worst(tmp_path):
 def test_normalize_image_is_cached_apart_and_unlike_inputs_warn_once(short_run, monkeypatch, caplog, capsys):
     import shutil
 
-    import bdcore.inference.predict
+    import bdcore.inference.predictor
     from bdcore.cli import main
-    from bdcore.inference.predict import Normalization
+    from bdcore.inference.normalization import Normalization
 
     run_dir, aoi, cfg = short_run
     _, s_ck = evaluate_checkpoint(run_dir, which="best", tiles="all")
@@ -190,7 +190,7 @@ def test_normalize_image_is_cached_apart_and_unlike_inputs_warn_once(short_run, 
     assert summary["normalize"] == "image" and summary["cached_tiles"] == 6
 
     # a checkpoint whose training statistics are far from these tiles: ONE warning line for the whole evaluation
-    monkeypatch.setattr(bdcore.inference.predict, "normalization_from_payload",
+    monkeypatch.setattr(bdcore.inference.predictor, "normalization_from_payload",
                         lambda payload: Normalization(np.full(3, 20000.0), np.full(3, 40000.0), "checkpoint"))
     shutil.rmtree(E.prediction_dir(run_dir, "last"), ignore_errors=True)
     caplog.clear()
@@ -206,3 +206,49 @@ def test_normalize_image_is_cached_apart_and_unlike_inputs_warn_once(short_run, 
     assert s["warning"] is None and s["cached_tiles"] == 6
     with pytest.raises(ValueError, match="normalize must be one of checkpoint, image"):
         evaluate_checkpoint(run_dir, normalize="percentile")
+
+
+@pytest.fixture(scope="module")
+def learnt_run(tmp_path_factory):
+    """A tiny run trained long enough (16 steps, ~5-30 s on 2 shared cores) to find buildings: across thresholds its
+    val tiles have true positives, false positives and misses."""
+    from bdcore.engine.config import RunConfig
+    from bdcore.engine.train import train
+    from synth import make_aoi
+
+    base = tmp_path_factory.mktemp("learntrun")
+    aoi = make_aoi(base / "aoi", n_tiles=6, size=96, seed=2, buildings_per_tile=4)
+    cfg = RunConfig(data_root=str(aoi.root), arch="Unet", encoder="resnet18", encoder_weights=None, epochs=2,
+                    steps_per_epoch=8, crop_size=64, batch_size=4, workers=0, device="cpu", val_fraction=0.34,
+                    building_f1_tiles=0, lr=3e-3)
+    run_dir = runs.create_run(cfg, name="learnt", root=base / "runs")
+    train(cfg, run_dir)
+    return run_dir
+
+
+@pytest.mark.slow
+def test_review_picture_shows_the_score_row_on_every_val_tile(learnt_run):
+    """One match per tile: the Review picture (drawn from evaluate.review_tile's TileScore) and the per-tile score
+    row of evaluate_checkpoint have the same TP/FP/FN on every val tile, at every threshold."""
+    from bdcore.data.imagery import read_image
+    from bdcore.viz import overlays
+
+    seen = {"tp": 0, "fp": 0, "fn": 0}
+    for threshold in (0.2, 0.5, 0.8, 0.95):
+        df, _ = evaluate_checkpoint(learnt_run, which="best", threshold=threshold)
+        assert len(df) == 2
+        for row in df.to_dict("records"):
+            score, image_path = E.review_tile(learnt_run, "best", row["tile_id"], threshold)
+            assert score.row() == {k: row[k] for k in score.row()}
+            views = overlays.review_images(read_image(image_path), score)
+            assert views.drawn == {"tp": row["tp"], "fp": row["fp"], "fn": row["fn"]}
+            seen = {k: seen[k] + v for k, v in views.drawn.items()}
+    assert all(seen.values()), seen  # the check saw matches, false alarms and misses
+
+
+def test_checkpoints_of_run_folders(short_run, tmp_path):
+    run_dir, _, _ = short_run
+    assert E.available_checkpoints(run_dir) == ["best", "last"]
+    assert E.available_checkpoints(tmp_path) == []
+    assert E.checkpoints_of([run_dir, tmp_path]) == {"evalrun · best.pt": run_dir / "best.pt",
+                                                     "evalrun · last.pt": run_dir / "last.pt"}

@@ -13,8 +13,10 @@ from affine import Affine
 from rasterio.warp import transform_bounds
 from shapely.geometry import box, shape
 
-from bdcore.inference import predict as P
-from bdcore.inference.predict import Normalization, PredictError, Predictor, predict_geotiff
+from bdcore.inference import predictor as P
+from bdcore.inference.predict import predict_geotiff, predict_tiles
+from bdcore.inference.normalization import Normalization, PredictError
+from bdcore.inference.predictor import Predictor
 from synth import write_geotiff
 
 UTM = "EPSG:32611"  # Vegas UTM zone: outputs must come back reprojected to EPSG:4326
@@ -38,6 +40,13 @@ class Identity(torch.nn.Module):
 
     def forward(self, x):
         return torch.logit(x[:, :1].clamp(1e-6, 1 - 1e-6))
+
+
+class WindowPosition(torch.nn.Module):
+    """Depends on where a pixel sits in its window, so overlapping windows disagree and the blending shows."""
+
+    def forward(self, x):
+        return x[:, :1] * 2 - 1 + torch.linspace(-2, 2, x.shape[3]).view(1, 1, 1, -1)
 
 
 def _predictor(model, **kw) -> Predictor:
@@ -96,6 +105,19 @@ def test_identity_model_returns_input_exactly_with_and_without_tta(scene, tmp_pa
     with rasterio.open(res["prob"]) as p:
         assert p.dtypes[0] == "uint8"
         assert np.abs(p.read(1) / 255.0 - expected).max() <= 0.5 / 255 + 1e-6
+
+
+def test_array_and_geotiff_go_through_one_blending(scene, tmp_path):
+    """predict_array (evaluation, in memory) and predict_geotiff (strip writer) give bit-identical probabilities."""
+    path, img, _ = scene
+    pred = _predictor(WindowPosition(), batch_size=3)
+    res = predict_geotiff(pred, path, tmp_path, window=512, overlap=128, prob_dtype="float32", polygons=False)
+    with rasterio.open(res["prob"]) as p:
+        written = p.read(1)
+    in_memory = pred.predict_array(img, window=512, overlap=128)
+    assert in_memory.shape == (1, 1500, 2000) and np.array_equal(written, in_memory[0])
+    one_window = pred.predict_array(img[:, :200, :300], window=512, overlap=128)
+    assert 0.0 < float(np.abs(one_window[0] - written[:200, :300]).max())  # the blend did something: windows differ
 
 
 def test_vector_outputs_geojson_and_csv(scene, tmp_path):
@@ -176,7 +198,7 @@ def test_predict_tiles_over_a_catalog(tmp_path):
 
     aoi = make_aoi(tmp_path / "aoi", n_tiles=2, size=64)
     cat = load_catalog(aoi.root)
-    res = P.predict_tiles(_predictor(Identity()), cat, None, tmp_path / "out")
+    res = predict_tiles(_predictor(Identity()), cat, None, tmp_path / "out")
     assert sorted(r["tile_id"] for r in res) == sorted(aoi.tile_ids)
     for r in res:
         assert r["image_id"] == aoi.tile(r["tile_id"]).image_id and r["prob"].exists()
@@ -217,7 +239,6 @@ def test_memory_bounded_by_window_not_image(tmp_path):
 def test_inference_normalisation_is_bit_identical_to_training():
     """Prediction feeds the model exactly the values training fed it (one shared normalisation)."""
     from bdcore.data.imagery import BandStats, normalize
-    from bdcore.inference.predict import Normalization
 
     rng = np.random.default_rng(0)
     arr = rng.integers(0, 2048, size=(3, 97, 131), dtype=np.uint16)
@@ -276,6 +297,14 @@ def test_uint8_input_against_uint16_checkpoint_warns_once_and_image_normalisatio
 
     with pytest.raises(PredictError, match="normalize must be one of checkpoint, image, got 'dataset'"):
         predict_geotiff(pred, scene, tmp_path / "bad", normalize="dataset")
+
+
+def test_checkpoint_is_read_once(uint16_checkpoint, monkeypatch):
+    reads = []
+    load = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: reads.append(a[0]) or load(*a, **k))
+    pred = Predictor.from_checkpoint(uint16_checkpoint, device="cpu")
+    assert reads == [uint16_checkpoint] and pred.normalization.source == "checkpoint"
 
 
 def test_in_range_uint16_input_does_not_warn(uint16_checkpoint, tmp_path, caplog):

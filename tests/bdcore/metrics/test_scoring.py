@@ -12,14 +12,16 @@ from shapely.geometry import Polygon, box
 
 import argparse
 
-from bdcore.metrics import scoring
+from bdcore.cli import metrics as cli_metrics
 from bdcore.metrics.scoring import (
     PER_AOI_COLUMNS,
     PER_IMAGE_COLUMNS,
     PixelCounts,
     ScoringError,
+    TileScore,
     match_buildings,
     pixel_metrics,
+    precision_recall_f1,
     read_spacenet_csv,
     score_spacenet,
     write_spacenet_csv,
@@ -80,7 +82,7 @@ def run_score_cli(argv: list[str]) -> int:
     """The ``score`` sub-command as ``python -m bdcore`` wires it (only this module's parser, so another
     module's import problem cannot mask a scoring failure)."""
     parser = argparse.ArgumentParser()
-    scoring.register_cli(parser.add_subparsers(dest="command"))
+    cli_metrics.register_cli(parser.add_subparsers(dest="command"))
     args = parser.parse_args(argv)
     return args.func(args)
 
@@ -170,6 +172,41 @@ def test_invalid_proposal_is_repaired_and_invalid_truth_never_matches():
     hourglass_truth = Polygon([(0, 0), (20, 0), (0, 20), (20, 20), (0, 0)])
     r = match_buildings([hourglass_truth, box(40, 40, 50, 50)], [box(40, 40, 50, 50)])
     assert (r["tp"], r["fp"]) == (1, 0)
+
+
+def test_unmatched_indices_are_the_scored_false_positives_and_negatives():
+    truth = [box(0, 0, 10, 10), box(30, 0, 40, 10), box(60, 0, 64, 4), Polygon()]  # matched, missed, 16 px², empty
+    props = [box(50, 50, 60, 60), box(0, 0, 10, 10), box(80, 0, 84, 5)]  # false alarm, match, 20 px² (not scored)
+    r = match_buildings(truth, props, confidences=[0.2, 0.9, 0.5])
+    assert (r["tp"], r["fp"], r["fn"]) == (1, 1, 1)
+    assert [(p, t) for p, t, _ in r["matches"]] == [(1, 0)]
+    assert r["false_positives"] == [0] and r["false_negatives"] == [1]
+    assert match_buildings([], [])["false_positives"] == [] == match_buildings([], [])["false_negatives"]
+
+
+def test_precision_recall_f1_is_the_one_formula():
+    assert precision_recall_f1(3, 3, 5) == (0.5, 0.375, 2 * 0.5 * 0.375 / 0.875)
+    assert precision_recall_f1(0, 0, 0) == (0.0, 0.0, 0.0) and precision_recall_f1(0, 4, 0) == (0.0, 0.0, 0.0)
+    c = PixelCounts(3, 3, 5)
+    assert (c.precision, c.recall, c.f1) == precision_recall_f1(3, 3, 5) and c.iou == 3 / 11
+    m = match_buildings([box(0, 0, 10, 10), box(20, 0, 30, 10)], [box(0, 0, 10, 10)])
+    assert (m["precision"], m["recall"], m["f1"]) == precision_recall_f1(1, 0, 1)
+
+
+def test_tile_score_row_and_picture_lists():
+    truth_mask = np.zeros((40, 40), bool)
+    truth_mask[0:10, 0:10] = True
+    pred = np.zeros((40, 40), bool)
+    pred[0:10, 0:10] = True
+    pred[20:30, 20:30] = True
+    score = TileScore.of(pred, truth_mask, [box(0, 0, 10, 10)], [(box(20, 20, 30, 30), 0.8), (box(0, 0, 10, 10), 0.9)])
+    row = score.row()
+    assert (row["tp"], row["fp"], row["fn"], row["n_truth"], row["n_pred"]) == (1, 1, 0, 1, 2)
+    assert (row["pixel_tp"], row["pixel_fp"], row["pixel_fn"], row["pixel_iou"]) == (100, 100, 0, 0.5)
+    assert score.tp_proposals == [box(0, 0, 10, 10)] and score.fp_proposals == [box(20, 20, 30, 30)]
+    assert score.fn_truth == []
+    empty = TileScore.of(np.zeros((8, 8), bool), np.zeros((8, 8), bool), [], []).row()  # nothing there, nothing found
+    assert (empty["pixel_iou"], empty["pixel_f1"], empty["precision"], empty["recall"], empty["f1"]) == (1.0,) * 5
 
 
 def test_score_spacenet_images_only_in_one_file():

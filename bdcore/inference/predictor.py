@@ -1,0 +1,276 @@
+"""A model ready for inference (:class:`Predictor`) and the ONE blending of overlapping windows that both in-memory
+tiles (:meth:`Predictor.predict_array`) and GeoTIFFs of any size (``predict.predict_geotiff``) go through.
+
+Blending: windows of ``window`` px overlap by ``overlap`` px and are weighted with a separable 2-D linear ramp
+(:func:`ramp_weights`); windows form a grid, so the weight sum of a pixel is the product of a row sum and a column
+sum. :class:`StripBlender` keeps only one window-high strip of weighted sums and hands rows on as soon as no later
+window touches them, so memory is bounded by the window, never the image.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import numpy as np
+import torch
+
+from bdcore.data.products import products_with_bands
+from bdcore.engine import models
+from bdcore.engine.config import RunConfig
+from bdcore.inference.normalization import (
+    Normalization,
+    PredictError,
+    normalization_from_payload,
+    training_band_stats,
+)
+from bdcore.progress import Progress
+
+log = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------------------------------------- windows
+
+
+def window_starts(size: int, window: int, overlap: int) -> list[int]:
+    """Start offsets of overlapping windows of length ``window`` covering ``size`` (last one flush with the end)."""
+    if size <= window:
+        return [0]
+    stride = max(window - overlap, 1)
+    starts = list(range(0, size - window, stride))
+    starts.append(size - window)
+    return sorted(set(starts))
+
+
+def ramp_weights(length: int, overlap: int, floor: float = 1e-3) -> np.ndarray:
+    """1-D blending weight: linear ramp over ``overlap`` pixels at both ends, 1 in between, never 0."""
+    if overlap <= 0 or length <= 2:
+        return np.ones(length, np.float32)
+    ramp = min(overlap, length // 2)
+    i = np.arange(length, dtype=np.float32)
+    w = np.minimum(1.0, np.minimum((i + 0.5) / ramp, (length - i - 0.5) / ramp))
+    return np.maximum(w, floor).astype(np.float32)
+
+
+class WindowPlan:
+    """The grid of overlapping windows over an ``height`` × ``width`` image, their 2-D weight and the weight sums."""
+
+    def __init__(self, height: int, width: int, window: int, overlap: int):
+        self.height, self.width = height, width
+        self.rows, self.cols = window_starts(height, window, overlap), window_starts(width, window, overlap)
+        self.wh, self.ww = min(window, height), min(window, width)
+        wr, wc = ramp_weights(self.wh, overlap), ramp_weights(self.ww, overlap)
+        self.weight = np.outer(wr, wc)
+        # the 2-D weight is separable and windows form a grid, so the weight sum is an outer product of 1-D sums
+        self.row_sum, self.col_sum = np.zeros(height, np.float32), np.zeros(width, np.float32)
+        for r in self.rows:
+            self.row_sum[r : r + self.wh] += wr
+        for c in self.cols:
+            self.col_sum[c : c + self.ww] += wc
+
+    @property
+    def n_windows(self) -> int:
+        return len(self.rows) * len(self.cols)
+
+
+RowSink = Callable[[int, np.ndarray], None]  # sink(first_row, rows (K,n,W) float32 in [0,1]); may modify rows
+
+
+class StripBlender:
+    """Weighted window probabilities summed over one window-high strip of rows (the only image-wide buffer)."""
+
+    def __init__(self, plan: WindowPlan, channels: int):
+        self.plan = plan
+        self.acc = np.zeros((channels, plan.wh, plan.width), np.float32)
+        self.top = 0  # image row of acc[:, 0]
+
+    def add(self, row: int, col: int, prob: np.ndarray) -> None:
+        """Add one window's (K,wh,ww) probabilities (weighted in place) at image position (row, col)."""
+        prob *= self.plan.weight
+        r = row - self.top
+        self.acc[:, r : r + self.plan.wh, col : col + self.plan.ww] += prob
+
+    def flush(self, until: int, sink: RowSink) -> None:
+        """Rows ``top .. until-1`` are final: divide by the weight sums, hand them to ``sink``, slide the strip."""
+        n = until - self.top
+        final = self.acc[:, :n]
+        final /= self.plan.row_sum[None, self.top : until, None]  # in place: these rows are done
+        final /= self.plan.col_sum[None, None, :]
+        sink(self.top, final)
+        del final
+        wh = self.plan.wh
+        self.acc[:, : wh - n] = self.acc[:, n:]
+        self.acc[:, wh - n :] = 0.0
+        self.top = until
+
+
+class WindowSource(Protocol):
+    """Pixels read window by window: an array in memory or an open raster (``geotiff.RasterSource``)."""
+
+    count: int
+    height: int
+    width: int
+    dtype: Any
+    nodata: float | None
+
+    def read(self, row: int, col: int, out: np.ndarray) -> None: ...
+
+
+class ArraySource:
+    """A (C,H,W) image in memory as a :class:`WindowSource`."""
+
+    def __init__(self, image: np.ndarray, nodata: float | None = None):
+        self.image, self.nodata = image, nodata
+        self.count, self.height, self.width = image.shape
+        self.dtype = image.dtype
+
+    def read(self, row: int, col: int, out: np.ndarray) -> None:
+        out[...] = self.image[:, row : row + out.shape[1], col : col + out.shape[2]]
+
+
+# ------------------------------------------------------------------------------------------------ Predictor
+
+
+def resolve_device(device: str = "auto") -> str:
+    device = (device or "auto").lower()
+    if device == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    return device
+
+
+class Predictor:
+    """A model ready for inference: normalisation, padding to the encoder stride, batching, flip TTA, blending.
+
+    Build it from a checkpoint (:meth:`from_checkpoint`) or wrap any ``torch.nn.Module`` whose forward maps
+    (B, C, H, W) float input in [0, 1] to (B, K, H, W) logits (``Predictor(model, in_channels=3)``)."""
+
+    def __init__(self, model: torch.nn.Module, in_channels: int, normalization: Normalization | None = None,
+                 device: str = "auto", product: str | None = None, batch_size: int = 4, stride: int = 32):
+        self.device = resolve_device(device)
+        self.model = model.to(self.device).eval()
+        self.in_channels = int(in_channels)
+        self.normalization = normalization or Normalization()
+        self.product = product
+        self.batch_size = max(int(batch_size), 1)
+        self.stride = stride
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: str | os.PathLike, device: str = "auto", batch_size: int = 4,
+                        stats: Any = None) -> "Predictor":
+        """Load ``checkpoint`` (the file is read once); normalisation from its band stats, else ``stats`` (e.g.
+        ``imagery.band_stats`` of the training catalog), else the training catalog's stats when that data is on this
+        machine, else per-image percentiles."""
+        checkpoint = Path(checkpoint)
+        if not checkpoint.is_file():
+            raise FileNotFoundError(f"checkpoint {checkpoint} not found: train a run first or pass a .pt file")
+        payload = models.load_checkpoint(checkpoint)
+        cfg = RunConfig.from_dict(payload["config"], source=f"{checkpoint} (config)")
+        model, _ = models.model_from_config(cfg, pretrained=False)
+        try:
+            model.load_state_dict(payload["model"])
+        except (RuntimeError, TypeError, AttributeError):
+            models.load_model(checkpoint)  # raises the CheckpointError that names the mismatch (engine owns it)
+            raise
+        norm = normalization_from_payload(payload)
+        if norm.source == "percentile":
+            norm = Normalization.from_stats(stats if stats is not None else training_band_stats(cfg), "stats") or norm
+        if norm.source == "percentile":
+            log.info("%s carries no band statistics: using per-image 2-98%% percentile stretch", checkpoint.name)
+        return cls(model, in_channels=cfg.in_channels, normalization=norm, device=device, product=cfg.product,
+                   batch_size=batch_size)
+
+    def check_bands(self, count: int, source: str | os.PathLike = "input") -> None:
+        if count == self.in_channels:
+            return
+        what = f" ({self.product})" if self.product else ""
+        hint = ""
+        if self.product and count in (3, 8, 1):
+            hint = f"; that looks like {'/'.join(products_with_bands(count))} imagery: use a model trained on it"
+        raise PredictError(f"model expects {self.in_channels} bands{what}, file has {count}: {source}{hint}")
+
+    # ---------------------------------------------------------------- inference on normalised arrays
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.device.startswith("cuda"):
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                out = self.model(x.contiguous(memory_format=torch.channels_last))
+        else:
+            out = self.model(x)
+        if isinstance(out, (tuple, list)):
+            out = out[0]
+        return torch.sigmoid(out.float())
+
+    def predict_batch(self, batch: np.ndarray, tta: bool = False) -> np.ndarray:
+        """(B,C,H,W) normalised float32 → (B,K,H,W) probabilities; pads H, W to the encoder stride."""
+        b, c, h, w = batch.shape
+        ph, pw = (-h) % self.stride, (-w) % self.stride
+        x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
+        if ph or pw:  # zero padding bottom/right, as training's validation does (train.forward_padded)
+            x = torch.nn.functional.pad(x, (0, pw, 0, ph))
+        x = x.to(self.device)
+        with torch.inference_mode():
+            if tta:
+                prob = None
+                for dims in ((), (3,), (2,), (2, 3)):
+                    p = self._forward(torch.flip(x, dims) if dims else x)
+                    p = torch.flip(p, dims) if dims else p
+                    prob = p if prob is None else prob + p
+                prob = prob / 4.0
+            else:
+                prob = self._forward(x)
+        return prob[:, :, :h, :w].float().cpu().numpy()
+
+    # ---------------------------------------------------------------- blended windows
+    def predict_windows(self, source: WindowSource, norm: Normalization, plan: WindowPlan, sink: RowSink,
+                        tta: bool = False, progress: Progress | None = None) -> int:
+        """Predict every window of ``plan`` over ``source`` (a window row at a time, in batches), blend them and hand
+        finished rows to ``sink``. Returns the number of output channels K. Pixels whose every band is nodata get
+        probability 0. ``progress(done, total)`` after each batch."""
+        raw = np.empty((source.count, plan.wh, plan.ww), source.dtype)
+        batch = np.empty((self.batch_size, source.count, plan.wh, plan.ww), np.float32)
+        strip: StripBlender | None = None
+        done = 0
+        for ri, row in enumerate(plan.rows):
+            for i in range(0, len(plan.cols), self.batch_size):
+                cols = plan.cols[i : i + self.batch_size]
+                invalid = []
+                for j, col in enumerate(cols):
+                    source.read(row, col, out=raw)
+                    norm.apply(raw, out=batch[j])
+                    if source.nodata is not None:
+                        invalid.append(np.all(raw == source.nodata, axis=0))
+                probs = self.predict_batch(batch[: len(cols)], tta=tta)
+                for j, bad in enumerate(invalid):
+                    probs[j][:, bad] = 0.0
+                if strip is None:
+                    strip = StripBlender(plan, probs.shape[1])
+                for col, p in zip(cols, probs):
+                    strip.add(row, col, p)
+                done += len(cols)
+                if progress is not None:
+                    progress(done, plan.n_windows)
+            strip.flush(plan.rows[ri + 1] if ri + 1 < len(plan.rows) else plan.height, sink)
+        return strip.acc.shape[0]
+
+    def predict_array(self, image: np.ndarray, tta: bool = False, window: int = 1024, overlap: int = 128,
+                      nodata: float | None = None, normalization: Normalization | None = None) -> np.ndarray:
+        """A raw (C,H,W) image already in memory (e.g. one 650×650 SpaceNet tile) → (K,H,W) float32 probabilities."""
+        self.check_bands(image.shape[0])
+        norm = normalization or self.normalization
+        if norm.lo is None:
+            norm = norm.fitted_for(image, nodata)
+        out: list[np.ndarray] = []
+
+        def keep(top: int, rows: np.ndarray) -> None:
+            if not out:
+                out.append(np.empty((rows.shape[0], image.shape[1], image.shape[2]), np.float32))
+            out[0][:, top : top + rows.shape[1]] = rows
+
+        plan = WindowPlan(image.shape[1], image.shape[2], window, overlap)
+        self.predict_windows(ArraySource(image, nodata), norm, plan, keep, tta=tta)
+        return out[0]
