@@ -203,9 +203,9 @@ def main() -> None:
 
     import torch
 
-    from bdcore.inference.predict import resolve_device
+    from bdcore.engine.device import resolve_device
 
-    result = {"bench": "inference", "device": resolve_device(args.device), "torch": torch.__version__,
+    result = {"bench": "inference", "device": str(resolve_device(args.device)), "torch": torch.__version__,
               "threads": torch.get_num_threads(), "cpus": os.cpu_count(), "machine": platform.machine()}
     if result["device"].startswith("cuda"):
         result["gpu"] = torch.cuda.get_device_name(0)

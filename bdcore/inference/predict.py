@@ -161,19 +161,6 @@ def blend_weights(h: int, w: int, overlap: int) -> np.ndarray:
 # ------------------------------------------------------------------------------------------------ Predictor
 
 
-def resolve_device(device: str = "auto") -> str:
-    import torch
-
-    device = (device or "auto").lower()
-    if device == "auto":
-        if torch.cuda.is_available():
-            return "cuda"
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return "mps"
-        return "cpu"
-    return device
-
-
 def training_band_stats(cfg) -> Any:
     """The band stats training used (``imagery.band_stats`` over the run's catalog, cached on disk), if that data
     folder is on this machine; else None."""
@@ -210,7 +197,9 @@ class Predictor:
     ):
         import torch
 
-        self.device = resolve_device(device)
+        from bdcore.engine.device import resolve_device  # imports torch (~1 s): not at module top (CLI start-up)
+
+        self.device = str(resolve_device(device))
         self.model = model.to(self.device).eval()
         self.in_channels = int(in_channels)
         self.normalization = normalization or Normalization()
@@ -231,7 +220,9 @@ class Predictor:
         checkpoint = Path(checkpoint)
         if not checkpoint.is_file():
             raise FileNotFoundError(f"checkpoint {checkpoint} not found: train a run first or pass a .pt file")
-        dev = resolve_device(device)
+        from bdcore.engine.device import resolve_device
+
+        dev = str(resolve_device(device))
         model, cfg = models.load_model(checkpoint, dev)
         norm = Normalization()
         try:
