@@ -38,8 +38,9 @@ from bdcore.engine import runs
 from bdcore.atomic import atomic_write_json
 from bdcore.engine.config import RunConfig
 from bdcore.engine.models import CheckpointError, load_checkpoint
+from bdcore.engine.rundir import TIME_FIELDS, RunDir, log_tail, read_metrics, read_status
 
-CHECKPOINTS = ("last.pt", "best.pt")
+CHECKPOINTS = (RunDir.LAST, RunDir.BEST)
 POLL_S = 0.002  # checkpoint temp files live ~0.5 s; 2 ms polling lands the kill inside the write
 
 
@@ -73,12 +74,12 @@ def checkpoint_state(path: Path, cfg: RunConfig) -> dict:
 
 def last_logged(run_dir: Path, since: float = 0.0) -> Optional[dict]:
     """The newest step/epoch record (by step) written at or after ``since`` (epoch seconds)."""
-    recs = [r for r in runs.read_metrics(run_dir) if float(r.get("time", 0)) >= since]
+    recs = [r for r in read_metrics(run_dir) if float(r.get("time", 0)) >= since]
     return max(recs, key=lambda r: (int(r.get("step", 0)), r.get("kind") == "epoch")) if recs else None
 
 
 def _log_tail(run_dir: Path, n: int = 15) -> str:
-    return runs.log_tail(run_dir, n)
+    return log_tail(run_dir, n)
 
 
 def _wait(pred: Callable[[], Any], run_dir: Path, timeout: float, what: str, poll: float = 0.02) -> Any:
@@ -222,7 +223,7 @@ def run_campaign(workdir: str | os.PathLike, trials: int = 10, seed: int = 0, ch
         elif kind == "checkpoint-write":
             # every other one: the first checkpoint write of the epoch end (best.pt when the epoch improved)
             n_ck = sum(1 for t in report_trials if t["kind"] == kind)
-            names = ("last.pt",) if n_ck % 2 == 0 else ("best.pt", "last.pt")
+            names = (RunDir.LAST,) if n_ck % 2 == 0 else (RunDir.BEST, RunDir.LAST)
             info = _kill_in_checkpoint_write(run_dir, pid, known_tmp, rng, timeout, names)
         else:
             # resume points are epoch ends (kill -9 never lets a mid-epoch checkpoint happen), so this stays
@@ -230,7 +231,7 @@ def run_campaign(workdir: str | os.PathLike, trials: int = 10, seed: int = 0, ch
             target = min(resumed_from + rng.randint(1, 2 * S - 1), total_steps - 1)
             info = _kill_at_step(run_dir, pid, since, target, step_s, rng, timeout)
         t_kill, killed_pid = time.time(), pid
-        status = runs.read_status(run_dir)
+        status = read_status(run_dir)
         # this process's newest record (older ones may still be there if it died before truncating the log)
         rec = last_logged(run_dir, since) or {"step": resumed_from, "epoch": resumed_from // S}
         step_at_kill = int(rec.get("step", 0))
@@ -238,7 +239,7 @@ def run_campaign(workdir: str | os.PathLike, trials: int = 10, seed: int = 0, ch
         cks = {n: checkpoint_state(run_dir / n, cfg) for n in CHECKPOINTS}
         corrupt += sum(1 for c in cks.values() if c["loads"] is False)
         tmp_at_kill = sorted(temp_files(run_dir))
-        last = cks["last.pt"]
+        last = cks[RunDir.LAST]
         new_from = last["step"] if last["loads"] else 0
         # ---- resume
         state_before = runs.effective_state(run_dir)
@@ -260,8 +261,8 @@ def run_campaign(workdir: str | os.PathLike, trials: int = 10, seed: int = 0, ch
             "restart_from_scratch": not last["exists"],
             "steps_lost": lost, "epochs_lost": round(lost / S, 3),
             "last_pt": {"exists": last["exists"], "loads": last["loads"], "step": last["step"]},
-            "best_pt": {"exists": cks["best.pt"]["exists"], "loads": cks["best.pt"]["loads"],
-                        "step": cks["best.pt"]["step"]},
+            "best_pt": {"exists": cks[RunDir.BEST]["exists"], "loads": cks[RunDir.BEST]["loads"],
+                        "step": cks[RunDir.BEST]["step"]},
             "checkpoint_errors": [c["error"] for c in cks.values() if c["error"]],
             "tmp_left_by_kill": tmp_at_kill, "tmp_left_after_resume": left,
             "first_resumed_step": int(first.get("step", 0)), "recovery_s": round(recovery_s, 2),
@@ -274,7 +275,7 @@ def run_campaign(workdir: str | os.PathLike, trials: int = 10, seed: int = 0, ch
 
     # ---- let it finish
     state = runs.wait_run(run_dir, timeout=max(timeout, 60.0 * epochs), poll=0.2)
-    recs = runs.read_metrics(run_dir)
+    recs = read_metrics(run_dir)
     step_ids = [int(r["step"]) for r in recs if r.get("kind") == "step"]
     epoch_ids = [int(r["epoch"]) for r in recs if r.get("kind") == "epoch"]
     dup_steps = sorted({s for s in step_ids if step_ids.count(s) > 1})
@@ -283,7 +284,7 @@ def run_campaign(workdir: str | os.PathLike, trials: int = 10, seed: int = 0, ch
     missing_epochs = sorted(set(range(1, epochs + 1)) - set(epoch_ids))
     final_cks = {n: checkpoint_state(run_dir / n, cfg) for n in CHECKPOINTS}
     corrupt += sum(1 for c in final_cks.values() if c["loads"] is False)
-    status = runs.read_status(run_dir)
+    status = read_status(run_dir)
     leftover_tmp = sorted(temp_files(run_dir))
     max_epochs_lost = max((t["epochs_lost"] for t in report_trials), default=0.0)
     final = {
@@ -291,8 +292,8 @@ def run_campaign(workdir: str | os.PathLike, trials: int = 10, seed: int = 0, ch
         "steps_logged": len(step_ids), "expected_steps": total_steps, "in_order": step_ids == sorted(step_ids),
         "duplicated_steps": dup_steps, "missing_steps": missing_steps,
         "duplicated_epochs": dup_epochs, "missing_epochs": missing_epochs,
-        "last_pt": {k: final_cks["last.pt"][k] for k in ("loads", "step", "epoch")},
-        "best_pt": {k: final_cks["best.pt"][k] for k in ("loads", "step", "epoch")},
+        "last_pt": {k: final_cks[RunDir.LAST][k] for k in ("loads", "step", "epoch")},
+        "best_pt": {k: final_cks[RunDir.BEST][k] for k in ("loads", "step", "epoch")},
         "tmp_files_left": leftover_tmp,
         "restarts_kept_aside": sorted(p.name for p in run_dir.glob("metrics-before-restart-*.jsonl")),
     }
@@ -308,7 +309,7 @@ def run_campaign(workdir: str | os.PathLike, trials: int = 10, seed: int = 0, ch
     goals["all_met"] = bool(
         max_epochs_lost <= 1.0 and corrupt == 0 and not dup_steps and not missing_steps and not dup_epochs
         and not missing_epochs and goals["tmp_left_after_resume"] == 0 and state == "finished"
-        and final_cks["last.pt"]["step"] == total_steps and step_ids == sorted(step_ids)
+        and final_cks[RunDir.LAST]["step"] == total_steps and step_ids == sorted(step_ids)
     )
     ref = None
     if reference:
@@ -327,19 +328,17 @@ def run_campaign(workdir: str | os.PathLike, trials: int = 10, seed: int = 0, ch
 def compare_with_reference(run_dir: Path, cfg: RunConfig, root: Path, timeout: float) -> dict:
     """Train the same config once more without interruption (detached, like the campaign) and compare: the
     trainer promises the same metrics (time fields aside) and the same weights however often it was killed."""
-    from bdcore.engine.train import TIME_FIELDS
-
     ref = runs.create_run(cfg, name=f"{run_dir.name}-reference", root=root)
     runs.launch(ref)
     state = runs.wait_run(ref, timeout=timeout, poll=0.2)
 
     def strip(rd: Path) -> list[dict]:
-        return [{k: v for k, v in r.items() if k not in TIME_FIELDS} for r in runs.read_metrics(rd)]
+        return [{k: v for k, v in r.items() if k not in TIME_FIELDS} for r in read_metrics(rd)]
 
     got, want = strip(run_dir), strip(ref)
     loss_diff = max((abs(float(a.get("loss", 0)) - float(b.get("loss", 0))) for a, b in zip(got, want)),
                     default=None)
-    a, b = load_checkpoint(run_dir / "last.pt")["model"], load_checkpoint(ref / "last.pt")["model"]
+    a, b = load_checkpoint(RunDir(run_dir).last)["model"], load_checkpoint(RunDir(ref).last)["model"]
     w_diff = max(float((a[k].double() - b[k].double()).abs().max()) if a[k].numel() else 0.0 for k in a) \
         if a.keys() == b.keys() else None
     return {"reference_state": state, "metrics_identical": got == want, "records": [len(got), len(want)],

@@ -12,9 +12,10 @@ st.title("Review")
 
 from bdcore.inference import evaluate
 from bdcore.engine import runs
+from bdcore.engine.rundir import RunDir
 
 try:
-    infos = [i for i in runs.list_runs() if (i.path / "best.pt").is_file() or (i.path / "last.pt").is_file()]
+    infos = [i for i in runs.list_runs() if RunDir(i.path).checkpoints()]
 except USER_ERRORS as exc:
     st.error(f"Could not list runs: {exc}")
     st.stop()
@@ -25,7 +26,7 @@ if not infos:
 c1, c2, c3 = st.columns([3, 1, 2])
 run_id = c1.selectbox("Run", [i.run_id for i in infos], key="review_run")
 info = next(i for i in infos if i.run_id == run_id)
-available = [w for w in ("best", "last") if (info.path / f"{w}.pt").is_file()]
+available = list(RunDir(info.path).checkpoints())
 which = c2.radio("Checkpoint", available, horizontal=True, key="review_which")
 threshold = c3.slider("Threshold", 0.05, 0.95, 0.5, 0.05, key="review_threshold")
 if info.weights:  # what the encoder started from: pretrained or random init makes a large difference

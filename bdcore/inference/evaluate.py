@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from bdcore.atomic import atomic_write, atomic_write_json
+from bdcore.engine.rundir import RunDir
 
 from bdcore.progress import Progress, terminal_progress
 
@@ -46,9 +47,9 @@ def checkpoint_path(run_dir: str | os.PathLike, which: str = "best") -> Path:
     run_dir = Path(run_dir)
     if which not in WHICH:
         raise EvaluationError(f"which must be one of {', '.join(WHICH)}, got {which!r}")
-    path = run_dir / f"{which}.pt"
+    path = RunDir(run_dir).checkpoint(which)
     if not path.is_file():
-        other = [w for w in WHICH if (run_dir / f"{w}.pt").is_file()]
+        other = list(RunDir(run_dir).checkpoints())
         hint = f"; {other[0]}.pt exists: use which={other[0]!r}" if other else "; let the run finish an epoch first"
         raise EvaluationError(f"{path} not found{hint}")
     return path
@@ -74,7 +75,7 @@ def _cache_name(which: str, key: str, normalize: str = "checkpoint") -> str:
 def prediction_dir(run_dir: str | os.PathLike, which: str = "best", normalize: str = "checkpoint") -> Path:
     """The cache folder for the current ``which`` checkpoint and normalisation mode (not created)."""
     ck = checkpoint_path(run_dir, which)
-    return Path(run_dir) / "predictions" / _cache_name(which, checkpoint_key(ck), normalize)
+    return RunDir(run_dir).predictions / _cache_name(which, checkpoint_key(ck), normalize)
 
 
 # ------------------------------------------------------------------------------------------------- inputs
@@ -83,7 +84,7 @@ def prediction_dir(run_dir: str | os.PathLike, which: str = "best", normalize: s
 def run_config(run_dir: str | os.PathLike):
     from bdcore.engine.config import RunConfig
 
-    path = Path(run_dir) / "config.json"
+    path = RunDir(run_dir).config
     if not path.is_file():
         raise EvaluationError(f"{path} not found: {run_dir} is not a run folder")
     return RunConfig.load(path)
@@ -173,10 +174,10 @@ def _predict_tile(predictor, image_path: str, normalize: str = "checkpoint"):
 def _prepare(run_dir: Path, which: str, cat, device: str, normalize: str = "checkpoint"):
     ck = checkpoint_path(run_dir, which)
     key = checkpoint_key(ck)
-    pdir = run_dir / "predictions" / _cache_name(which, key, normalize)
+    pdir = RunDir(run_dir).predictions / _cache_name(which, key, normalize)
     pdir.mkdir(parents=True, exist_ok=True)
     current = {_cache_name(which, key, m) for m in ("checkpoint", "image")}
-    for old in (run_dir / "predictions").glob(f"{which}-*"):  # stale caches of earlier versions of this checkpoint
+    for old in pdir.parent.glob(f"{which}-*"):  # stale caches of earlier versions of this checkpoint
         if old.name not in current and old.is_dir():
             shutil.rmtree(old, ignore_errors=True)
     meta_path = pdir / "meta.json"

@@ -14,6 +14,7 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
+from bdcore.engine.rundir import RunDir
 from bdcore.paths import PROJECT_ROOT
 
 STATIC_DIR = PROJECT_ROOT / "static"
@@ -484,10 +485,8 @@ def checkpoints_of(run_dirs: Iterable) -> dict[str, Path]:
     """``"<run> · best.pt"`` → path for every best.pt / last.pt found in the given run folders."""
     out: dict[str, Path] = {}
     for d in run_dirs:
-        for name in ("best.pt", "last.pt"):
-            p = Path(d) / name
-            if p.is_file():
-                out[f"{Path(d).name} · {name}"] = p
+        for p in RunDir(d).checkpoints().values():
+            out[f"{Path(d).name} · {p.name}"] = p
     return out
 
 
