@@ -1,7 +1,7 @@
 """Training throughput: model-only (one batch already in device memory) vs the full pipeline
 (ArrayCache memmaps -> crop/augment in DataLoader workers -> host-to-device copy -> model), on the demo AOI.
 
-Both use ``bdcore.engine.train.train_step`` (the trainer's exact step). Goal: pipeline >= 95 % of model-only.
+Both use ``bdcore.engine.recipe.train_step`` (the trainer's exact step). Goal: pipeline >= 95 % of model-only.
 Prints one JSON object.
 
     python bench/train.py                                  # CPU defaults (small)
@@ -22,7 +22,9 @@ from torch.utils.data import DataLoader
 
 from bdcore.engine.config import RunConfig
 from bdcore.engine.models import model_from_config
-from bdcore.engine.train import epoch_batches, make_amp, make_optimizer, resolve_device, train_step
+from bdcore.engine.device import device_name, make_amp, resolve_device
+from bdcore.engine.recipe import make_optimizer, train_step
+from bdcore.engine.trainer import epoch_batches
 
 
 def _sync(device: torch.device) -> None:
@@ -116,7 +118,7 @@ def main(argv=None) -> dict:
 
     out = {
         "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else device.type,
+        "device_name": device_name(device),
         "torch_threads": torch.get_num_threads(),
         "arch": args.arch, "encoder": args.encoder, "batch": args.batch, "crop": args.crop,
         "bf16": bf16, "channels_last": channels_last, "workers": args.workers, "timed_steps": args.steps,
