@@ -23,7 +23,6 @@ from bdcore.data.products import product as product_info
 
 # Architectures the model factory knows (bdcore.engine.models.ARCHITECTURES maps these to smp classes).
 ARCH_NAMES: tuple[str, ...] = ("Unet", "UnetPlusPlus", "FPN", "DeepLabV3Plus")
-SCHEDULES = ("cosine", "onecycle", "constant")
 # encoder_weights may name a local file with one of these suffixes (bdcore.engine.weights reads it).
 WEIGHT_FILE_SUFFIXES = (".safetensors", ".pth", ".pt")
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
@@ -38,6 +37,14 @@ def encoder_names() -> list[str]:
     import segmentation_models_pytorch as smp  # 2.2 s: see the module docstring
 
     return list(smp.encoders.get_encoder_names())
+
+
+def check_arch(name: str) -> str:
+    """The canonical spelling of an architecture name (case-insensitive), or a ValueError listing the allowed ones."""
+    for arch in ARCH_NAMES:
+        if str(name).lower() == arch.lower():
+            return arch
+    raise ValueError(f"unknown arch {name!r}; allowed: {', '.join(ARCH_NAMES)}")
 
 
 def check_encoder(name: str) -> str:
@@ -114,10 +121,7 @@ class RunConfig(BaseModel):
     @field_validator("arch")
     @classmethod
     def _arch(cls, v: str) -> str:
-        for name in ARCH_NAMES:
-            if v.lower() == name.lower():
-                return name
-        raise ValueError(f"unknown arch {v!r}; allowed: {', '.join(ARCH_NAMES)}")
+        return check_arch(v)
 
     @field_validator("encoder")
     @classmethod

@@ -31,7 +31,6 @@ from bdcore.engine.config import RunConfig
 from bdcore.engine.rundir import RunDir, log_tail, read_config, read_launch, read_metrics, read_status, update_status
 from bdcore.paths import runs_dir
 
-FINAL_STATES = ("finished", "failed", "stopped")
 ACTIVE_STATES = ("queued", "running")
 TRAIN_MODULE = "bdcore.engine.train"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
