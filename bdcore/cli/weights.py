@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from bdcore.engine.weights import cached_file, cached_weights, download, hub_cache_dir, hub_file, probe_hub, verify_cached
+from bdcore.engine.weights import (
+    cached_file, cached_weights, download, hub_cache_dir, hub_file, probe_hub, verify_cached,
+)
 
 
 def _cmd_pull(args: argparse.Namespace) -> int:

@@ -270,7 +270,8 @@ def run_info(run_dir: str | os.PathLike) -> RunInfo:
         config=config_summary(cfg),
         pid=pid,
         error=status.get("error") or status_problem(run_dir, status) or (
-            f"the trainer exited before reporting; {RunDir.LOG} says: {log_tail(run_dir)}" if state == "failed" else None),
+            f"the trainer exited before reporting; {RunDir.LOG} says: {log_tail(run_dir)}"
+            if state == "failed" else None),
     )
 
 

@@ -83,8 +83,8 @@ def test_seg_loss_weights_bce_and_dice():
     logits, target = _batch(3, 1)
     cfg = RunConfig(bce_weight=0.5, dice_weight=2.0)
     bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, target)
-    assert float(seg_loss(logits, target, cfg)) == pytest.approx(float(0.5 * bce + 2.0 * earlier_dice_loss(logits, target)),
-                                                                 rel=1e-6)
+    expect = 0.5 * bce + 2.0 * earlier_dice_loss(logits, target)
+    assert float(seg_loss(logits, target, cfg)) == pytest.approx(float(expect), rel=1e-6)
 
 
 def test_forward_padded_handles_any_size():
