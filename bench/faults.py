@@ -124,7 +124,7 @@ def _kill_at_step(run_dir: Path, pid: int, since: float, target: int, step_s: fl
 
 
 def _kill_in_checkpoint_write(run_dir: Path, pid: int, known_tmp: set[str], rng: random.Random,
-                              timeout: float, names: tuple[str, ...] = ("last.pt",)) -> dict:
+                              timeout: float, names: tuple[str, ...] = (RunDir.LAST,)) -> dict:
     """Kill while one of ``names`` is being written (the first such write to start): as soon as its temp file
     has a random fraction of a checkpoint's bytes (0 = the moment it appears)."""
     sizes = [(run_dir / n).stat().st_size for n in CHECKPOINTS if (run_dir / n).exists()]
