@@ -69,7 +69,7 @@ def split_counts(cfg) -> dict:
 
 def encoder_init(run_dir: Path) -> str:
     """What the run's encoder started from, as the trainer recorded it (status.json ``weights``)."""
-    from bdcore.engine.runs import read_status
+    from bdcore.engine.rundir import read_status
 
     got = read_status(run_dir).get("weights") or {}
     return str(got.get("summary") or "unknown (run trained before weights were recorded)")
@@ -86,10 +86,11 @@ def _children_cpu_s() -> float:
 def train_run(cfg, name: str | None, timeout: float | None) -> tuple[Path, float, float]:
     """Create the run folder and run the detached trainer to the end (Ctrl-C stops it, saving last.pt).
     Returns (run folder, wall s, CPU s of the trainer and its loader workers)."""
+    from bdcore.engine.rundir import RunDir
     from bdcore.engine.runs import create_run, launch, stop_run, wait_run
 
     run_dir = create_run(cfg, name=name)
-    print(f"[accuracy] training {run_dir.name} (log {run_dir / 'train.log'})", file=sys.stderr, flush=True)
+    print(f"[accuracy] training {run_dir.name} (log {RunDir(run_dir).log})", file=sys.stderr, flush=True)
     cpu0 = _children_cpu_s()
     t0 = time.perf_counter()
     launch(run_dir)
@@ -105,7 +106,7 @@ def train_run(cfg, name: str | None, timeout: float | None) -> tuple[Path, float
         if state == "running":
             stop_run(run_dir)
             state = f"stopped after the {timeout:g} s timeout"
-        log = run_dir / "train.log"
+        log = RunDir(run_dir).log
         tail = log.read_text(errors="replace").splitlines()[-15:] if log.exists() else []
         raise SystemExit(f"[accuracy] run {run_dir.name} did not finish ({state}); last lines of {log}:\n"
                          + "\n".join(tail))
@@ -114,7 +115,7 @@ def train_run(cfg, name: str | None, timeout: float | None) -> tuple[Path, float
 
 def run_summary(run_dir: Path) -> dict:
     """What the trainer itself recorded: epochs, steps, its best val IoU, img/s, elapsed, device."""
-    from bdcore.engine.runs import read_metrics, read_status
+    from bdcore.engine.rundir import read_metrics, read_status
 
     records = [r for r in read_metrics(run_dir) if r.get("kind") == "epoch"]
     status = read_status(run_dir)

@@ -29,17 +29,20 @@ import signal
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from bdcore.engine import runs
 from bdcore.atomic import atomic_write_json
+from bdcore.data.demo import write_demo_aoi
+from bdcore.engine import runs
 from bdcore.engine.config import RunConfig
 from bdcore.engine.models import CheckpointError, load_checkpoint
+from bdcore.engine.rundir import TIME_FIELDS, RunDir, log_tail, read_metrics, read_status
 
-CHECKPOINTS = ("last.pt", "best.pt")
+CHECKPOINTS = (RunDir.LAST, RunDir.BEST)
 POLL_S = 0.002  # checkpoint temp files live ~0.5 s; 2 ms polling lands the kill inside the write
 
 
@@ -73,12 +76,12 @@ def checkpoint_state(path: Path, cfg: RunConfig) -> dict:
 
 def last_logged(run_dir: Path, since: float = 0.0) -> Optional[dict]:
     """The newest step/epoch record (by step) written at or after ``since`` (epoch seconds)."""
-    recs = [r for r in runs.read_metrics(run_dir) if float(r.get("time", 0)) >= since]
+    recs = [r for r in read_metrics(run_dir) if float(r.get("time", 0)) >= since]
     return max(recs, key=lambda r: (int(r.get("step", 0)), r.get("kind") == "epoch")) if recs else None
 
 
 def _log_tail(run_dir: Path, n: int = 15) -> str:
-    return runs.log_tail(run_dir, n)
+    return log_tail(run_dir, n)
 
 
 def _wait(pred: Callable[[], Any], run_dir: Path, timeout: float, what: str, poll: float = 0.02) -> Any:
@@ -121,7 +124,7 @@ def _kill_at_step(run_dir: Path, pid: int, since: float, target: int, step_s: fl
 
 
 def _kill_in_checkpoint_write(run_dir: Path, pid: int, known_tmp: set[str], rng: random.Random,
-                              timeout: float, names: tuple[str, ...] = ("last.pt",)) -> dict:
+                              timeout: float, names: tuple[str, ...] = (RunDir.LAST,)) -> dict:
     """Kill while one of ``names`` is being written (the first such write to start): as soon as its temp file
     has a random fraction of a checkpoint's bytes (0 = the moment it appears)."""
     sizes = [(run_dir / n).stat().st_size for n in CHECKPOINTS if (run_dir / n).exists()]
@@ -164,6 +167,132 @@ def _kill_in_startup(run_dir: Path, pid: int, since: float, delay: float) -> dic
 
 
 # ------------------------------------------------------------------------------------------------ the campaign
+@dataclass
+class _Live:
+    """The campaign's run and its current trainer process."""
+
+    run_dir: Path
+    cfg: RunConfig
+    steps_per_epoch: int
+    total_steps: int
+    timeout: float
+    pid: int
+    since: float            # launch time of the current trainer: its metrics records are newer
+    resumed_from: int = 0   # checkpoint step the current trainer started from
+    startup_s: float = 5.0  # launch -> first step, measured at each resume; start-up kills land inside it
+
+
+def _plan(trials: int, rng: random.Random, srng: random.Random, checkpoint_trials: Optional[int],
+          checkpoint_trial_ids: Optional[list[int]], startup_trials: int) -> tuple[set[int], set[int]]:
+    """(0-based trials that kill during a checkpoint write, trials that kill during start-up)."""
+    if checkpoint_trial_ids is not None:  # explicit 0-based trial numbers (tests)
+        ck_trials = {int(i) for i in checkpoint_trial_ids if 0 <= int(i) < trials}
+    else:
+        n = max(3, round(0.3 * trials)) if checkpoint_trials is None else checkpoint_trials
+        ck_trials = set(rng.sample(range(trials), min(n, trials)))
+    others = sorted(set(range(1, trials)) - ck_trials)
+    return ck_trials, set(srng.sample(others, min(startup_trials, len(others))))
+
+
+def _kill(live: _Live, kind: str, n_ck_before: int, rng: random.Random, srng: random.Random) -> dict:
+    """Kill the trainer the way ``kind`` says; returns what the kill moment was."""
+    if kind == "start-up":
+        return _kill_in_startup(live.run_dir, live.pid, live.since, srng.uniform(0.1, 0.6) * live.startup_s)
+    if kind == "checkpoint-write":
+        # every other one: the first checkpoint write of the epoch end (best.pt when the epoch improved)
+        names = (RunDir.LAST,) if n_ck_before % 2 == 0 else (RunDir.BEST, RunDir.LAST)
+        return _kill_in_checkpoint_write(live.run_dir, live.pid, temp_files(live.run_dir), rng, live.timeout, names)
+    # resume points are epoch ends (kill -9 never lets a mid-epoch checkpoint happen), so this stays at least one
+    # step past the resume point and short of the run's last step
+    target = min(live.resumed_from + rng.randint(1, 2 * live.steps_per_epoch - 1), live.total_steps - 1)
+    step_s = 0.3  # the random part of a random-step kill: up to about one CPU step past the target step
+    return _kill_at_step(live.run_dir, live.pid, live.since, target, step_s, rng, live.timeout)
+
+
+def _resume_after_kill(live: _Live, number: int, kind: str, info: dict) -> dict:
+    """Look at what the kill left, resume the run, wait for its first step; the trial's report row."""
+    run_dir, S = live.run_dir, live.steps_per_epoch
+    t_kill, killed_pid = time.time(), live.pid
+    status = read_status(run_dir)
+    # this process's newest record (older ones may still be there if it died before truncating the log)
+    rec = last_logged(run_dir, live.since) or {"step": live.resumed_from, "epoch": live.resumed_from // S}
+    step_at_kill = int(rec.get("step", 0))
+    cks = {n: checkpoint_state(run_dir / n, live.cfg) for n in CHECKPOINTS}
+    tmp_at_kill = sorted(temp_files(run_dir))
+    last = cks[RunDir.LAST]
+    new_from = last["step"] if last["loads"] else 0
+    state_before = runs.effective_state(run_dir)
+    t_resume = time.time()
+    live.pid = runs.resume_run(run_dir)
+    live.since = t_resume
+    # the resumed trainer cleans temp files and truncates the log before its first step; wait for that step
+    first = _wait(lambda: (r := last_logged(run_dir, t_resume)) and r, run_dir, live.timeout,
+                  "the first resumed step")
+    live.startup_s = recovery_s = time.time() - t_resume
+    live.resumed_from = new_from
+    lost = step_at_kill - new_from
+    return {
+        "trial": number, "kind": kind, **info, "pid_killed": killed_pid,
+        "step_at_kill": step_at_kill, "epoch_at_kill": int(rec.get("epoch", 0)),
+        "epoch_record_at_kill": rec.get("kind") == "epoch",
+        "status_step_at_kill": status.get("step"), "state_after_kill": state_before,
+        "resumed_from_step": new_from, "resumed_from_epoch": last["epoch"] if last["loads"] else 0,
+        "restart_from_scratch": not last["exists"],
+        "steps_lost": lost, "epochs_lost": round(lost / S, 3),
+        "last_pt": {"exists": last["exists"], "loads": last["loads"], "step": last["step"]},
+        "best_pt": {k: cks[RunDir.BEST][k] for k in ("exists", "loads", "step")},
+        "checkpoint_errors": [c["error"] for c in cks.values() if c["error"]],
+        "tmp_left_by_kill": tmp_at_kill, "tmp_left_after_resume": sorted(set(tmp_at_kill) & temp_files(run_dir)),
+        "first_resumed_step": int(first.get("step", 0)), "recovery_s": round(recovery_s, 2),
+        "kill_to_resume_s": round(t_resume - t_kill, 2),
+    }
+
+
+def _final_report(live: _Live, epochs: int) -> dict:
+    """Let the run finish; what its files say (every step and epoch once, checkpoints, temp files)."""
+    run_dir, total_steps = live.run_dir, live.total_steps
+    state = runs.wait_run(run_dir, timeout=max(live.timeout, 60.0 * epochs), poll=0.2)
+    recs = read_metrics(run_dir)
+    step_ids = [int(r["step"]) for r in recs if r.get("kind") == "step"]
+    epoch_ids = [int(r["epoch"]) for r in recs if r.get("kind") == "epoch"]
+    cks = {n: checkpoint_state(run_dir / n, live.cfg) for n in CHECKPOINTS}
+    status = read_status(run_dir)
+    return {
+        "state": state, "status_state": status.get("state"), "status_step": status.get("step"),
+        "steps_logged": len(step_ids), "expected_steps": total_steps, "in_order": step_ids == sorted(step_ids),
+        "duplicated_steps": sorted({s for s in step_ids if step_ids.count(s) > 1}),
+        "missing_steps": sorted(set(range(1, total_steps + 1)) - set(step_ids)),
+        "duplicated_epochs": sorted({e for e in epoch_ids if epoch_ids.count(e) > 1}),
+        "missing_epochs": sorted(set(range(1, epochs + 1)) - set(epoch_ids)),
+        "last_pt": {k: cks[RunDir.LAST][k] for k in ("loads", "step", "epoch")},
+        "best_pt": {k: cks[RunDir.BEST][k] for k in ("loads", "step", "epoch")},
+        "tmp_files_left": sorted(temp_files(run_dir)),
+        "restarts_kept_aside": sorted(p.name for p in run_dir.glob("metrics-before-restart-*.jsonl")),
+    }
+
+
+def _goals(trials: list[dict], final: dict) -> dict:
+    max_epochs_lost = max((t["epochs_lost"] for t in trials), default=0.0)
+    goals = {
+        "max_epochs_lost_per_kill": max_epochs_lost,
+        "total_steps_lost": sum(t["steps_lost"] for t in trials),
+        # a checkpoint that exists but does not load is corrupt (its error is recorded)
+        "corrupt_files": sum(len(t["checkpoint_errors"]) for t in trials)
+        + sum(final[k]["loads"] is False for k in ("last_pt", "best_pt")),
+        "duplicated_steps": len(final["duplicated_steps"]),
+        "missing_steps": len(final["missing_steps"]),
+        "tmp_left_after_resume": sum(len(t["tmp_left_after_resume"]) for t in trials) + len(final["tmp_files_left"]),
+        "checkpoint_write_kills": sum(1 for t in trials if t["kind"] == "checkpoint-write"),
+    }
+    goals["all_met"] = bool(
+        max_epochs_lost <= 1.0 and goals["corrupt_files"] == 0 and not final["duplicated_steps"]
+        and not final["missing_steps"] and not final["duplicated_epochs"] and not final["missing_epochs"]
+        and goals["tmp_left_after_resume"] == 0 and final["state"] == "finished"
+        and final["last_pt"]["step"] == final["expected_steps"] and final["in_order"]
+    )
+    return goals
+
+
 def run_campaign(workdir: str | os.PathLike, trials: int = 10, seed: int = 0, checkpoint_trials: Optional[int] = None,
                  checkpoint_trial_ids: Optional[list[int]] = None, startup_trials: int = 0,
                  epochs: Optional[int] = None, steps_per_epoch: int = 4, n_tiles: int = 6,
@@ -179,137 +308,34 @@ def run_campaign(workdir: str | os.PathLike, trials: int = 10, seed: int = 0, ch
     random 10-60 % of the previous resume's launch-to-first-step time. ``reference``: also train the
     config uninterrupted and compare metrics and weights. ``overrides`` go into the RunConfig.
     """
-    from bdcore.data.demo import write_demo_aoi
-
     t_campaign = time.time()
     rng = random.Random(seed)
+    srng = random.Random(seed + 1)  # start-up kills draw from their own stream (other trials keep their plan)
+    ck_trials, startup_ids = _plan(trials, rng, srng, checkpoint_trials, checkpoint_trial_ids, startup_trials)
+    if epochs is None:  # random trials advance ~0.5 epoch on average, checkpoint-write trials never do
+        epochs = max(3, math.ceil((trials - len(ck_trials)) * 0.5) + 2)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    if checkpoint_trials is None:
-        checkpoint_trials = max(3, round(0.3 * trials))
-    if checkpoint_trial_ids is not None:  # explicit 0-based trial numbers (tests)
-        ck_trials = {int(i) for i in checkpoint_trial_ids if 0 <= int(i) < trials}
-    else:
-        ck_trials = set(rng.sample(range(trials), min(checkpoint_trials, trials)))
-    checkpoint_trials = len(ck_trials)
-    if epochs is None:  # random trials advance ~0.5 epoch on average, checkpoint-write trials never do
-        epochs = max(3, math.ceil((trials - checkpoint_trials) * 0.5) + 2)
-    S = steps_per_epoch
-    total_steps = epochs * S
-
     aoi = workdir / "aoi"
     if not aoi.exists():
         write_demo_aoi(aoi, n_tiles=n_tiles, seed=seed)
-    cfg = tiny_config(aoi, epochs, S, **overrides)
+    cfg = tiny_config(aoi, epochs, steps_per_epoch, **overrides)
     run_dir = runs.create_run(cfg, name=f"faults-seed{seed}-{int(time.time())}", root=workdir / "runs")
-    log(f"run {run_dir} ({epochs} epochs x {S} steps), {trials} trials, {checkpoint_trials} during last.pt writes")
-
-    pid = runs.launch(run_dir)
-    since = time.time() - 1.0
-    resumed_from = 0
-    startup_s = 5.0  # launch -> first step, measured at each resume; start-up kills land inside it
-    srng = random.Random(seed + 1)  # start-up kills draw from their own stream (other trials keep their plan)
-    startup_ids = set(srng.sample(sorted(set(range(1, trials)) - ck_trials),
-                                  min(startup_trials, len(set(range(1, trials)) - ck_trials))))
-    step_s = 0.3  # the random part of a random-step kill: up to about one CPU step past the target step
+    log(f"run {run_dir} ({epochs} epochs x {steps_per_epoch} steps), {trials} trials, "
+        f"{len(ck_trials)} during last.pt writes")
+    live = _Live(run_dir, cfg, steps_per_epoch, epochs * steps_per_epoch, timeout, pid=runs.launch(run_dir),
+                 since=time.time() - 1.0)
     report_trials: list[dict] = []
-    corrupt = 0
     for i in range(trials):
         kind = "checkpoint-write" if i in ck_trials else ("start-up" if i in startup_ids else "random-step")
-        known_tmp = temp_files(run_dir)
-        if kind == "start-up":
-            info = _kill_in_startup(run_dir, pid, since, srng.uniform(0.1, 0.6) * startup_s)
-        elif kind == "checkpoint-write":
-            # every other one: the first checkpoint write of the epoch end (best.pt when the epoch improved)
-            n_ck = sum(1 for t in report_trials if t["kind"] == kind)
-            names = ("last.pt",) if n_ck % 2 == 0 else ("best.pt", "last.pt")
-            info = _kill_in_checkpoint_write(run_dir, pid, known_tmp, rng, timeout, names)
-        else:
-            # resume points are epoch ends (kill -9 never lets a mid-epoch checkpoint happen), so this stays
-            # at least one step past the resume point and short of the run's last step
-            target = min(resumed_from + rng.randint(1, 2 * S - 1), total_steps - 1)
-            info = _kill_at_step(run_dir, pid, since, target, step_s, rng, timeout)
-        t_kill, killed_pid = time.time(), pid
-        status = runs.read_status(run_dir)
-        # this process's newest record (older ones may still be there if it died before truncating the log)
-        rec = last_logged(run_dir, since) or {"step": resumed_from, "epoch": resumed_from // S}
-        step_at_kill = int(rec.get("step", 0))
-        epoch_rec_at_kill = rec.get("kind") == "epoch"
-        cks = {n: checkpoint_state(run_dir / n, cfg) for n in CHECKPOINTS}
-        corrupt += sum(1 for c in cks.values() if c["loads"] is False)
-        tmp_at_kill = sorted(temp_files(run_dir))
-        last = cks["last.pt"]
-        new_from = last["step"] if last["loads"] else 0
-        # ---- resume
-        state_before = runs.effective_state(run_dir)
-        t_resume = time.time()
-        pid = runs.resume_run(run_dir)
-        since = t_resume
-        # the resumed trainer cleans temp files and truncates the log before its first step; wait for that step
-        first = _wait(lambda: (r := last_logged(run_dir, since)) and r, run_dir, timeout, "the first resumed step")
-        recovery_s = time.time() - t_resume
-        startup_s = recovery_s
-        left = sorted(set(tmp_at_kill) & temp_files(run_dir))
-        lost = step_at_kill - new_from
-        trial = {
-            "trial": i + 1, "kind": kind, **info, "pid_killed": killed_pid,
-            "step_at_kill": step_at_kill, "epoch_at_kill": int(rec.get("epoch", 0)),
-            "epoch_record_at_kill": epoch_rec_at_kill,
-            "status_step_at_kill": status.get("step"), "state_after_kill": state_before,
-            "resumed_from_step": new_from, "resumed_from_epoch": last["epoch"] if last["loads"] else 0,
-            "restart_from_scratch": not last["exists"],
-            "steps_lost": lost, "epochs_lost": round(lost / S, 3),
-            "last_pt": {"exists": last["exists"], "loads": last["loads"], "step": last["step"]},
-            "best_pt": {"exists": cks["best.pt"]["exists"], "loads": cks["best.pt"]["loads"],
-                        "step": cks["best.pt"]["step"]},
-            "checkpoint_errors": [c["error"] for c in cks.values() if c["error"]],
-            "tmp_left_by_kill": tmp_at_kill, "tmp_left_after_resume": left,
-            "first_resumed_step": int(first.get("step", 0)), "recovery_s": round(recovery_s, 2),
-            "kill_to_resume_s": round(t_resume - t_kill, 2),
-        }
+        info = _kill(live, kind, sum(1 for t in report_trials if t["kind"] == kind), rng, srng)
+        trial = _resume_after_kill(live, i + 1, kind, info)
         report_trials.append(trial)
-        log(f"trial {i + 1}/{trials} {kind}: killed at step {step_at_kill}, resumed from {new_from} "
-            f"(lost {lost} steps), tmp left {tmp_at_kill} -> {left}")
-        resumed_from = new_from
-
-    # ---- let it finish
-    state = runs.wait_run(run_dir, timeout=max(timeout, 60.0 * epochs), poll=0.2)
-    recs = runs.read_metrics(run_dir)
-    step_ids = [int(r["step"]) for r in recs if r.get("kind") == "step"]
-    epoch_ids = [int(r["epoch"]) for r in recs if r.get("kind") == "epoch"]
-    dup_steps = sorted({s for s in step_ids if step_ids.count(s) > 1})
-    missing_steps = sorted(set(range(1, total_steps + 1)) - set(step_ids))
-    dup_epochs = sorted({e for e in epoch_ids if epoch_ids.count(e) > 1})
-    missing_epochs = sorted(set(range(1, epochs + 1)) - set(epoch_ids))
-    final_cks = {n: checkpoint_state(run_dir / n, cfg) for n in CHECKPOINTS}
-    corrupt += sum(1 for c in final_cks.values() if c["loads"] is False)
-    status = runs.read_status(run_dir)
-    leftover_tmp = sorted(temp_files(run_dir))
-    max_epochs_lost = max((t["epochs_lost"] for t in report_trials), default=0.0)
-    final = {
-        "state": state, "status_state": status.get("state"), "status_step": status.get("step"),
-        "steps_logged": len(step_ids), "expected_steps": total_steps, "in_order": step_ids == sorted(step_ids),
-        "duplicated_steps": dup_steps, "missing_steps": missing_steps,
-        "duplicated_epochs": dup_epochs, "missing_epochs": missing_epochs,
-        "last_pt": {k: final_cks["last.pt"][k] for k in ("loads", "step", "epoch")},
-        "best_pt": {k: final_cks["best.pt"][k] for k in ("loads", "step", "epoch")},
-        "tmp_files_left": leftover_tmp,
-        "restarts_kept_aside": sorted(p.name for p in run_dir.glob("metrics-before-restart-*.jsonl")),
-    }
-    goals = {
-        "max_epochs_lost_per_kill": max_epochs_lost,
-        "total_steps_lost": sum(t["steps_lost"] for t in report_trials),
-        "corrupt_files": corrupt,
-        "duplicated_steps": len(dup_steps),
-        "missing_steps": len(missing_steps),
-        "tmp_left_after_resume": sum(len(t["tmp_left_after_resume"]) for t in report_trials) + len(leftover_tmp),
-        "checkpoint_write_kills": sum(1 for t in report_trials if t["kind"] == "checkpoint-write"),
-    }
-    goals["all_met"] = bool(
-        max_epochs_lost <= 1.0 and corrupt == 0 and not dup_steps and not missing_steps and not dup_epochs
-        and not missing_epochs and goals["tmp_left_after_resume"] == 0 and state == "finished"
-        and final_cks["last.pt"]["step"] == total_steps and step_ids == sorted(step_ids)
-    )
+        log(f"trial {i + 1}/{trials} {kind}: killed at step {trial['step_at_kill']}, resumed from "
+            f"{trial['resumed_from_step']} (lost {trial['steps_lost']} steps), tmp left {trial['tmp_left_by_kill']} "
+            f"-> {trial['tmp_left_after_resume']}")
+    final = _final_report(live, epochs)
+    goals = _goals(report_trials, final)
     ref = None
     if reference:
         log("training the same config uninterrupted for comparison")
@@ -327,19 +353,17 @@ def run_campaign(workdir: str | os.PathLike, trials: int = 10, seed: int = 0, ch
 def compare_with_reference(run_dir: Path, cfg: RunConfig, root: Path, timeout: float) -> dict:
     """Train the same config once more without interruption (detached, like the campaign) and compare: the
     trainer promises the same metrics (time fields aside) and the same weights however often it was killed."""
-    from bdcore.engine.train import TIME_FIELDS
-
     ref = runs.create_run(cfg, name=f"{run_dir.name}-reference", root=root)
     runs.launch(ref)
     state = runs.wait_run(ref, timeout=timeout, poll=0.2)
 
     def strip(rd: Path) -> list[dict]:
-        return [{k: v for k, v in r.items() if k not in TIME_FIELDS} for r in runs.read_metrics(rd)]
+        return [{k: v for k, v in r.items() if k not in TIME_FIELDS} for r in read_metrics(rd)]
 
     got, want = strip(run_dir), strip(ref)
     loss_diff = max((abs(float(a.get("loss", 0)) - float(b.get("loss", 0))) for a, b in zip(got, want)),
                     default=None)
-    a, b = load_checkpoint(run_dir / "last.pt")["model"], load_checkpoint(ref / "last.pt")["model"]
+    a, b = load_checkpoint(RunDir(run_dir).last)["model"], load_checkpoint(RunDir(ref).last)["model"]
     w_diff = max(float((a[k].double() - b[k].double()).abs().max()) if a[k].numel() else 0.0 for k in a) \
         if a.keys() == b.keys() else None
     return {"reference_state": state, "metrics_identical": got == want, "records": [len(got), len(want)],

@@ -37,7 +37,7 @@ from rasterio.windows import Window
 
 from bdcore.engine.models import build_model
 from bdcore.inference.predict import predict_geotiff
-from bdcore.inference.predictor import Normalization, Predictor, resolve_device
+from bdcore.inference.predictor import Normalization, Predictor
 
 
 def _rss_kb(field: str = "VmRSS") -> int:
@@ -193,7 +193,11 @@ def main() -> None:
         print(json.dumps(memory_child(args)))
         return
 
-    result = {"bench": "inference", "device": resolve_device(args.device), "torch": torch.__version__,
+    import torch
+
+    from bdcore.engine.device import resolve_device
+
+    result = {"bench": "inference", "device": str(resolve_device(args.device)), "torch": torch.__version__,
               "threads": torch.get_num_threads(), "cpus": os.cpu_count(), "machine": platform.machine()}
     if result["device"].startswith("cuda"):
         result["gpu"] = torch.cuda.get_device_name(0)

@@ -305,7 +305,7 @@ def render_markdown(report: dict) -> str:
               "rasterisation each time) vs the array cache (row reads of the `.npy` entry + normalisation); both give "
               "bit-identical items (asserted). The epoch replicates the demo tiles' cache entries under 1,148 names "
               "and fails if any GeoTIFF is decoded.",
-              "- **train**: `bdcore.engine.train.train_step` on one batch already on the device (model only) vs the trainer's "
+              "- **train**: `bdcore.engine.recipe.train_step` on one batch already on the device (model only) vs the trainer's "
               "DataLoader feeding the same step (full pipeline), same number of steps. On a CPU-only machine the "
               "data is loaded in-process (`--workers 0`): loader worker processes would share the same 2 cores as the "
               "model (91.8-94.4 % of model-only measured with 2 workers), while in-process loading costs only the "

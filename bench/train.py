@@ -1,7 +1,7 @@
 """Training throughput: model-only (one batch already in device memory) vs the full pipeline
 (ArrayCache memmaps -> crop/augment in DataLoader workers -> host-to-device copy -> model), on the demo AOI.
 
-Both use ``bdcore.engine.train.train_step`` (the trainer's exact step). Goal: pipeline >= 95 % of model-only.
+Both use ``bdcore.engine.recipe.train_step`` (the trainer's exact step). Goal: pipeline >= 95 % of model-only.
 Prints one JSON object.
 
     python bench/train.py                                  # CPU defaults (small)
@@ -20,9 +20,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 from torch.utils.data import DataLoader
 
+from bdcore.data.dataset import build_datasets
 from bdcore.engine.config import RunConfig
 from bdcore.engine.models import model_from_config
-from bdcore.engine.train import epoch_batches, make_amp, make_optimizer, resolve_device, train_step
+from bdcore.engine.device import device_name, make_amp, resolve_device
+from bdcore.engine.recipe import make_optimizer, train_step
+from bdcore.engine.trainer import epoch_batches
 
 
 def _sync(device: torch.device) -> None:
@@ -43,7 +46,7 @@ def _timed_steps(step, batches, device, warmup: int) -> tuple[float, int]:
     return time.perf_counter() - t0, n
 
 
-def main(argv=None) -> dict:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="auto")
     p.add_argument("--batch", type=int, default=8)
@@ -61,7 +64,11 @@ def main(argv=None) -> dict:
                    help="CPU: flush denormal floats to zero (default on). Stepping many times on ONE batch (the "
                         "model-only figure) drives values into the denormal range, where x86 float math is many "
                         "times slower; without this, model-only measured 4x slower than the full pipeline on CPU")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None) -> dict:
+    args = _parser().parse_args(argv)
     flushed = bool(args.flush_denormal) and torch.set_flush_denormal(True)
 
     device = resolve_device(args.device)
@@ -71,8 +78,6 @@ def main(argv=None) -> dict:
         torch.backends.cudnn.benchmark = True
     cfg = RunConfig(data_root=args.data_root, arch=args.arch, encoder=args.encoder, encoder_weights=None,
                     crop_size=args.crop, batch_size=args.batch, workers=args.workers, amp=bf16, device=args.device)
-    from bdcore.data.dataset import build_datasets
-
     train_ds, _ = build_datasets(cfg)
     t0 = time.perf_counter()
     if hasattr(train_ds, "warm_cache"):
@@ -116,7 +121,7 @@ def main(argv=None) -> dict:
 
     out = {
         "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else device.type,
+        "device_name": device_name(device),
         "torch_threads": torch.get_num_threads(),
         "arch": args.arch, "encoder": args.encoder, "batch": args.batch, "crop": args.crop,
         "bf16": bf16, "channels_last": channels_last, "workers": args.workers, "timed_steps": args.steps,

@@ -9,6 +9,7 @@ from bdcore.viz.figures import training_curves_fig
 from bdcore.progress import format_eta
 from bdcore.data.products import DEFAULT_PRODUCT, PRODUCT_BANDS
 from bdcore.engine.config import ARCH_NAMES
+from bdcore.engine.rundir import read_metrics
 from appkit import USER_ERRORS, current_root, get_catalog, rerun_fragment, root_label, through_app_navigation
 
 ENCODERS = ["resnet18", "resnet34", "resnet50", "efficientnet-b0", "efficientnet-b3", "mobilenet_v2", "timm-regnety_016"]
@@ -190,7 +191,7 @@ def runs_panel() -> None:
     if info.error:
         st.error(f"Run error: {info.error}")
     run_actions(info)
-    metrics = runs.read_metrics(info.path)
+    metrics = read_metrics(info.path)
     st.plotly_chart(training_curves_fig(metrics), key="train_curves")
     st.caption(f"{sum(1 for m in metrics if m.get('kind') == 'step')} step records, "
                f"{sum(1 for m in metrics if m.get('kind') == 'epoch')} epoch records · refreshed every 2 s")

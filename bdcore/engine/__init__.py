@@ -1,1 +1,2 @@
-"""Training engine: run config, encoder weights, models and checkpoints, the trainer, run processes."""
+"""Training engine: run config (config), encoder weights (weights), models and checkpoints (models), devices (device),
+the run folder (rundir), the recipe/trainer/validation (recipe, trainer, validate, train) and run processes (runs)."""

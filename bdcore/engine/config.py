@@ -1,25 +1,28 @@
 """The one run config (``RunConfig``): what a training run needs, validated, saved beside the run.
 
-Kept free of torch at import time (the app imports it on every page); encoder names are checked
-against segmentation-models-pytorch lazily, only when a config is validated.
+Kept free of torch at import time: the app imports it on every page and ``python -m bdcore`` for every command.
+segmentation-models-pytorch (2.2 s to import, measured; it imports torch) and timm (2.1 s) are imported inside the
+encoder checks, only when a config naming an encoder is validated.
 """
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
 from pathlib import Path
 from typing import Any, Literal, Optional
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, ValidationInfo
 
 from bdcore.atomic import atomic_write
+from bdcore.data import demo
 from bdcore.data.products import DEFAULT_PRODUCT, PRODUCT_BANDS, PRODUCTS
 from bdcore.data.products import product as product_info
 
 # Architectures the model factory knows (bdcore.engine.models.ARCHITECTURES maps these to smp classes).
 ARCH_NAMES: tuple[str, ...] = ("Unet", "UnetPlusPlus", "FPN", "DeepLabV3Plus")
-SCHEDULES = ("cosine", "onecycle", "constant")
 # encoder_weights may name a local file with one of these suffixes (bdcore.engine.weights reads it).
 WEIGHT_FILE_SUFFIXES = (".safetensors", ".pth", ".pt")
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
@@ -31,22 +34,28 @@ class ConfigError(ValueError):
 
 def encoder_names() -> list[str]:
     """smp's built-in encoder names (``tu-<timm model>`` names are accepted as well)."""
-    import segmentation_models_pytorch as smp
+    import segmentation_models_pytorch as smp  # 2.2 s: see the module docstring
 
     return list(smp.encoders.get_encoder_names())
 
 
+def check_arch(name: str) -> str:
+    """The canonical spelling of an architecture name (case-insensitive), or a ValueError listing the allowed ones."""
+    for arch in ARCH_NAMES:
+        if str(name).lower() == arch.lower():
+            return arch
+    raise ValueError(f"unknown arch {name!r}; allowed: {', '.join(ARCH_NAMES)}")
+
+
 def check_encoder(name: str) -> str:
     if name.startswith("tu-"):
-        import timm
+        import timm  # 2.1 s: see the module docstring
 
         if not timm.is_model(name[3:].split(".")[0]):
             raise ValueError(f"unknown timm encoder {name!r}; use 'tu-' + a name from timm.list_models()")
         return name
     names = encoder_names()
     if name not in names:
-        import difflib
-
         close = difflib.get_close_matches(name, names, n=5, cutoff=0.6)
         hint = f"did you mean {', '.join(close)}? " if close else ""
         raise ValueError(
@@ -112,10 +121,7 @@ class RunConfig(BaseModel):
     @field_validator("arch")
     @classmethod
     def _arch(cls, v: str) -> str:
-        for name in ARCH_NAMES:
-            if v.lower() == name.lower():
-                return name
-        raise ValueError(f"unknown arch {v!r}; allowed: {', '.join(ARCH_NAMES)}")
+        return check_arch(v)
 
     @field_validator("encoder")
     @classmethod
@@ -144,7 +150,7 @@ class RunConfig(BaseModel):
         if v is not None and v.lower().endswith(WEIGHT_FILE_SUFFIXES):
             return v  # a local weights file: read (and checked) when the model is built
         if v is not None and encoder and not encoder.startswith("tu-"):
-            import segmentation_models_pytorch as smp
+            import segmentation_models_pytorch as smp  # 2.2 s: see the module docstring
 
             settings = smp.encoders.encoders[encoder].get("pretrained_settings", {})
             if v not in settings:
@@ -164,9 +170,7 @@ class RunConfig(BaseModel):
     def resolved_data_root(self) -> Path:
         """The AOI folder to train on; ``""``/``"demo"`` is the demo AOI (written on first use)."""
         if self.data_root.strip() in ("", "demo"):
-            from bdcore.data.demo import demo_root
-
-            return Path(demo_root())
+            return Path(demo.demo_root())
         root = Path(self.data_root).expanduser()
         if not root.is_dir():
             raise ConfigError(
@@ -201,8 +205,6 @@ class RunConfig(BaseModel):
             except json.JSONDecodeError as exc:
                 raise ConfigError(f"{path}: not valid JSON ({exc})") from None
         else:
-            import yaml
-
             try:
                 data = yaml.safe_load(text)
             except yaml.YAMLError as exc:
@@ -218,8 +220,6 @@ class RunConfig(BaseModel):
         if path.suffix.lower() == ".json":
             text = json.dumps(data, indent=2, sort_keys=True) + "\n"
         else:
-            import yaml
-
             text = yaml.safe_dump(data, sort_keys=True)
         atomic_write(path, lambda f: f.write(text), "w")
 

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from bdcore.atomic import atomic_write
-from bdcore.engine.config import ARCH_NAMES, RunConfig, check_encoder
+from bdcore.engine.config import ARCH_NAMES, RunConfig, check_arch, check_encoder
 from bdcore.engine.weights import ByteProgress, WeightsError, WeightsInfo, resolve_encoder_weights
 
 log = logging.getLogger(__name__)
@@ -104,9 +104,7 @@ def create_model(arch: str = "Unet", encoder: str = "resnet34", in_channels: int
                  ) -> tuple[nn.Module, WeightsInfo]:
     """An smp model and what its encoder got (see ``bdcore.engine.weights``): downloaded, cached or local pretrained
     weights, or random init with one log line when they cannot be had."""
-    name = next((a for a in ARCHITECTURES if a.lower() == str(arch).lower()), None)
-    if name is None:
-        raise ValueError(f"unknown arch {arch!r}; allowed: {', '.join(ARCHITECTURES)}")
+    name = check_arch(arch)
     check_encoder(encoder)
     model = ARCHITECTURES[name](encoder_name=encoder, encoder_weights=None, in_channels=in_channels, classes=classes)
     state, info = resolve_encoder_weights(encoder, encoder_weights, progress=progress)

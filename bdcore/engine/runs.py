@@ -1,8 +1,8 @@
 """Training runs as detached processes: create, launch, list, stop, resume, delete.
 
-A run is a folder ``runs_dir()/<run-id>/`` holding ``config.json``, ``status.json`` (written by the trainer),
-``metrics.jsonl``, ``last.pt``/``best.pt`` and ``train.log``. This module owns ``launch.json`` (pid, command,
-time) and ``.lock``.
+A run is a folder ``runs_dir()/<run-id>/`` (file names and readers: ``bdcore.engine.rundir``). This module writes
+``config.json`` and the first ``status.json`` (``create_run``), ``launch.json`` (pid, command, time) and ``.lock``,
+and a final ``status.json`` only for a trainer that was killed before it could write its own.
 
 One writer per run folder: :func:`launch` takes an exclusive ``flock`` on ``run_dir/.lock`` and hands the locked
 file descriptor to the training process (``pass_fds``), so the lock is held exactly as long as the trainer lives
@@ -12,11 +12,9 @@ file descriptor to the training process (``pass_fds``), so the lock is held exac
 
 from __future__ import annotations
 
-import argparse
 import datetime as _dt
 import errno
 import fcntl
-import json
 import os
 import re
 import shutil
@@ -29,12 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from bdcore.atomic import atomic_write_json
+from bdcore.engine.config import RunConfig
+from bdcore.engine.rundir import RunDir, log_tail, read_config, read_launch, read_metrics, read_status, update_status
 from bdcore.paths import runs_dir
-from bdcore.progress import format_eta
 
-LOCK_NAME = ".lock"
-LAUNCH_NAME = "launch.json"
-FINAL_STATES = ("finished", "failed", "stopped")
 ACTIVE_STATES = ("queued", "running")
 TRAIN_MODULE = "bdcore.engine.train"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
@@ -67,61 +63,14 @@ def run_path(run: str | os.PathLike) -> Path:
             p = runs_dir() / validate_run_name(run)
         if not p.is_dir():
             raise RunError(f"no run {str(run)!r} in {runs_dir()}: list runs with `python -m bdcore runs`")
-    if not (p / "config.json").is_file():
-        raise RunError(f"{p} is not a run folder (no config.json): give a run id from `python -m bdcore runs` "
+    if not RunDir(p).is_run():
+        raise RunError(f"{p} is not a run folder (no {RunDir.CONFIG}): give a run id from `python -m bdcore runs` "
                        "or a folder made by `python -m bdcore train`")
     return p
 
 
 def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40] or "run"
-
-
-# ------------------------------------------------------------------------------------------------------ reading
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        with open(path) as f:
-            obj = json.load(f)
-        return obj if isinstance(obj, dict) else {}
-    except (FileNotFoundError, json.JSONDecodeError, OSError):
-        return {}
-
-
-def read_status(run_dir: str | os.PathLike) -> dict:
-    """``status.json`` as a dict ({} if missing/unreadable; writes are atomic so a partial file is not expected)."""
-    return _read_json(Path(run_dir) / "status.json")
-
-
-def read_config(run_dir: str | os.PathLike) -> dict:
-    return _read_json(Path(run_dir) / "config.json")
-
-
-def read_jsonl(path: str | os.PathLike, kind: str | None = None) -> list[dict]:
-    """Records of a metrics log; a partial or corrupt line (e.g. the one being written) is skipped."""
-    out: list[dict] = []
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except (FileNotFoundError, OSError):
-        return out
-    for line in data.split(b"\n"):
-        line = line.strip()
-        if not line:
-            continue
-        try:
-            rec = json.loads(line)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            continue
-        if isinstance(rec, dict) and (kind is None or rec.get("kind") == kind):
-            out.append(rec)
-    return out
-
-
-def read_metrics(run_dir: str | os.PathLike, kind: str | None = None) -> list[dict]:
-    """Records of the run's ``metrics.jsonl`` (optionally only ``kind`` = "step" or "epoch")."""
-    return read_jsonl(Path(run_dir) / "metrics.jsonl", kind)
 
 
 # -------------------------------------------------------------------------------------------------- liveness
@@ -154,7 +103,7 @@ def _pid_alive(pid: Any) -> bool:
 
 def _lock_held(run_dir: Path) -> bool:
     """True if some process holds the run's flock (i.e. its trainer is alive)."""
-    path = run_dir / LOCK_NAME
+    path = RunDir(run_dir).lock
     if not path.exists():
         return False
     try:
@@ -180,7 +129,7 @@ def is_alive(run_dir: str | os.PathLike) -> bool:
     if _lock_held(run_dir):
         return True
     status = read_status(run_dir)
-    launch = _read_json(run_dir / LAUNCH_NAME)
+    launch = read_launch(run_dir)
     # The lock covers processes started by launch(); a trainer started another way (torchrun, a notebook) is
     # only visible through its pid.
     if status.get("state") in ACTIVE_STATES and status.get("pid") and status.get("pid") != launch.get("pid"):
@@ -199,21 +148,8 @@ def effective_state(run_dir: str | os.PathLike, status: dict | None = None) -> s
         if state == "running" or status.get("pid"):
             return "interrupted"
         # launched, but the trainer died before it ever reported (bad environment, import error, ...)
-        return "failed" if (run_dir / LAUNCH_NAME).exists() else "queued"
+        return "failed" if RunDir(run_dir).launch.exists() else "queued"
     return state
-
-
-def log_tail(run_dir: str | os.PathLike, lines: int = 1) -> str:
-    """Last non-empty lines of ``train.log`` (where a trainer that died early left its traceback)."""
-    try:
-        with open(Path(run_dir) / "train.log", "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - 16384))
-            text = f.read().decode("utf-8", "replace")
-    except OSError:
-        return ""
-    kept = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("=== ")]
-    return "\n".join(kept[-lines:])
 
 
 # --------------------------------------------------------------------------------------------------- RunInfo
@@ -248,19 +184,11 @@ class RunInfo:
 
 
 def _ts(value: Any) -> float | None:
-    """A status/metrics time (epoch seconds or ISO string) as epoch seconds."""
-    if value is None:
-        return None
-    if isinstance(value, (int, float)):
-        return float(value)
-    try:
-        return _dt.datetime.fromisoformat(str(value)).timestamp()
-    except ValueError:
-        return None
+    """A status/launch time (epoch seconds, as every writer stores it) or None."""
+    return float(value) if isinstance(value, (int, float)) else None
 
 
-def _iso(value: Any) -> str | None:
-    t = _ts(value)
+def _iso(t: float | None) -> str | None:
     return None if t is None else _dt.datetime.fromtimestamp(t).isoformat(timespec="seconds")
 
 
@@ -276,7 +204,28 @@ def config_summary(cfg: dict) -> str:
     return " ".join(p for p in parts if p)
 
 
+def _progress(state: str, status: dict, cfg: dict, done_epochs: int, steps: list[dict], total: int) -> float:
+    """Fraction of the run done: finished epochs plus the share of the current one (never 1 before it finishes)."""
+    if state == "finished":
+        return 1.0
+    if not total:
+        return 0.0
+    frac = 0.0
+    spe = status.get("steps_per_epoch") or cfg.get("steps_per_epoch")  # status: the trainer's; config: the cap
+    if spe and state in ACTIVE_STATES + ("stopped", "interrupted", "failed"):
+        if status.get("epoch_step") is not None:
+            in_epoch = int(status["epoch_step"])
+        elif steps:
+            in_epoch = int(steps[-1].get("step", 0)) - int(spe) * done_epochs
+        else:
+            in_epoch = 0
+        frac = min(max(in_epoch / float(spe), 0.0), 0.999)
+    return min((done_epochs + frac) / total, 1.0)
+
+
 def run_info(run_dir: str | os.PathLike) -> RunInfo:
+    """What the runs table shows for one run. ``status.json`` first; where it lacks a value (queued, never
+    started, or unreadable) the config, the metrics log and ``launch.json`` fill in."""
     run_dir = Path(run_dir)
     status = read_status(run_dir)
     cfg = read_config(run_dir)
@@ -286,31 +235,10 @@ def run_info(run_dir: str | os.PathLike) -> RunInfo:
     steps = [m for m in metrics if m.get("kind") == "step"]
     total = int(status.get("total_epochs") or cfg.get("epochs") or 0)
     done_epochs = len({m.get("epoch") for m in epochs})
-    if state == "finished":
-        progress = 1.0
-    elif total:
-        frac = 0.0
-        spe = status.get("steps_per_epoch") or cfg.get("steps_per_epoch")
-        if spe and state in ACTIVE_STATES + ("stopped", "interrupted", "failed"):
-            if status.get("epoch_step") is not None:
-                in_epoch = int(status["epoch_step"])
-            elif steps:
-                in_epoch = int(steps[-1].get("step", 0)) - int(spe) * done_epochs
-            else:
-                in_epoch = 0
-            frac = min(max(in_epoch / float(spe), 0.0), 0.999)
-        progress = min((done_epochs + frac) / total, 1.0)
-    else:
-        progress = 0.0
-    img_per_s = None
-    for m in reversed(steps):
-        if m.get("img_per_s"):
-            img_per_s = float(m["img_per_s"])
-            break
-    if img_per_s is None and status.get("img_per_s"):
-        img_per_s = float(status["img_per_s"])
-    started = _ts(status.get("started")) or _ts(_read_json(run_dir / LAUNCH_NAME).get("time"))
-    updated = _ts(status.get("heartbeat")) or _ts(status.get("updated"))
+    progress = _progress(state, status, cfg, done_epochs, steps, total)
+    img_per_s = next((float(m["img_per_s"]) for m in reversed(steps) if m.get("img_per_s")), None)
+    started = _ts(status.get("started")) or _ts(read_launch(run_dir).get("time"))
+    updated = _ts(status.get("heartbeat"))
     eta = None
     if state == "running" and started and 0 < progress < 1:
         elapsed = max((updated or time.time()) - started, 0.0)
@@ -342,13 +270,14 @@ def run_info(run_dir: str | os.PathLike) -> RunInfo:
         config=config_summary(cfg),
         pid=pid,
         error=status.get("error") or status_problem(run_dir, status) or (
-            f"the trainer exited before reporting; train.log says: {log_tail(run_dir)}" if state == "failed" else None),
+            f"the trainer exited before reporting; {RunDir.LOG} says: {log_tail(run_dir)}"
+            if state == "failed" else None),
     )
 
 
 def status_problem(run_dir: Path, status: dict | None = None) -> str | None:
     """A message when ``status.json`` exists but cannot be read (the run's checkpoints are unaffected)."""
-    path = Path(run_dir) / "status.json"
+    path = RunDir(run_dir).status
     if (status if status is not None else read_status(run_dir)) or not path.exists():
         return None
     return (f"{path} is unreadable (corrupt or not a JSON object); checkpoints and metrics are intact: "
@@ -360,24 +289,24 @@ def list_runs(root: str | os.PathLike | None = None) -> list[RunInfo]:
     root = Path(root) if root is not None else runs_dir()
     infos = []
     for d in root.iterdir() if root.is_dir() else []:
-        if d.is_dir() and (d / "config.json").exists():
+        if d.is_dir() and RunDir(d).config.exists():
             infos.append(run_info(d))
-    infos.sort(key=lambda i: (i.path / "config.json").stat().st_mtime, reverse=True)
+    infos.sort(key=lambda i: RunDir(i.path).config.stat().st_mtime, reverse=True)
     return infos
 
 
 # ----------------------------------------------------------------------------------------------- create/launch
 
 
-def _config_dict(cfg: Any) -> dict:
-    if hasattr(cfg, "model_dump"):
+def _config_dict(cfg: RunConfig | dict) -> dict:
+    if isinstance(cfg, RunConfig):
         return cfg.model_dump(mode="json")
     if isinstance(cfg, dict):
         return dict(cfg)
     raise TypeError(f"expected a RunConfig or dict, got {type(cfg).__name__}")
 
 
-def create_run(cfg: Any, name: str | None = None, root: str | os.PathLike | None = None) -> Path:
+def create_run(cfg: RunConfig | dict, name: str | None = None, root: str | os.PathLike | None = None) -> Path:
     """A new run folder with ``config.json`` and a ``queued`` status; returns its path."""
     root = Path(root) if root is not None else runs_dir()
     data = _config_dict(cfg)
@@ -390,15 +319,16 @@ def create_run(cfg: Any, name: str | None = None, root: str | os.PathLike | None
             i += 1
             name = f"{base}-{i}"
     validate_run_name(name)
-    run_dir = root / name
+    run = RunDir(root / name)
+    run_dir = run.path
     try:
         run_dir.mkdir(parents=True)
     except FileExistsError:
         raise RunError(f"run {name!r} already exists in {root}: pick another --name or resume it") from None
     try:
-        atomic_write_json(run_dir / "config.json", data)
+        atomic_write_json(run.config, data)
         atomic_write_json(
-            run_dir / "status.json",
+            run.status,
             {"state": "queued", "epoch": 0, "step": 0, "total_epochs": data.get("epochs"), "created": time.time()},
         )
     except BaseException:  # e.g. disk full: leave no half-made run folder behind
@@ -408,14 +338,14 @@ def create_run(cfg: Any, name: str | None = None, root: str | os.PathLike | None
 
 
 def _acquire_lock(run_dir: Path) -> int:
-    fd = os.open(run_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(RunDir(run_dir).lock, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         os.close(fd)
         st = read_status(run_dir)
         raise RunError(
-            f"run {run_dir.name} is already running (pid {st.get('pid', '?')}, lock {run_dir / LOCK_NAME}): "
+            f"run {run_dir.name} is already running (pid {st.get('pid', '?')}, lock {RunDir(run_dir).lock}): "
             "stop it first with `python -m bdcore stop " + run_dir.name + "`"
         ) from None
     return fd
@@ -429,9 +359,10 @@ def launch(run_dir: str | os.PathLike, resume: bool = False, module: str | None 
     being trained. The child (``sys.executable -m bdcore.engine.train``, cwd = the run folder) imports the installed
     ``bdcore`` package (``pip install -e .``, which requirements.txt does).
     """
-    run_dir = Path(run_dir).resolve()
-    if not (run_dir / "config.json").exists():
-        raise RunError(f"{run_dir} has no config.json: create the run with create_run() or `python -m bdcore train`")
+    run = RunDir(Path(run_dir).resolve())
+    run_dir = run.path
+    if not run.is_run():
+        raise RunError(f"{run_dir} has no {run.CONFIG}: create the run with create_run() or `python -m bdcore train`")
     if not _lock_held(run_dir) and is_alive(run_dir):
         st = read_status(run_dir)
         raise RunError(f"run {run_dir.name} is already running (pid {st.get('pid')}): stop it first")
@@ -445,7 +376,7 @@ def launch(run_dir: str | os.PathLike, resume: bool = False, module: str | None 
         env["BDCORE_RUN_LOCK_FD"] = str(fd)
         if extra_env:
             env.update(extra_env)
-        with open(run_dir / "train.log", "ab") as log, open(os.devnull, "rb") as devnull:
+        with open(run.log, "ab") as log, open(os.devnull, "rb") as devnull:
             log.write(f"\n=== {_dt.datetime.now().isoformat(timespec='seconds')} {' '.join(cmd)}\n".encode())
             log.flush()
             proc = subprocess.Popen(
@@ -455,7 +386,7 @@ def launch(run_dir: str | os.PathLike, resume: bool = False, module: str | None 
     finally:
         os.close(fd)  # the child's copy keeps the lock
     _CHILDREN[proc.pid] = proc
-    atomic_write_json(run_dir / LAUNCH_NAME, {"pid": proc.pid, "cmd": cmd, "time": time.time(), "resume": resume})
+    atomic_write_json(run.launch, {"pid": proc.pid, "cmd": cmd, "time": time.time(), "resume": resume})
     return proc.pid
 
 
@@ -476,7 +407,7 @@ def wait_run(run_dir: str | os.PathLike, timeout: float | None = None, poll: flo
 def _signal_run(run_dir: Path, sig: int, group: bool = False) -> bool:
     """Send ``sig`` to the trainer (``group``: to its whole process group, DataLoader workers included)."""
     pids = []
-    for src in (_read_json(run_dir / LAUNCH_NAME), read_status(run_dir)):
+    for src in (read_launch(run_dir), read_status(run_dir)):
         if src.get("pid") and _pid_alive(src["pid"]):
             pids.append(int(src["pid"]))
     sent = False
@@ -509,9 +440,7 @@ def stop_run(run_dir: str | os.PathLike, timeout: float = 60.0) -> str:
         state = wait_run(run_dir, timeout=10, poll=0.2)
     if state in ACTIVE_STATES or state == "interrupted":
         # killed before it could write its own final state: record it (the trainer is gone, so we are the writer)
-        st = read_status(run_dir)
-        st.update(state="stopped", stopped_by="stop_run", heartbeat=time.time())
-        atomic_write_json(run_dir / "status.json", st)
+        update_status(run_dir, state="stopped", stopped_by="stop_run", heartbeat=time.time())
         state = "stopped"
     return state
 
@@ -524,11 +453,10 @@ def resume_run(run_dir: str | os.PathLike) -> int:
         raise RunError(f"run {run_dir.name} is {state}: it is still being trained, nothing to resume")
     if state == "finished":
         raise RunError(f"run {run_dir.name} is finished: all epochs done; start a new run to train longer")
-    if not (run_dir / "last.pt").exists():
+    run = RunDir(run_dir)
+    if not run.last.exists():
         # nothing durable yet (it never finished a checkpoint): start over, keeping the old metrics aside
-        metrics = run_dir / "metrics.jsonl"
-        if metrics.exists():
-            os.replace(metrics, run_dir / f"metrics-before-restart-{int(time.time())}.jsonl")
+        run.metrics_aside()
         return launch(run_dir, resume=False)
     return launch(run_dir, resume=True)
 
@@ -539,153 +467,6 @@ def delete_run(run_dir: str | os.PathLike) -> None:
     if is_alive(run_dir):
         raise RunError(f"run {run_dir.name} is running: stop it before deleting it")
     root = runs_dir().resolve()
-    if run_dir.resolve().parent != root and not (run_dir / "config.json").exists():
-        raise RunError(f"{run_dir} does not look like a run folder (no config.json): not deleting it")
+    if run_dir.resolve().parent != root and not RunDir(run_dir).is_run():
+        raise RunError(f"{run_dir} does not look like a run folder (no {RunDir.CONFIG}): not deleting it")
     shutil.rmtree(run_dir)
-
-
-# ------------------------------------------------------------------------------------------------------ CLI
-
-def _int_or_none(text: str) -> int | None:
-    return None if text.strip().lower() in ("none", "null", "") else int(text)
-
-
-# RunConfig fields offered as flags, with their argparse types (values are validated by RunConfig itself).
-_CLI_FIELDS: dict[str, Any] = {
-    "data_root": str, "product": str, "arch": str, "encoder": str, "encoder_weights": str, "epochs": int,
-    "batch_size": int, "crop_size": _int_or_none, "lr": float, "weight_decay": float, "val_fraction": float, "split": str,
-    "schedule": str, "warmup_epochs": float, "seed": int, "device": str, "workers": int, "steps_per_epoch": _int_or_none,
-    "eval_every": int, "log_every": int, "grad_clip": float, "threshold": float, "samples_per_tile": int,
-    "bce_weight": float, "dice_weight": float, "building_f1_tiles": int,
-}
-_BOOL_FIELDS = ("boundary", "amp")
-
-
-def _run_config_cls():
-    from bdcore.engine.config import RunConfig
-
-    return RunConfig
-
-
-def _progress_line(info: RunInfo) -> str:
-    m = info.metrics
-    bits = [f"{info.run_id}", info.state, f"epoch {info.epoch}/{info.total_epochs}", f"step {info.step}",
-            f"{info.progress * 100:5.1f}%"]
-    if info.phase and info.phase not in ("train", "starting"):
-        bits.append(info.phase)
-    if info.img_per_s:
-        bits.append(f"{info.img_per_s:.1f} img/s")
-    if m.get("val_iou") is not None:
-        bits.append(f"val_iou {m['val_iou']:.3f}")
-    if info.eta_s is not None:
-        bits.append(f"eta {format_eta(info.eta_s)}")
-    return "  ".join(bits)
-
-
-def _follow(run_dir: Path, pid: int) -> int:
-    """Print a progress line until the process ends; Ctrl-C stops the run (it saves first)."""
-    last = ""
-    try:
-        while is_alive(run_dir):
-            line = _progress_line(run_info(run_dir))
-            if line != last:
-                print("\r" + line.ljust(100), end="", flush=True)
-                last = line
-            time.sleep(1.0)
-    except KeyboardInterrupt:
-        print("\nstopping (saving last.pt)...", flush=True)
-        stop_run(run_dir)
-    info = run_info(run_dir)
-    print("\r" + _progress_line(info).ljust(100))
-    if info.state == "failed":
-        print(f"run failed: {info.error or 'see ' + str(run_dir / 'train.log')}", file=sys.stderr)
-        return 1
-    return 0
-
-
-def _cmd_train(args: argparse.Namespace) -> int:
-    RunConfig = _run_config_cls()
-    cfg = RunConfig.load(args.config) if args.config else RunConfig()
-    updates = {k: getattr(args, k) for k in list(_CLI_FIELDS) + list(_BOOL_FIELDS) if hasattr(args, k)}
-    if updates:
-        cfg = RunConfig.from_dict({**cfg.model_dump(), **updates}, source="command-line flags")
-    if cfg.data_root.strip() not in ("", "demo"):  # refuse a bad data folder now, not in the detached trainer
-        from bdcore.data.catalog import labelled_tiles, load_catalog
-
-        labelled_tiles(load_catalog(cfg.resolved_data_root()), cfg.product)
-    run_dir = create_run(cfg, name=args.name)
-    if args.create_only:  # e.g. for `torchrun ... -m bdcore.engine.train --run-dir RUN_DIR`
-        print(run_dir)
-        return 0
-    return _report_started(run_dir, launch(run_dir), args.detach, f"run {run_dir.name}")
-
-
-def _cmd_resume(args: argparse.Namespace) -> int:
-    run_dir = run_path(args.run)
-    return _report_started(run_dir, resume_run(run_dir), args.detach, f"resumed {run_dir.name}")
-
-
-def _report_started(run_dir: Path, pid: int, detach: bool, what: str) -> int:
-    """--detach: print the run id and return; else follow the run in the foreground until it ends."""
-    if detach:
-        print(run_dir.name)
-        return 0
-    print(f"{what} (pid {pid}, log {run_dir / 'train.log'})")
-    return _follow(run_dir, pid)
-
-
-def _cmd_runs(args: argparse.Namespace) -> int:
-    infos = list_runs()
-    if args.json:
-        print(json.dumps([i.as_dict() for i in infos], indent=2, default=str))
-        return 0
-    if not infos:
-        print(f"no runs in {runs_dir()}")
-        return 0
-    header = f"{'RUN':<40} {'STATE':<12} {'EPOCH':>7} {'PROG':>6} {'VAL_IOU':>8} {'ETA':>8} {'WEIGHTS':<10}  CONFIG"
-    print(header)
-    for i in infos:
-        iou = i.metrics.get("val_iou")
-        enc = i.weights_source or "-"
-        print(f"{i.run_id:<40} {i.state:<12} {f'{i.epoch}/{i.total_epochs}':>7} {i.progress * 100:5.1f}% "
-              f"{'-' if iou is None else f'{iou:.3f}':>8} {format_eta(i.eta_s, none='-'):>8} {enc:<10}  {i.config}")
-        if i.weights:
-            print(f"  weights: {i.weights}")
-        problem = status_problem(i.path)
-        if problem:
-            print(f"  note: {problem}")
-    return 0
-
-
-def _cmd_stop(args: argparse.Namespace) -> int:
-    state = stop_run(run_path(args.run), timeout=args.timeout)
-    print(f"{args.run}: {state}")
-    return 0
-
-
-def register_cli(sub) -> None:
-    p = sub.add_parser("train", help="start a training run (foreground progress, or --detach)")
-    p.add_argument("--config", help="RunConfig YAML/JSON file; flags below override it")
-    p.add_argument("--name", help="run id (default: timestamp + arch/encoder)")
-    p.add_argument("--detach", action="store_true", help="print the run id and return; the run goes on")
-    p.add_argument("--create-only", action="store_true",
-                   help="write the run folder (config.json) and print its path without starting it (for torchrun)")
-    for name, typ in _CLI_FIELDS.items():
-        p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=typ, default=argparse.SUPPRESS)
-    for name in _BOOL_FIELDS:
-        p.add_argument(f"--{name}", dest=name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS)
-    p.set_defaults(func=_cmd_train)
-
-    p = sub.add_parser("resume", help="resume a stopped/interrupted/failed run from last.pt")
-    p.add_argument("run", help="run id or folder")
-    p.add_argument("--detach", action="store_true")
-    p.set_defaults(func=_cmd_resume)
-
-    p = sub.add_parser("runs", help="list training runs")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=_cmd_runs)
-
-    p = sub.add_parser("stop", help="stop a running run (it saves last.pt first)")
-    p.add_argument("run", help="run id or folder")
-    p.add_argument("--timeout", type=float, default=60.0)
-    p.set_defaults(func=_cmd_stop)

@@ -36,6 +36,7 @@ from bdcore.engine.config import RunConfig
 from bdcore.inference.normalization import Normalization
 from bdcore.metrics.polygons import mask_to_polygons
 from bdcore.metrics.scoring import PixelCounts, TileScore, precision_recall_f1
+from bdcore.engine.rundir import RunDir
 from bdcore.progress import Progress
 
 if TYPE_CHECKING:
@@ -100,7 +101,7 @@ def prediction_dir(run_dir: str | os.PathLike, which: str = "best", normalize: s
 
 
 def run_config(run_dir: str | os.PathLike) -> RunConfig:
-    path = Path(run_dir) / "config.json"
+    path = RunDir(run_dir).config
     if not path.is_file():
         raise EvaluationError(f"{path} not found: {run_dir} is not a run folder")
     return RunConfig.load(path)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from bdcore.engine.models import load_checkpoint
-from bdcore.engine.runs import read_metrics
+from bdcore.engine.rundir import read_metrics
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 

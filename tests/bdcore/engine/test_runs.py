@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from bdcore.engine import runs
+from bdcore.engine.rundir import read_metrics, read_status
 from bdcore.engine.runs import RunError
 
 FAKE_TRAINER = textwrap.dedent(
@@ -108,7 +109,7 @@ def _state(run_dir):
 
 
 def _wait_running(run_dir):
-    _wait_for(lambda: runs.read_status(run_dir).get("state") == "running" and runs.read_metrics(run_dir))
+    _wait_for(lambda: read_status(run_dir).get("state") == "running" and read_metrics(run_dir))
 
 
 # --------------------------------------------------------------------------------------------------- create
@@ -117,7 +118,7 @@ def _wait_running(run_dir):
 def test_create_run_writes_config_and_queued_status(tmp_path):
     run_dir = runs.create_run(_cfg(), name="exp-1", root=tmp_path)
     assert json.loads((run_dir / "config.json").read_text())["encoder"] == "resnet18"
-    assert runs.read_status(run_dir)["state"] == "queued"
+    assert read_status(run_dir)["state"] == "queued"
     info = runs.list_runs(tmp_path)
     assert [i.run_id for i in info] == ["exp-1"]
     assert info[0].state == "queued" and info[0].progress == 0.0
@@ -139,10 +140,10 @@ def test_create_run_default_name_and_validation(tmp_path):
 
 def test_read_metrics_tolerates_partial_last_line(tmp_path):
     (tmp_path / "metrics.jsonl").write_text('{"kind": "step", "step": 1}\n{"kind": "epoch", "epoch": 0}\n{"kind": "st')
-    recs = runs.read_metrics(tmp_path)
+    recs = read_metrics(tmp_path)
     assert [r["kind"] for r in recs] == ["step", "epoch"]
-    assert runs.read_metrics(tmp_path, kind="epoch") == [{"kind": "epoch", "epoch": 0}]
-    assert runs.read_metrics(tmp_path / "nope") == []
+    assert read_metrics(tmp_path, kind="epoch") == [{"kind": "epoch", "epoch": 0}]
+    assert read_metrics(tmp_path / "nope") == []
 
 
 # ------------------------------------------------------------------------------------------ process lifecycle
@@ -169,13 +170,13 @@ def test_kill_9_shows_interrupted_and_resume_finishes(tmp_path, fake_trainer):
     _wait_for(lambda: (run_dir / "last.pt").exists())
     os.kill(pid, signal.SIGKILL)
     _wait_for(lambda: _state(run_dir) == "interrupted", timeout=10)
-    assert runs.read_status(run_dir)["state"] == "running"  # the file still says running; the list knows better
+    assert read_status(run_dir)["state"] == "running"  # the file still says running; the list knows better
     step_at_kill = json.loads((run_dir / "last.pt").read_text())["step"]
     assert step_at_kill >= 4
 
     runs.resume_run(run_dir)
     assert runs.wait_run(run_dir, timeout=30) == "finished"
-    steps = [r["step"] for r in runs.read_metrics(run_dir, kind="step")]
+    steps = [r["step"] for r in read_metrics(run_dir, kind="step")]
     assert steps[-1] == 12 and steps.count(step_at_kill + 1) >= 1
     with pytest.raises(RunError, match="finished"):
         runs.resume_run(run_dir)
@@ -265,6 +266,28 @@ def test_cli_runs_table_and_stop_errors(tmp_path, monkeypatch, capsys):
     assert main(["stop", "no-such-run"]) == 2
 
 
+def test_cli_train_has_one_flag_per_run_config_field():
+    import argparse
+
+    from bdcore.cli import build_parser
+    from bdcore.engine.config import RunConfig
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    flags = {o for a in sub.choices["train"]._actions for o in a.option_strings}
+    for name, info in RunConfig.model_fields.items():
+        assert f"--{name.replace('_', '-')}" in flags, name
+        if info.annotation is bool:
+            assert f"--no-{name.replace('_', '-')}" in flags, name
+    args = parser.parse_args(["train", "--crop-size", "none", "--steps-per-epoch", "5", "--no-amp", "--boundary",
+                              "--lr", "0.01", "--split", "blocked", "--encoder-weights", "none", "--epochs", "3"])
+    given = {k: getattr(args, k) for k in RunConfig.model_fields if hasattr(args, k)}
+    assert given == {"crop_size": None, "steps_per_epoch": 5, "amp": False, "boundary": True, "lr": 0.01,
+                     "split": "blocked", "encoder_weights": "none", "epochs": 3}  # only the flags given
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train", "--epochs", "three"])
+
+
 def test_cli_train_foreground_and_detach(tmp_path, monkeypatch, capsys, fake_trainer):
     from bdcore.cli import main
 
@@ -305,13 +328,13 @@ def test_real_detached_training_run_stop_and_resume(tmp_path):
                     building_f1_tiles=0, log_every=1)
     run_dir = runs.create_run(cfg, name="real")
     runs.launch(run_dir)
-    _wait_for(lambda: runs.read_status(run_dir).get("step", 0) >= 1 or not runs.is_alive(run_dir), timeout=180)
+    _wait_for(lambda: read_status(run_dir).get("step", 0) >= 1 or not runs.is_alive(run_dir), timeout=180)
     listed = {i.run_id: i for i in runs.list_runs()}
     assert listed["real"].state == "running", (run_dir / "train.log").read_text()[-3000:]
     assert listed["real"].device == "cpu" and listed["real"].total_epochs == 2
 
     assert runs.stop_run(run_dir, timeout=120) == "stopped"
-    status = runs.read_status(run_dir)
+    status = read_status(run_dir)
     assert status["state"] == "stopped" and status.get("stopped_by") == "SIGTERM"
     assert (run_dir / "last.pt").exists()
     stopped_step = status["step"]
@@ -321,9 +344,9 @@ def test_real_detached_training_run_stop_and_resume(tmp_path):
     log = (run_dir / "train.log").read_text()
     assert state == "finished", log[-3000:]
     assert (run_dir / "best.pt").exists()
-    epochs = runs.read_metrics(run_dir, kind="epoch")
+    epochs = read_metrics(run_dir, kind="epoch")
     assert [e["epoch"] for e in epochs] == [1, 2] and "val_iou" in epochs[-1] and epochs[-1]["step"] == 6
-    steps = [r["step"] for r in runs.read_metrics(run_dir, kind="step")]
+    steps = [r["step"] for r in read_metrics(run_dir, kind="step")]
     assert steps == list(range(1, 7)) and 1 <= stopped_step < 6  # resumed exactly where it stopped
     info = runs.run_info(run_dir)
     assert info.progress == 1.0 and info.epoch == 2 and info.state == "finished"
