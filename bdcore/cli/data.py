@@ -38,6 +38,11 @@ def _print_catalog_summary(s: dict, from_cache: bool) -> None:
         print(f"  problems    {len(s['problems'])}:")
         for path, msg in s["problems"].items():
             print(f"    {path}: {msg}")
+    if s["bad_labels"]:
+        print(f"  bad labels  {len(s['bad_labels'])} labels file(s) training cannot use (listed above); "
+              "fix them or exclude their tiles")
+    if s["scan"]:
+        print(f"  skipped     {s['scan']}")
 
 
 def _cmd_catalog(args: argparse.Namespace) -> int:
