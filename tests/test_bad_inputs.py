@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import io
 import json
 import os
 import pickle
@@ -559,6 +560,98 @@ def test_geojson_features_null(tmp_path, capsys):
     line = next(ln.strip() for ln in out.splitlines() if t.labels.name in ln)
     assert rc == 0 and 'unreadable labels file ("features" is null' in line
     record('GeoJSON labels with "features": null', "CLI catalog", "", f"(tile kept, 0 buildings, listed) {line}")
+
+
+# ------------------------------------------------------------------------------------------------ hostile downloads
+
+
+class _Zeros(io.RawIOBase):
+    """``n`` zero bytes, read in chunks (a large member without holding it in memory)."""
+
+    def __init__(self, n: int):
+        self.left = n
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        k = min(len(b), self.left)
+        b[:k] = bytes(k)
+        self.left -= k
+        return k
+
+
+def _tar_gz(path: Path, members: list[tuple[str, bytes, str, int]]) -> Path:
+    """(name, tar type, link name, size of zeros) members -> a .tar.gz at ``path``."""
+    import tarfile
+
+    with tarfile.open(path, "w:gz", compresslevel=1) as tar:
+        for name, kind, link, size in members:
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname, info.size = kind, link, size
+            tar.addfile(info, _Zeros(size) if kind == tarfile.REGTYPE else None)
+    return path
+
+
+def _served(monkeypatch, archive: Path) -> list[str]:
+    """``download`` fetches ``archive`` instead of the bucket's tarball; returns the list of URLs it was asked for."""
+    from bdcore.data import download as dl
+
+    urls: list[str] = []
+
+    def fetch(url, path, expected_size=None, **kw):
+        urls.append(url)
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(archive, path)
+        return Path(path)
+
+    monkeypatch.setattr(dl, "fetch", fetch)
+    return urls
+
+
+def test_download_tarball_with_a_symlink_chain_or_a_bomb(tmp_path, monkeypatch, capsys):
+    import tarfile
+
+    tif = "AOI_3_Paris_Train/RGB-PanSharpen/RGB-PanSharpen_AOI_3_Paris_img1.tif"
+    chain = _tar_gz(tmp_path / "chain.tar.gz", [
+        ("AOI_3_Paris_Train/RGB-PanSharpen/a", tarfile.SYMTYPE, ".", 0),
+        ("AOI_3_Paris_Train/RGB-PanSharpen/a/b", tarfile.SYMTYPE, "../..", 0),
+        ("AOI_3_Paris_Train/RGB-PanSharpen/a/b/evil.txt", tarfile.REGTYPE, "", 5)])
+    bomb = _tar_gz(tmp_path / "bomb.tar.gz", [(tif, tarfile.REGTYPE, "", 200 << 20)])  # 200 MiB of zeros
+    assert bomb.stat().st_size < 1 << 20
+    for name, archive, needles, what in (
+            ("chain", chain, ("refusing member 'AOI_3_Paris_Train/RGB-PanSharpen/a' (symlink to '.'",
+                              "only files and folders are extracted", "nothing was extracted"),
+             "tarball whose symlinks chain out of the destination"),
+            ("bomb", bomb, ("expands to more than 67,108,864 bytes", "nothing was extracted"),
+             "tarball of <1 MB expanding to 200 MiB (a bomb)")):
+        dest = tmp_path / f"dest-{name}"
+        _served(monkeypatch, archive)
+        line = cli_error(capsys, "download", "--dest", dest, "--no-progress", contains=needles)
+        record(what, "CLI download", "", line)
+        assert sorted(p.name for p in dest.iterdir()) == [".downloads"]  # nothing extracted
+        assert not (tmp_path / "evil.txt").exists()
+
+
+def test_download_whose_catalog_fails_is_not_marked_done(tmp_path, monkeypatch, capsys):
+    """The tarball extracts but no tile is readable: exit 2, no marker, archive kept; the next run extracts it again
+    (and fails again) instead of exiting 0 without downloading."""
+    import tarfile
+
+    from bdcore.data import download as dl
+
+    archive = _tar_gz(tmp_path / "empty-tifs.tar.gz", [
+        ("AOI_3_Paris_Train/RGB-PanSharpen/RGB-PanSharpen_AOI_3_Paris_img1.tif", tarfile.REGTYPE, "", 0)])
+    urls = _served(monkeypatch, archive)
+    dest = tmp_path / "d"
+    line = cli_error(capsys, "download", "--dest", dest, "--no-progress",
+                     contains=("but it is not usable: ", "no readable tile image", "not marked as done",
+                               "the archive is kept at"))
+    record("tarball that extracts but has no readable tile", "CLI download", "", line)
+    root = dest / "AOI_3_Paris_Train"
+    assert not (root / dl.MARKER).exists() and len(urls) == 1
+    cli_error(capsys, "download", "--dest", dest, "--no-progress", contains=("not marked as done",))
+    assert len(urls) == 2 and not (root / dl.MARKER).exists()
 
 
 # ------------------------------------------------------------------------------------------------ scoring
