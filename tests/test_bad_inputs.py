@@ -458,8 +458,9 @@ def test_catalog_of_proc_is_quick_and_not_followed_into_other_processes(capsys):
     line = cli_error(capsys, "catalog", "/proc", contains=("/proc: no SpaceNet tiles found (in the part scanned: ",
                                                          "symlinked folder(s) leading out of the folder not followed"))
     assert time.monotonic() - t0 < 20
+    line = line[:line.index("not followed") + len("not followed")]  # the rest varies with the machine
     record("`/proc` as the data folder", "CLI catalog", "",
-           re.sub(r"\d[\d,]* (symlinked|folder)", r"<n> \1", re.sub(r"\(e\.g\. [^)]*\)", "(e.g. …)", line)))
+           re.sub(r"\d[\d,]* (symlinked|folder)", r"<n> \1", re.sub(r"\(e\.g\. [^)]*\)", "(e.g. …)", line)) + " …")
 
 
 def test_explore_page_says_what_the_scan_skipped(tmp_path):

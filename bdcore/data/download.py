@@ -410,7 +410,8 @@ def expansion_limit(archive_size: int) -> int:
 def _expansion_error(archive: Path, total: int, limit: int) -> DownloadError:
     size = archive.stat().st_size
     return DownloadError(
-        f"{archive}: expands to more than {limit:,} bytes ({total:,} read so far from a {size:,}-byte archive; a "
+        f"{archive}: expands to more than {limit:,} bytes (members so far add up to {total:,} bytes, from a "
+        f"{size:,}-byte archive; a "
         f"SpaceNet 2 AOI tarball expands to at most {MAX_EXPANSION_RATIO}x its size and {MAX_EXPANDED_BYTES:,} bytes); "
         "refusing it as corrupt or hostile, nothing was extracted: delete it and download again")
 
