@@ -19,7 +19,9 @@ import re
 import shutil
 import subprocess
 import sys
+import tarfile
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -450,8 +452,6 @@ def test_catalog_scan_is_bounded_and_says_what_it_skipped(tmp_path, capsys):
 
 def test_catalog_of_proc_is_quick_and_not_followed_into_other_processes(capsys):
     """/proc: each process's cwd/root links lead out of the folder and are not followed; the walk is bounded."""
-    import time
-
     if not Path("/proc/self/cwd").exists():
         pytest.skip("no /proc")
     t0 = time.monotonic()
@@ -584,8 +584,6 @@ class _Zeros(io.RawIOBase):
 
 def _tar_gz(path: Path, members: list[tuple[str, bytes, str, int]]) -> Path:
     """(name, tar type, link name, size of zeros) members -> a .tar.gz at ``path``."""
-    import tarfile
-
     with tarfile.open(path, "w:gz", compresslevel=1) as tar:
         for name, kind, link, size in members:
             info = tarfile.TarInfo(name)
@@ -611,8 +609,6 @@ def _served(monkeypatch, archive: Path) -> list[str]:
 
 
 def test_download_tarball_with_a_symlink_chain_or_a_bomb(tmp_path, monkeypatch, capsys):
-    import tarfile
-
     tif = "AOI_3_Paris_Train/RGB-PanSharpen/RGB-PanSharpen_AOI_3_Paris_img1.tif"
     chain = _tar_gz(tmp_path / "chain.tar.gz", [
         ("AOI_3_Paris_Train/RGB-PanSharpen/a", tarfile.SYMTYPE, ".", 0),
@@ -637,8 +633,6 @@ def test_download_tarball_with_a_symlink_chain_or_a_bomb(tmp_path, monkeypatch, 
 def test_download_whose_catalog_fails_is_not_marked_done(tmp_path, monkeypatch, capsys):
     """The tarball extracts but no tile is readable: exit 2, no marker, archive kept; the next run extracts it again
     (and fails again) instead of exiting 0 without downloading."""
-    import tarfile
-
     from bdcore.data import download as dl
 
     archive = _tar_gz(tmp_path / "empty-tifs.tar.gz", [
