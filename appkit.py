@@ -108,10 +108,13 @@ def get_catalog(root: str | None = None):
     """The catalog of the picked dataset, or an st.error and stop."""
     root = root or current_root()
     try:
-        return _catalog(root, st.session_state.get("catalog_token", 0))
+        cat = _catalog(root, st.session_state.get("catalog_token", 0))
     except USER_ERRORS as exc:
         st.error(f"Could not load the dataset {root_label(root)}: {exc}")
         st.stop()
+    if cat.attrs.get("scan"):  # the folder walk was bounded: say what it left out
+        st.warning(f"Dataset {root_label(root)} only partly scanned: {cat.attrs['scan']}")
+    return cat
 
 
 def show_error(exc: BaseException, what: str) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import io
 import json
 import os
 import pickle
@@ -18,7 +19,9 @@ import re
 import shutil
 import subprocess
 import sys
+import tarfile
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -413,6 +416,237 @@ def test_empty_and_malformed_geojson(tmp_path, capsys):
     assert bad.labels.name in str(ei.value) and "re-download" in str(ei.value)
     record("malformed GeoJSON labels", "training / evaluation (tile_mask)", "", str(ei.value))
     assert tree_hash(aoi.root) == before
+
+
+# ------------------------------------------------------------------------------------------------ hostile folders
+
+
+def test_catalog_scan_is_bounded_and_says_what_it_skipped(tmp_path, capsys):
+    """A symlinked folder leading out of the root is not followed, folders past the depth limit are not entered,
+    and the entry limit stops the walk; the catalog says so in one line (CLI summary, attrs["scan"])."""
+    from bdcore.data.catalog import CatalogError, ScanLimits, load_catalog
+
+    aoi = make_aoi(tmp_path / "a", n_tiles=2)
+    outside = make_aoi(tmp_path / "outside", n_tiles=3, first_number=10)
+    os.symlink(outside.root, aoi.root / "more")
+    deep = aoi.root.joinpath(*[f"d{i}" for i in range(10)])
+    make_aoi(deep, n_tiles=1, first_number=20)
+    before = tree_hash(aoi.root)
+    rc, out, err = cli(capsys, "catalog", aoi.root)
+    assert rc == 0 and "tiles       2," in out  # neither the linked nor the too-deep tiles
+    line = next(ln.strip() for ln in out.splitlines() if ln.strip().startswith("skipped"))
+    assert "1 symlinked folder(s) leading out of the folder not followed (e.g. more -> " in line
+    assert "folder(s) deeper than 8 levels not entered" in line and "point at the AOI folder itself" in line
+    record("folder with a symlink leading out of it and very deep folders", "CLI catalog", "", line)
+    with pytest.raises(CatalogError, match=r"no SpaceNet tiles found \(in the part scanned: .*scan stopped at the "
+                                           r"3-entry limit with \d+ folder\(s\) not listed"):
+        load_catalog(aoi.root, limits=ScanLimits(max_entries=3))
+    with pytest.raises(CatalogError, match="scan stopped at the 0-second limit with 1 folder"):
+        load_catalog(aoi.root, limits=ScanLimits(max_seconds=0))
+    inside = tmp_path / "a" / "RGB-PanSharpen" / "again"
+    os.symlink(aoi.root, inside)  # a loop inside the root: followed once, no error, nothing skipped for it
+    assert len(load_catalog(aoi.root, refresh=True)) == 2
+    os.unlink(inside)
+    assert tree_hash(aoi.root) == before
+
+
+def test_catalog_of_proc_is_quick_and_not_followed_into_other_processes(capsys):
+    """/proc: each process's cwd/root links lead out of the folder and are not followed; the walk is bounded."""
+    if not Path("/proc/self/cwd").exists():
+        pytest.skip("no /proc")
+    t0 = time.monotonic()
+    line = cli_error(capsys, "catalog", "/proc", contains=("/proc: no SpaceNet tiles found (in the part scanned: ",
+                                                         "symlinked folder(s) leading out of the folder not followed"))
+    assert time.monotonic() - t0 < 20
+    line = line[:line.index("not followed") + len("not followed")]  # the rest varies with the machine
+    record("`/proc` as the data folder", "CLI catalog", "",
+           re.sub(r"\d[\d,]* (symlinked|folder)", r"<n> \1", re.sub(r"\(e\.g\. [^)]*\)", "(e.g. …)", line)) + " …")
+
+
+def test_explore_page_says_what_the_scan_skipped(tmp_path):
+    from streamlit.testing.v1 import AppTest
+
+    aoi = make_aoi(tmp_path / "a", n_tiles=2)
+    os.symlink(tmp_path, aoi.root / "up")
+    at = AppTest.from_file(str(ROOT / "pages" / "explore.py"), default_timeout=APP_TIMEOUT)
+    at.session_state["data_root"] = str(aoi.root)
+    at.run()
+    assert not at.exception and not at.error
+    warnings = [str(w.value) for w in at.warning if "only partly scanned" in str(w.value)]
+    assert len(warnings) == 1 and "(e.g. up -> " in warnings[0], [str(w.value) for w in at.warning]
+    record("folder with a symlink leading out of it and very deep folders", "app (any page)", "", warnings[0])
+
+
+def test_tile_number_too_long_is_skipped_and_reported(tmp_path, capsys, monkeypatch):
+    from bdcore.data import catalog as C
+
+    aoi = make_aoi(tmp_path / "a", n_tiles=2)
+    src = aoi.tiles[0].images["PS-RGB"]
+    odd = src.with_name(src.name.rsplit("img", 1)[0] + "img99999999999999999999999.tif")
+    shutil.copy(src, odd)
+    cache = C._cache_file(aoi.root.resolve())
+    with monkeypatch.context() as m:  # a failure while the table is built leaves no cache file behind
+        m.setattr(C, "_frame", lambda rows, attrs: 1 / 0)
+        with pytest.raises(ZeroDivisionError):
+            C.load_catalog(aoi.root)
+        assert not cache.exists()
+    rc, out, err = cli(capsys, "catalog", aoi.root)
+    assert rc == 0 and "Traceback" not in err and "tiles       2," in out
+    line = next(ln.strip() for ln in out.splitlines() if odd.name in ln)
+    assert "is not a usable tile id" in line and "rename it" in line
+    record("tile file named …_img99999999999999999999999.tif", "CLI catalog (and every page)", "",
+           f"(other tiles kept, listed) {line}")
+    assert json.loads(cache.read_text())["rows"]  # written whole, after the table was built
+    assert odd.as_posix() in C.load_catalog(aoi.root).attrs["problems"]  # also when served from the cache
+
+
+def test_empty_tif_files_give_a_bounded_number_of_lines(tmp_path):
+    """40 empty .tif files: no GDAL line per file, at most MAX_WARNINGS + 1 warnings, one error line."""
+    folder = tmp_path / "a" / "RGB-PanSharpen"
+    folder.mkdir(parents=True)
+    for i in range(40):
+        (folder / f"RGB-PanSharpen_AOI_3_Paris_img{i}.tif").write_bytes(b"")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    p = subprocess.run([sys.executable, "-m", "bdcore", "catalog", str(tmp_path / "a")],
+                       capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert not [ln for ln in lines if "GDAL signalled" in ln], lines[:3]
+    assert len(lines) <= 7, lines
+    summary = next(ln for ln in lines if "more unreadable tile image(s) skipped" in ln)
+    assert summary.startswith("catalog: 35 more") and lines[-1].startswith("error: ")
+    record("folder of 40 empty .tif files", "CLI catalog", "",
+           f"(5 warnings, then) {summary} (then) {lines[-1][:lines[-1].index('(40 unreadable') + 16]}…")
+
+
+def test_labels_with_a_point_feature_are_reported_at_catalog_time(tmp_path, capsys):
+    """A Point feature is not counted as a building, and the file is listed (with every other bad labels file)
+    before any run starts: ``label_problems`` / ``tiles_with_bad_labels``, and the CLI summary."""
+    from bdcore.data.catalog import label_problems, load_catalog, tiles_with_bad_labels
+
+    aoi = make_aoi(tmp_path / "a", n_tiles=3)
+    bad = []
+    for t, geom in ((aoi.tiles[0], {"type": "Point", "coordinates": [2.35, 48.86]}),
+                    (aoi.tiles[2], {"type": "LineString", "coordinates": [[2.35, 48.86], [2.36, 48.86]]})):
+        fc = json.loads(t.labels.read_text())
+        fc["features"].insert(1, {"type": "Feature", "properties": {}, "geometry": geom})
+        t.labels.write_text(json.dumps(fc))
+        bad.append(t)
+    before = tree_hash(aoi.root)
+    rc, out, err = cli(capsys, "catalog", aoi.root)
+    assert rc == 0 and f"buildings   {aoi.n_buildings}" in out  # the Point and the LineString are not buildings
+    line = next(ln.strip() for ln in out.splitlines() if bad[0].labels.name in ln)
+    assert "feature 1 is a Point, expected a (Multi)Polygon building footprint" in line and "exclude" in line
+    assert "bad labels  2 labels file(s) training cannot use" in out
+    record("labels file with a Point feature", "CLI catalog", "", f"(tile kept, Point not counted, listed) {line}")
+    cat = load_catalog(aoi.root)
+    assert sorted(label_problems(cat)) == sorted(str(t.labels) for t in bad)
+    assert tiles_with_bad_labels(cat) == [bad[0].tile_id, bad[1].tile_id]
+    assert cat.loc[bad[0].tile_id, "n_buildings"] == len(bad[0].boxes_px)
+    assert tree_hash(aoi.root) == before
+
+
+def test_geojson_features_null(tmp_path, capsys):
+    from bdcore.data.labels import LabelError, read_buildings
+
+    aoi = make_aoi(tmp_path / "a", n_tiles=2)
+    t = aoi.tiles[0]
+    t.labels.write_text('{"type": "FeatureCollection", "features": null}')
+    with pytest.raises(LabelError) as ei:
+        read_buildings(t.labels)
+    msg = str(ei.value)
+    assert msg.startswith(f'{t.labels}: "features" is null, expected a list of Feature objects') and "got dict" not in msg
+    record('GeoJSON labels with "features": null', "training / evaluation (tile_mask)", "", msg)
+    rc, out, err = cli(capsys, "catalog", aoi.root)
+    line = next(ln.strip() for ln in out.splitlines() if t.labels.name in ln)
+    assert rc == 0 and 'unreadable labels file ("features" is null' in line
+    record('GeoJSON labels with "features": null', "CLI catalog", "", f"(tile kept, 0 buildings, listed) {line}")
+
+
+# ------------------------------------------------------------------------------------------------ hostile downloads
+
+
+class _Zeros(io.RawIOBase):
+    """``n`` zero bytes, read in chunks (a large member without holding it in memory)."""
+
+    def __init__(self, n: int):
+        self.left = n
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        k = min(len(b), self.left)
+        b[:k] = bytes(k)
+        self.left -= k
+        return k
+
+
+def _tar_gz(path: Path, members: list[tuple[str, bytes, str, int]]) -> Path:
+    """(name, tar type, link name, size of zeros) members -> a .tar.gz at ``path``."""
+    with tarfile.open(path, "w:gz", compresslevel=1) as tar:
+        for name, kind, link, size in members:
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname, info.size = kind, link, size
+            tar.addfile(info, _Zeros(size) if kind == tarfile.REGTYPE else None)
+    return path
+
+
+def _served(monkeypatch, archive: Path) -> list[str]:
+    """``download`` fetches ``archive`` instead of the bucket's tarball; returns the list of URLs it was asked for."""
+    from bdcore.data import download as dl
+
+    urls: list[str] = []
+
+    def fetch(url, path, expected_size=None, **kw):
+        urls.append(url)
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(archive, path)
+        return Path(path)
+
+    monkeypatch.setattr(dl, "fetch", fetch)
+    return urls
+
+
+def test_download_tarball_with_a_symlink_chain_or_a_bomb(tmp_path, monkeypatch, capsys):
+    tif = "AOI_3_Paris_Train/RGB-PanSharpen/RGB-PanSharpen_AOI_3_Paris_img1.tif"
+    chain = _tar_gz(tmp_path / "chain.tar.gz", [
+        ("AOI_3_Paris_Train/RGB-PanSharpen/a", tarfile.SYMTYPE, ".", 0),
+        ("AOI_3_Paris_Train/RGB-PanSharpen/a/b", tarfile.SYMTYPE, "../..", 0),
+        ("AOI_3_Paris_Train/RGB-PanSharpen/a/b/evil.txt", tarfile.REGTYPE, "", 5)])
+    bomb = _tar_gz(tmp_path / "bomb.tar.gz", [(tif, tarfile.REGTYPE, "", 200 << 20)])  # 200 MiB of zeros
+    assert bomb.stat().st_size < 1 << 20
+    for name, archive, needles, what in (
+            ("chain", chain, ("refusing member 'AOI_3_Paris_Train/RGB-PanSharpen/a' (symlink to '.'",
+                              "only files and folders are extracted", "nothing was extracted"),
+             "tarball whose symlinks chain out of the destination"),
+            ("bomb", bomb, ("expands to more than 67,108,864 bytes", "nothing was extracted"),
+             "tarball of <1 MB expanding to 200 MiB (a bomb)")):
+        dest = tmp_path / f"dest-{name}"
+        _served(monkeypatch, archive)
+        line = cli_error(capsys, "download", "--dest", dest, "--no-progress", contains=needles)
+        record(what, "CLI download", "", line)
+        assert sorted(p.name for p in dest.iterdir()) == [".downloads"]  # nothing extracted
+        assert not (tmp_path / "evil.txt").exists()
+
+
+def test_download_whose_catalog_fails_is_not_marked_done(tmp_path, monkeypatch, capsys):
+    """The tarball extracts but no tile is readable: exit 2, no marker, archive kept; the next run extracts it again
+    (and fails again) instead of exiting 0 without downloading."""
+    from bdcore.data import download as dl
+
+    archive = _tar_gz(tmp_path / "empty-tifs.tar.gz", [
+        ("AOI_3_Paris_Train/RGB-PanSharpen/RGB-PanSharpen_AOI_3_Paris_img1.tif", tarfile.REGTYPE, "", 0)])
+    urls = _served(monkeypatch, archive)
+    dest = tmp_path / "d"
+    line = cli_error(capsys, "download", "--dest", dest, "--no-progress",
+                     contains=("but it is not usable: ", "no readable tile image", "not marked as done",
+                               "the archive is kept at"))
+    record("tarball that extracts but has no readable tile", "CLI download", "", line)
+    root = dest / "AOI_3_Paris_Train"
+    assert not (root / dl.MARKER).exists() and len(urls) == 1
+    cli_error(capsys, "download", "--dest", dest, "--no-progress", contains=("not marked as done",))
+    assert len(urls) == 2 and not (root / dl.MARKER).exists()
 
 
 # ------------------------------------------------------------------------------------------------ scoring

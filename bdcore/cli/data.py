@@ -38,6 +38,11 @@ def _print_catalog_summary(s: dict, from_cache: bool) -> None:
         print(f"  problems    {len(s['problems'])}:")
         for path, msg in s["problems"].items():
             print(f"    {path}: {msg}")
+    if s["bad_labels"]:
+        print(f"  bad labels  {len(s['bad_labels'])} labels file(s) training cannot use (listed above); "
+              "fix them or exclude their tiles")
+    if s["scan"]:
+        print(f"  skipped     {s['scan']}")
 
 
 def _cmd_catalog(args: argparse.Namespace) -> int:
@@ -63,16 +68,19 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_download(args: argparse.Namespace) -> int:
-    root = download_aoi(args.aoi, args.products, dest=args.dest, base_url=args.base_url, method=args.method,
-                        progress=not args.no_progress, keep_archive=args.keep_archive, retries=args.retries)
+def _build_catalog(root) -> None:
+    """The catalog of a fresh download, built now so the app opens the folder without a scan; its CatalogError makes
+    the download fail (and not be marked as done)."""
     from bdcore.data.catalog import load_catalog  # 0.35 s (geopandas, rasterio)
 
-    try:  # built now, so the app opens the folder without a scan
-        cat = load_catalog(root, refresh=True)
-        log.info("catalog: %d tiles in %s", len(cat), root)
-    except ValueError as exc:
-        log.warning("downloaded, but no catalog could be built: %s", exc)
+    cat = load_catalog(root, refresh=True)
+    log.info("catalog: %d tiles in %s", len(cat), root)
+
+
+def _cmd_download(args: argparse.Namespace) -> int:
+    root = download_aoi(args.aoi, args.products, dest=args.dest, base_url=args.base_url, method=args.method,
+                        progress=not args.no_progress, keep_archive=args.keep_archive, retries=args.retries,
+                        verify=_build_catalog)
     print(root)
     return 0
 

@@ -27,7 +27,14 @@ Bad files do not stop the catalog:
 Only the primary image's header (and one pixel of its last row, to catch truncation) is read; other products are
 checked when read (``ImageryError``).
 
-``catalog.attrs``: ``root``, ``fingerprint``, ``from_cache`` (bool), ``problems`` (dict).
+- a labels file holding a feature that is not a (Multi)Polygon (a Point, …) keeps its tile; only its polygon
+  features are counted and it is listed in ``problems`` (``label_problems(cat)``: every such file at once);
+- a file whose ``img<N>`` does not fit a tile id (over 2**63 - 1) is skipped and listed in ``problems``.
+
+The walk is bounded (``ScanLimits``: depth, entries listed, seconds; symlinked folders leading out of the root are
+not followed), so pointing at ``/`` or ``/proc`` costs seconds; what was left out is one line in ``attrs["scan"]``.
+
+``catalog.attrs``: ``root``, ``fingerprint``, ``from_cache`` (bool), ``problems`` (dict), ``scan`` (str).
 """
 
 from __future__ import annotations
@@ -37,9 +44,10 @@ import json
 import logging
 import os
 import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import geopandas as gpd
 import numpy as np
@@ -50,14 +58,16 @@ from shapely import wkt as shapely_wkt
 from shapely.geometry import box
 
 from bdcore.atomic import atomic_write_json
-from bdcore.data.imagery import check_readable
+from bdcore.data.imagery import check_readable, quiet_gdal
+from bdcore.data.labels import feature_list, geometry_problem
 from bdcore.data.products import PRODUCT_TABLE, PRODUCTS
 from bdcore.paths import cache_dir
 
 log = logging.getLogger(__name__)
 
 LABELS = "labels"
-CACHE_VERSION = 3  # 2: n_buildings is null (not 0) for unlabelled tiles; 3: n_buildings counted by parsing the JSON
+CACHE_VERSION = 4  # 2: n_buildings is null (not 0) for unlabelled tiles; 3: n_buildings counted by parsing the JSON;
+# 4: only (Multi)Polygon features counted, other features listed in problems
 
 _AOI = r"(?P<aoi>AOI_\d+_[A-Za-z]+)"
 _N = r"img(?P<n>\d+)"
@@ -100,43 +110,158 @@ class _Found:
     files: dict[str, list[tuple[str, int, int]]] = field(default_factory=dict)  # kind -> [(abs path, size, mtime)]
 
 
-def _scan(root: Path) -> tuple[dict[tuple[str, int], _Found], str]:
-    """Walk ``root`` (hidden folders skipped, symlinks followed) → matched files by (aoi, n), and the fingerprint."""
-    found: dict[tuple[str, int], _Found] = {}
-    entries: list[str] = []
-    stack = [root]
-    seen_dirs: set[tuple[int, int]] = set()
-    while stack:
-        d = stack.pop()
+MAX_WARNINGS = 5  # per-file warnings logged one by one; the rest in one line (all of them are in ``problems``)
+MAX_TILE_NUMBER = 2**63 - 1  # tile numbers are stored as int64; a longer img<N> is no SpaceNet id
+
+
+@dataclass(frozen=True)
+class ScanLimits:
+    """Bounds on the folder walk, so a wrong "Folder path" (``/``, ``/proc``, a home folder) costs seconds, not minutes.
+    A real SpaceNet 2 download (all four AOIs, ~55,000 files, at most 4 folder levels deep) is far inside them."""
+
+    max_depth: int = 8  # folder levels below the root that are entered
+    max_entries: int = 300_000  # directory entries listed in all
+    max_seconds: float = 10.0
+
+
+@dataclass
+class ScanReport:
+    """What the walk left out: folders below ``max_depth``, symlinked folders that lead out of the root, folders not
+    listed because a limit stopped the walk, and files whose tile number is not a usable id."""
+
+    too_deep: list[str] = field(default_factory=list)
+    links_out: list[str] = field(default_factory=list)
+    stopped: str = ""  # which limit stopped the walk ("" = the walk finished)
+    unlisted: int = 0  # folders still queued when it stopped
+    unreadable: list[str] = field(default_factory=list)  # folders that could not be listed (permissions)
+    bad_names: dict[str, str] = field(default_factory=dict)  # path -> message
+
+    def message(self, root: Path, limits: ScanLimits) -> str:
+        """One line saying what was skipped and what to do ("" when nothing was)."""
+        parts = []
+        if self.stopped:
+            parts.append(f"scan stopped at the {self.stopped} limit with {self.unlisted:,} folder(s) not listed")
+        if self.too_deep:
+            parts.append(f"{len(self.too_deep):,} folder(s) deeper than {limits.max_depth} levels not entered "
+                         f"(e.g. {self.too_deep[0]})")
+        if self.links_out:
+            parts.append(f"{len(self.links_out):,} symlinked folder(s) leading out of the folder not followed "
+                         f"(e.g. {self.links_out[0]})")
+        if self.unreadable:
+            parts.append(f"{len(self.unreadable):,} folder(s) could not be listed (e.g. {self.unreadable[0]})")
+        if not parts:
+            return ""
+        return (f"{root}: {'; '.join(parts)}; tiles there are not in the catalog: point at the AOI folder itself "
+                "(the one holding the product folders)")
+
+
+class _Walker:
+    """The bounded walk of ``_scan`` (hidden entries skipped; symlinked folders followed only inside the root)."""
+
+    def __init__(self, root: Path, limits: ScanLimits):
+        self.root, self.limits = root, limits
+        self.report = ScanReport()
+        self.listed = 0
+        self.seen: set[tuple[int, int]] = set()
+        self.deadline = time.monotonic() + limits.max_seconds
+
+    def entries(self) -> Iterator[os.DirEntry]:
+        """Every non-hidden file entry under the root, within the limits."""
+        stack = [(self.root, 0)]
+        while stack:
+            stop = self._limit_hit()
+            if stop:
+                self.report.stopped, self.report.unlisted = stop, len(stack)
+                return
+            d, depth = stack.pop()
+            for e in self._list(d):
+                try:
+                    if e.is_dir():
+                        self._push(e, depth + 1, stack)
+                    elif not e.name.startswith("."):
+                        yield e
+                except OSError:
+                    continue
+
+    def _limit_hit(self) -> str:
+        if self.listed >= self.limits.max_entries:
+            return f"{self.limits.max_entries:,}-entry"
+        if time.monotonic() > self.deadline:
+            return f"{self.limits.max_seconds:g}-second"
+        return ""
+
+    def _list(self, d: Path) -> list[os.DirEntry]:
         try:
             st = d.stat()
-            if (st.st_dev, st.st_ino) in seen_dirs:  # symlink loop
-                continue
-            seen_dirs.add((st.st_dev, st.st_ino))
-            it = list(os.scandir(d))
+            if (st.st_dev, st.st_ino) in self.seen:  # symlink loop, or a second way into the same folder
+                return []
+            self.seen.add((st.st_dev, st.st_ino))
+            with os.scandir(d) as it:
+                out = list(it)
         except OSError as exc:
-            log.warning("catalog: cannot list %s (%s)", d, exc)
+            self.report.unreadable.append(f"{os.path.relpath(d, self.root)}: {exc.strerror or exc}")
+            if len(self.report.unreadable) <= MAX_WARNINGS:
+                log.warning("catalog: cannot list %s (%s)", d, exc)
+            return []
+        self.listed += len(out)
+        return out
+
+    def _push(self, e: os.DirEntry, depth: int, stack: list[tuple[Path, int]]) -> None:
+        if e.name.startswith("."):
+            return
+        rel = os.path.relpath(e.path, self.root)
+        if e.is_symlink() and not self._inside(e.path):
+            self.report.links_out.append(f"{rel} -> {os.readlink(e.path)}")
+            return
+        if depth > self.limits.max_depth:
+            self.report.too_deep.append(rel)
+            return
+        stack.append((Path(e.path), depth))
+
+    def _inside(self, link: str) -> bool:
+        """A symlinked folder leads to a folder inside the root (and is that folder: /proc/<pid>/root names "/" but
+        is another process's root, so its target is compared by identity too)."""
+        target = os.path.realpath(link)
+        if os.path.commonpath([target, str(self.root)]) != str(self.root):
+            return False
+        try:
+            return os.path.samefile(link, target)
+        except OSError:
+            return False
+
+
+def _bad_tile_number(path: str, n: int) -> str | None:
+    if n <= MAX_TILE_NUMBER:
+        return None
+    digits = str(n) if len(str(n)) <= 30 else f"{str(n)[:12]}…({len(str(n))} digits)"
+    return (f"tile number img{digits} is not a usable tile id (over {MAX_TILE_NUMBER}); file skipped: "
+            "rename it to img<N> with the tile's SpaceNet number, or move it out of the folder")
+
+
+def _scan(root: Path, limits: ScanLimits | None = None) -> tuple[dict[tuple[str, int], _Found], str, ScanReport]:
+    """Walk ``root`` within ``limits`` → matched files by (aoi, n), the fingerprint, and what the walk left out."""
+    walker = _Walker(root, limits or ScanLimits())
+    found: dict[tuple[str, int], _Found] = {}
+    entries: list[str] = []
+    for e in walker.entries():
+        m = match_file(e.name)
+        if m is None:
             continue
-        for e in it:
-            if e.name.startswith("."):
-                continue
-            try:
-                if e.is_dir():
-                    stack.append(Path(e.path))
-                    continue
-                m = match_file(e.name)
-                if m is None:
-                    continue
-                st = e.stat()
-            except OSError:
-                continue
-            kind, aoi, n = m
-            rel = os.path.relpath(e.path, root)
-            entries.append(f"{rel}\t{st.st_size}\t{st.st_mtime_ns}")
-            found.setdefault((aoi, n), _Found(aoi, n)).files.setdefault(kind, []).append((e.path, st.st_size, st.st_mtime_ns))
+        kind, aoi, n = m
+        bad = _bad_tile_number(e.path, n)
+        if bad:
+            walker.report.bad_names[e.path] = bad
+            continue
+        try:
+            st = e.stat()
+        except OSError:
+            continue
+        rel = os.path.relpath(e.path, root)
+        entries.append(f"{rel}\t{st.st_size}\t{st.st_mtime_ns}")
+        found.setdefault((aoi, n), _Found(aoi, n)).files.setdefault(kind, []).append((e.path, st.st_size, st.st_mtime_ns))
     h = hashlib.sha256(f"v{CACHE_VERSION}\n".encode())
     h.update("\n".join(sorted(entries)).encode())
-    return found, h.hexdigest()[:32]
+    return found, h.hexdigest()[:32], walker.report
 
 
 def _pick(paths: list[tuple[str, int, int]], kind: str, root: Path) -> str:
@@ -148,16 +273,25 @@ def _pick(paths: list[tuple[str, int, int]], kind: str, root: Path) -> str:
     return paths[0][0]
 
 
-def _count_buildings(path: str) -> int:
-    """Number of features with a geometry in a GeoJSON FeatureCollection; ValueError for an unreadable file.
+def _count_buildings(path: str) -> tuple[int, str | None]:
+    """(number of building features, problem or None) of a GeoJSON FeatureCollection; ValueError for an unreadable
+    file. A feature counts when its geometry is a (Multi)Polygon; any other feature (a Point, a LineString, no
+    coordinates) is a problem ("feature 3 is a Point, ...", all of them counted in one line), found here so a run can
+    refuse or exclude the file before training instead of failing when the tile is first sampled.
 
     Parsed as JSON, so a feature whose properties hold ``"type": "Feature"`` is still one feature. Measured: ~0.9 ms
     for a 40 kB SpaceNet label file, about what the image header read costs (a text pattern took 0.08 ms but miscounted
     such files); paid once per file version, the catalog is cached."""
-    fc = json.loads(Path(path).read_bytes())
-    if not isinstance(fc, dict) or not isinstance(fc.get("features", []), list):
-        raise ValueError("not a GeoJSON FeatureCollection")
-    return sum(1 for f in fc.get("features") or [] if isinstance(f, dict) and f.get("geometry"))
+    feats = feature_list(json.loads(Path(path).read_bytes()))
+    why_not = [geometry_problem(f) for f in feats]
+    bad = [(i, why) for i, why in enumerate(why_not) if why]
+    n = sum(1 for f, why in zip(feats, why_not) if not why and f.get("geometry"))
+    if not bad:
+        return n, None
+    i, why = bad[0]
+    more = f" (and {len(bad) - 1} more bad feature(s))" if len(bad) > 1 else ""
+    return n, (f"bad labels file: feature {i} {why}{more}; fix or delete those features, or leave the tile out of "
+               "training (exclude its tile id)")
 
 
 def _header(path: str) -> dict:
@@ -213,20 +347,26 @@ def _headers(paths: list[str]) -> list[dict | Exception]:
 
     # GDAL lists the folder on every open to look for sidecar files; with a thousand tiles per folder that dominates
     # (measured 2.9 → 0.7 ms per tile). Headers of SpaceNet tiles do not depend on sidecars.
-    with rasterio.Env(GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR"):
+    # GDAL's own line per failed open is silenced: each failure is one message in ``problems``.
+    with rasterio.Env(GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR"), quiet_gdal():
         return [header(p) for p in paths]
 
 
 def _count_or_problem(labels: str | None, problems: dict[str, str]) -> int | None:
-    """``n_buildings`` of a tile: None (unknown) without a labels file, 0 for an unreadable one (recorded)."""
+    """``n_buildings`` of a tile: None (unknown) without a labels file, 0 for an unreadable one, the (Multi)Polygon
+    features of one with bad features (those two recorded in ``problems``)."""
     if labels is None:
         return None
     try:
-        return _count_buildings(labels)
+        n, bad = _count_buildings(labels)
     except (ValueError, OSError, UnicodeDecodeError) as exc:
         problems[labels] = f"unreadable labels file ({exc})"
         log.warning("catalog: %s: unreadable labels file (%s); counted as 0 buildings", labels, exc)
         return 0
+    if bad:
+        problems[labels] = bad
+        log.warning("catalog: %s: %s", labels, bad)
+    return n
 
 
 def _build(root: Path, found: dict[tuple[str, int], _Found]) -> tuple[list[dict], dict[str, str]]:
@@ -235,15 +375,21 @@ def _build(root: Path, found: dict[tuple[str, int], _Found]) -> tuple[list[dict]
     primaries = [_primary_image(row) for row in tiles]
     problems: dict[str, str] = {}
     rows = []
+    skipped = 0
     for row, primary, hd in zip(tiles, primaries, _headers(primaries)):
         if isinstance(hd, Exception):
             problems[primary] = str(hd)
-            log.warning("catalog: skipping tile %s: %s", row["tile_id"], hd)
+            skipped += 1
+            if skipped <= MAX_WARNINGS:
+                log.warning("catalog: skipping tile %s: %s", row["tile_id"], hd)
             continue
         row.update({k: hd[k] for k in ("bands", "width", "height", "crs", "dtype")})
         row["geometry"] = box(*hd["bounds"]).wkt
         row["n_buildings"] = _count_or_problem(row[LABELS], problems)  # None: unknown, not zero
         rows.append(row)
+    if skipped > MAX_WARNINGS:
+        log.warning("catalog: %d more unreadable tile image(s) skipped (%d in all; each is listed in the catalog's "
+                    "problems)", skipped - MAX_WARNINGS, skipped)
     no_labels = sum(1 for r in rows if r[LABELS] is None)
     if no_labels:
         log.info("catalog: %d of %d tile(s) have no labels file: unlabelled (labels=None, n_buildings=NA)",
@@ -276,39 +422,80 @@ def _cache_file(root: Path) -> Path:
     return cache_dir() / "catalogs" / f"{key}.json"
 
 
-def load_catalog(root: str | os.PathLike, refresh: bool = False) -> gpd.GeoDataFrame:
+def _no_tiles(root: Path, report: ScanReport, note: str) -> CatalogError:
+    skipped = "".join(f" ({path}: {msg})" for path, msg in list(report.bad_names.items())[:1])
+    scanned = f" (in the part scanned: {note})" if note else ""
+    return CatalogError(f"{root}: no SpaceNet tiles found{scanned}{skipped}. Looked for {PATTERN_HELP}")
+
+
+def _from_cache(cache: Path, root: Path, fingerprint: str, attrs: dict) -> gpd.GeoDataFrame | None:
+    """The cached table if the cache file is current, else None (an unreadable cache is logged and ignored)."""
+    if not cache.exists():
+        return None
+    try:
+        data = json.loads(cache.read_text())
+        if data.get("version") == CACHE_VERSION and data.get("root") == str(root) and data.get("fingerprint") == fingerprint:
+            return _frame(data["rows"], {**attrs, "from_cache": True,
+                                         "problems": {**attrs["problems"], **data.get("problems", {})}})
+    except (OSError, ValueError, KeyError, TypeError, OverflowError) as exc:
+        log.warning("catalog: ignoring unreadable cache %s (%s)", cache, exc)
+    return None
+
+
+def load_catalog(root: str | os.PathLike, refresh: bool = False, limits: ScanLimits | None = None) -> gpd.GeoDataFrame:
     """The tile table of an AOI folder (see module docstring). Served from the on-disk cache when no matching file
-    changed (``attrs["from_cache"]``); ``refresh=True`` forces a rescan."""
+    changed (``attrs["from_cache"]``); ``refresh=True`` forces a rescan. The walk is bounded by ``limits``
+    (``ScanLimits()``); what it left out is one line in ``attrs["scan"]`` ("" when nothing), also logged."""
     root = Path(root).expanduser()
     if not root.exists():
         raise CatalogError(f"{root}: no such folder; point at a SpaceNet 2 AOI folder (or run `python -m bdcore demo`)")
     if not root.is_dir():
         raise CatalogError(f"{root}: is a file, expected a SpaceNet 2 AOI folder")
     root = root.resolve()
-    found, fingerprint = _scan(root)
+    limits = limits or ScanLimits()
+    found, fingerprint, report = _scan(root, limits)
+    note = report.message(root, limits)
+    for path, msg in report.bad_names.items():
+        log.warning("catalog: %s: %s", path, msg)
     if not any(set(f.files) & set(PRODUCTS) for f in found.values()):
-        raise CatalogError(f"{root}: no SpaceNet tiles found. Looked for {PATTERN_HELP}")
+        raise _no_tiles(root, report, note)
+    if note:
+        log.warning("catalog: %s", note)
+    attrs = {"root": str(root), "fingerprint": fingerprint, "scan": note, "problems": dict(report.bad_names)}
     cache = _cache_file(root)
-    if not refresh and cache.exists():
-        try:
-            data = json.loads(cache.read_text())
-            if data.get("version") == CACHE_VERSION and data.get("root") == str(root) and data.get("fingerprint") == fingerprint:
-                return _frame(data["rows"], {"root": str(root), "fingerprint": fingerprint, "from_cache": True,
-                                             "problems": data.get("problems", {})})
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            log.warning("catalog: ignoring unreadable cache %s (%s)", cache, exc)
+    cached = None if refresh else _from_cache(cache, root, fingerprint, attrs)
+    if cached is not None:
+        return cached
     rows, problems = _build(root, found)
     if not rows:
         raise CatalogError(
             f"{root}: found SpaceNet file names but no readable tile image ({len(problems)} unreadable: "
             f"{'; '.join(list(problems.values())[:3])}); re-download the images"
         )
-    try:
+    frame = _frame(rows, {**attrs, "from_cache": False, "problems": {**attrs["problems"], **problems}})
+    try:  # written only once the table is built: a failure above leaves no cache behind
         atomic_write_json(cache, {"version": CACHE_VERSION, "root": str(root), "fingerprint": fingerprint,
                                   "rows": rows, "problems": problems})
     except OSError as exc:
         log.warning("catalog: could not write cache %s (%s); continuing uncached", cache, exc)
-    return _frame(rows, {"root": str(root), "fingerprint": fingerprint, "from_cache": False, "problems": problems})
+    return frame
+
+
+def label_problems(cat: gpd.GeoDataFrame) -> dict[str, str]:
+    """Labels files of the catalog's tiles that training cannot use (unreadable, or holding a feature that is not a
+    (Multi)Polygon), path → message, all of them at once: found while the catalog was built (no file is re-read), so
+    a run can refuse or exclude them before it starts rather than fail when such a tile is first sampled."""
+    problems = cat.attrs.get("problems", {})
+    labels = {str(p) for p in cat[LABELS].dropna()} if LABELS in cat.columns else set()
+    return {path: msg for path, msg in problems.items() if path in labels}
+
+
+def tiles_with_bad_labels(cat: gpd.GeoDataFrame) -> list[str]:
+    """Tile ids whose labels file is in ``label_problems`` (what ``--exclude-tiles`` / an exclude option leaves out)."""
+    bad = label_problems(cat)
+    if not bad or LABELS not in cat.columns:
+        return []
+    return [str(t) for t, path in cat[LABELS].items() if path is not None and str(path) in bad]
 
 
 def product_path(row, product: str) -> Path:
@@ -391,4 +578,6 @@ def summary(cat: gpd.GeoDataFrame) -> dict:
         "bounds": b,
         "per_aoi": per_aoi,
         "problems": dict(cat.attrs.get("problems", {})),
+        "bad_labels": sorted(label_problems(cat)),
+        "scan": cat.attrs.get("scan", ""),
     }

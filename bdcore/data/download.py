@@ -5,8 +5,11 @@ Two ways, both resumable (``*.part`` + HTTP Range) and size-verified, standard l
 - ``method="tarball"``: ``<base>/tarballs/SN2_buildings_train_<AOI>.tar.gz``. The archive holds the original release
   layout (``AOI_3_Paris_Train/{RGB-PanSharpen,MUL-PanSharpen,MUL,PAN,geojson/buildings,summaryData}/``); only the
   requested products (and ``summaryData``) are extracted, into a staging folder first, so an archive with a member
-  escaping the destination (``../``, absolute path, link pointing outside, device file) is rejected with nothing
-  written. Bucket-style folder names (``PS-RGB/``, ``geojson_buildings/``) inside an archive are accepted too.
+  escaping the destination (``../``, absolute path), any link, device file or other member that is not a file or a
+  folder, or one that expands past ``expansion_limit`` (20x its size, at most a whole AOI's expected size) is
+  rejected with nothing written. Bucket-style folder names (``PS-RGB/``, ``geojson_buildings/``) inside an archive
+  are accepted too. The marker that makes the next call skip the download is written last, after ``verify`` (the
+  CLI builds the catalog) succeeded.
 - ``method="files"``: objects under ``<base>/train/<AOI>/<product>/`` listed with S3 ListObjectsV2
   (``?list-type=2&prefix=...``, following continuation tokens), saved as ``<dest>/<AOI>/<product>/<name>``.
 
@@ -30,7 +33,7 @@ import time
 import uuid
 import xml.etree.ElementTree as ET
 from pathlib import Path, PurePosixPath
-from typing import Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 from urllib.error import HTTPError, URLError
 from urllib.parse import quote, urlencode, urlsplit
 from urllib.request import Request, urlopen
@@ -62,6 +65,15 @@ METHODS = ("tarball", "files")
 RETRY_HTTP = {408, 429, 500, 502, 503, 504}
 USER_AGENT = "bdcore-download/1 (+urllib)"
 MARKER = ".bdcore_download.json"
+# Extraction bounds. Bytes per tile of each product, uncompressed (650x650 uint16 PS-RGB 3 bands, PS-MS 8 bands, PAN
+# 1 band; 163x163 uint16 MS 8 bands; a dense labels file), with headroom; the largest AOI (Vegas) has 3,851 tiles.
+EXPECTED_TILE_BYTES = {"PS-RGB": 3_000_000, "PS-MS": 8_000_000, "MS": 600_000, "PAN": 1_000_000,
+                       LABELS_PRODUCT: 500_000}
+MAX_AOI_TILES = 4_000
+MAX_EXPANDED_BYTES = 2 * MAX_AOI_TILES * sum(EXPECTED_TILE_BYTES.values())  # ~105 GB: a whole AOI, twice over
+MAX_EXPANSION_RATIO = 20  # GeoTIFF imagery compresses ~2x; a bomb (2 MB -> 2 GiB) ~1000x
+MIN_EXPANSION_LIMIT = 64 << 20  # small archives may expand more than 20x (headers, tiny or blank files)
+MEMBER_TYPES = (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.DIRTYPE)
 
 
 class DownloadError(ValueError):
@@ -330,7 +342,9 @@ def list_objects(base_url: str, prefix: str, *, retries: int = 5, backoff: float
 
 
 def _check_member(m: tarfile.TarInfo, archive: Path) -> PurePosixPath:
-    """Member path relative to the destination, or ``UnsafeArchiveError``."""
+    """Member path relative to the destination, or ``UnsafeArchiveError``. Only regular files and folders pass: a
+    link is refused wherever it points (lexically inside is not enough: ``a -> .`` then ``a/b -> ../..`` chains out
+    through the first link), as is every other member type (device, fifo, sparse file, ...)."""
     name = m.name.replace("\\", "/")
 
     def bad(why: str) -> UnsafeArchiveError:
@@ -342,17 +356,26 @@ def _check_member(m: tarfile.TarInfo, archive: Path) -> PurePosixPath:
     norm = posixpath.normpath(name)
     if norm == ".." or norm.startswith("../") or ".." in PurePosixPath(name).parts:
         raise bad("path escapes the destination")
+    if m.issym() or m.islnk():
+        raise bad(_link_problem(m, norm))
     if m.isdev() or m.isfifo():
         raise bad("device or fifo")
-    if m.issym() or m.islnk():
-        link = m.linkname.replace("\\", "/")
-        if link.startswith("/") or (len(link) > 1 and link[1] == ":"):
-            raise bad(f"link to absolute path {m.linkname!r}")
-        base = posixpath.dirname(norm) if m.issym() else ""
-        target = posixpath.normpath(posixpath.join(base, link))
-        if target == ".." or target.startswith("../"):
-            raise bad(f"link target {m.linkname!r} is outside the destination")
+    if m.type not in MEMBER_TYPES:
+        raise bad(f"member type {m.type!r}; only files and folders are extracted")
     return PurePosixPath(norm)
+
+
+def _link_problem(m: tarfile.TarInfo, norm: str) -> str:
+    """Why a link member is refused: its target is outside the destination, or it is a link at all."""
+    link = m.linkname.replace("\\", "/")
+    kind = "symlink" if m.issym() else "hard link"
+    if link.startswith("/") or (len(link) > 1 and link[1] == ":"):
+        return f"link to absolute path {m.linkname!r}"
+    base = posixpath.dirname(norm) if m.issym() else ""
+    target = posixpath.normpath(posixpath.join(base, link))
+    if target == ".." or target.startswith("../"):
+        return f"link target {m.linkname!r} is outside the destination"
+    return f"{kind} to {m.linkname!r}; only files and folders are extracted (SpaceNet archives hold no links)"
 
 
 def _wanted(rel: PurePosixPath, products: Sequence[str] | None) -> bool:
@@ -377,38 +400,62 @@ def _merge(src: Path, dst: Path) -> None:
         os.replace(src, dst)
 
 
+def expansion_limit(archive_size: int) -> int:
+    """Most bytes an archive of ``archive_size`` bytes may expand to: ``MAX_EXPANSION_RATIO`` times its size (at least
+    ``MIN_EXPANSION_LIMIT``, for small archives of tiny files), never more than ``MAX_EXPANDED_BYTES`` (a whole AOI
+    with every product, from the expected product sizes)."""
+    return min(MAX_EXPANDED_BYTES, max(MIN_EXPANSION_LIMIT, MAX_EXPANSION_RATIO * archive_size))
+
+
+def _expansion_error(archive: Path, total: int, limit: int) -> DownloadError:
+    size = archive.stat().st_size
+    return DownloadError(
+        f"{archive}: expands to more than {limit:,} bytes (members so far add up to {total:,} bytes, from a "
+        f"{size:,}-byte archive; a "
+        f"SpaceNet 2 AOI tarball expands to at most {MAX_EXPANSION_RATIO}x its size and {MAX_EXPANDED_BYTES:,} bytes); "
+        "refusing it as corrupt or hostile, nothing was extracted: delete it and download again")
+
+
 def safe_extract(archive: str | os.PathLike, dest: str | os.PathLike,
-                 products: Sequence[str] | None = None) -> list[Path]:
+                 products: Sequence[str] | None = None, max_bytes: int | None = None) -> list[Path]:
     """Extract ``archive`` (tar, any compression, streamed) into ``dest``; return the top-level paths written.
 
     Every member is checked before anything is written; extraction happens in a staging folder inside ``dest``
     that is merged into place only once the whole archive was read, so a bad member leaves ``dest`` untouched.
-    ``products`` limits extraction to those products' folders (plus ``summaryData``).
+    ``products`` limits extraction to those products' folders (plus ``summaryData``). The members' sizes, extracted
+    or not, may add up to ``max_bytes`` (default ``expansion_limit`` of the archive's size); past it, DownloadError.
     """
     archive, dest = Path(archive), Path(dest).absolute()
+    limit = expansion_limit(archive.stat().st_size) if max_bytes is None else max_bytes
     dest.mkdir(parents=True, exist_ok=True)
     staging = dest / f".bdcore-extract-{uuid.uuid4().hex[:8]}"
     staging.mkdir()
     try:
-        try:
-            with tarfile.open(archive, mode="r|*") as tar:
-                for m in tar:
-                    rel = _check_member(m, archive)
-                    if not _wanted(rel, products):
-                        continue
-                    if m.islnk() and not _wanted(PurePosixPath(posixpath.normpath(m.linkname)), products):
-                        continue
-                    tar.extract(m, staging, filter="data")  # second line of defence (PEP 706)
-        except (tarfile.TarError, EOFError, OSError) as exc:
-            if isinstance(exc, tarfile.FilterError):
-                raise UnsafeArchiveError(f"{archive}: unsafe member ({exc}); nothing was extracted") from None
-            raise DownloadError(f"{archive}: cannot read the archive ({exc}); delete it and download again") from None
+        _extract_members(archive, staging, products, limit)
         tops = sorted(staging.iterdir())
         for top in tops:
             _merge(top, dest / top.name)
         return [dest / t.name for t in tops]
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _extract_members(archive: Path, staging: Path, products: Sequence[str] | None, limit: int) -> None:
+    """Stream ``archive`` into ``staging``: every member checked, the wanted ones written, the total size capped."""
+    total = 0
+    try:
+        with tarfile.open(archive, mode="r|*") as tar:
+            for m in tar:
+                rel = _check_member(m, archive)
+                total += m.size
+                if total > limit:
+                    raise _expansion_error(archive, total, limit)
+                if _wanted(rel, products):
+                    tar.extract(m, staging, filter="data")  # second line of defence (PEP 706)
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        if isinstance(exc, tarfile.FilterError):
+            raise UnsafeArchiveError(f"{archive}: unsafe member ({exc}); nothing was extracted") from None
+        raise DownloadError(f"{archive}: cannot read the archive ({exc}); delete it and download again") from None
 
 
 # ----------------------------------------------------------------------------------------------- AOI download
@@ -437,12 +484,23 @@ def _downloaded_root(dest: Path, aoi: str, url: str, products: Sequence[str]) ->
     return None
 
 
+def _verified(root: Path, verify: Callable[[Path], Any] | None, kept: str) -> None:
+    """Run ``verify(root)`` (e.g. build the catalog); its ValueError becomes a DownloadError saying what was kept."""
+    if verify is None:
+        return
+    try:
+        verify(root)
+    except ValueError as exc:
+        raise DownloadError(f"downloaded into {root}, but it is not usable: {exc}; not marked as done, {kept}") from None
+
+
 def _download_tarball(aoi: str, products: Sequence[str], dest: Path, base_url: str, progress: bool,
-                      keep_archive: bool, opts: dict) -> Path:
+                      keep_archive: bool, opts: dict, verify: Callable[[Path], Any] | None = None) -> Path:
     url = tarball_url(base_url, aoi)
     done = _downloaded_root(dest, aoi, url, products)
     if done is not None:
         log.info("%s already downloaded in %s", aoi, done)
+        _verified(done, verify, f"delete {done / MARKER} to download it again")
         return done
     archive = dest / ".downloads" / url.rsplit("/", 1)[1]
     log.info("downloading %s", url)
@@ -450,6 +508,9 @@ def _download_tarball(aoi: str, products: Sequence[str], dest: Path, base_url: s
     log.info("extracting %s (%s)", archive.name, ", ".join(products))
     tops = safe_extract(archive, dest, products)
     root = _find_root(dest, aoi, tops)
+    _verified(root, verify, f"the archive is kept at {archive}: the same command extracts it again without "
+                            "downloading (delete it to download again)")
+    # The marker makes the next call return at once, so it is written only after everything above succeeded.
     atomic_write_json(root / MARKER, {"url": url, "products": list(products), "aoi": aoi,
                                       "archive_size": archive.stat().st_size})
     if not keep_archive:
@@ -458,7 +519,7 @@ def _download_tarball(aoi: str, products: Sequence[str], dest: Path, base_url: s
 
 
 def _download_files(aoi: str, products: Sequence[str], dest: Path, base_url: str, progress: bool,
-                    opts: dict) -> Path:
+                    opts: dict, verify: Callable[[Path], Any] | None = None) -> Path:
     root = dest / aoi
     for product in products:
         objects = list_objects(base_url, f"train/{aoi}/{product}/", **opts)
@@ -468,16 +529,19 @@ def _download_files(aoi: str, products: Sequence[str], dest: Path, base_url: str
         for key, size in tqdm(objects, desc=product, unit="file", disable=not progress):
             fetch(object_url(base_url, key), root / product / key.rsplit("/", 1)[1], expected_size=size,
                   progress=False, **opts)
+    _verified(root, verify, "the same command checks the files again and fetches only what is missing")
     return root
 
 
 def download_aoi(aoi: str = "paris", products: str | Sequence[str] = DEFAULT_PRODUCTS,
                  dest: str | os.PathLike | None = None, base_url: str = DEFAULT_BASE_URL, method: str = "tarball",
                  *, progress: bool = True, keep_archive: bool = False, retries: int = 5,
-                 backoff: float = 1.0, timeout: float = 60.0) -> Path:
+                 backoff: float = 1.0, timeout: float = 60.0, verify: Callable[[Path], Any] | None = None) -> Path:
     """Download one SpaceNet 2 training AOI and return its folder (what ``catalog.load_catalog`` takes).
 
-    ``method``: one of ``METHODS`` (see the module docstring). Nothing is fetched again that is already there."""
+    ``method``: one of ``METHODS`` (see the module docstring). Nothing is fetched again that is already there.
+    ``verify(root)`` (the CLI builds the catalog) runs before a tarball download is marked as done; its ValueError
+    becomes a DownloadError, no marker is written and the archive is kept, so the next call extracts it again."""
     aoi = resolve_aoi(aoi)
     products = parse_products(products)
     if method not in METHODS:
@@ -487,5 +551,5 @@ def download_aoi(aoi: str = "paris", products: str | Sequence[str] = DEFAULT_PRO
     _split_base(base_url)
     opts = dict(retries=retries, backoff=backoff, timeout=timeout)
     if method == "tarball":
-        return _download_tarball(aoi, products, dest, base_url, progress, keep_archive, opts)
-    return _download_files(aoi, products, dest, base_url, progress, opts)
+        return _download_tarball(aoi, products, dest, base_url, progress, keep_archive, opts, verify)
+    return _download_files(aoi, products, dest, base_url, progress, opts, verify)

@@ -15,9 +15,10 @@ import json
 import logging
 import os
 import warnings
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import rasterio
@@ -66,6 +67,25 @@ def open_geotiff(path: str | os.PathLike, check_pixels: bool = False, error: typ
             src.close()
             raise pixel_read_error(path, exc, error) from None
     return src
+
+
+GDAL_LOGGERS = ("rasterio._env", "rasterio._err")
+
+
+@contextmanager
+def quiet_gdal() -> Iterator[None]:
+    """Silence GDAL's own log lines ("GDAL signalled an error: ...", logged by rasterio per failed open) while many
+    files are checked whose failures the caller reports itself (``open_geotiff`` turns each into one message): a
+    folder of 20,000 empty .tif files would otherwise print 20,000 lines."""
+    loggers = [logging.getLogger(name) for name in GDAL_LOGGERS]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
 
 
 def pixel_read_error(path: str | os.PathLike, exc: BaseException, error: type[ValueError] = ImageryError) -> ValueError:

@@ -15,7 +15,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import geopandas as gpd
 import numpy as np
@@ -70,6 +70,46 @@ def _polygonal(geom: BaseGeometry) -> BaseGeometry:
     return polys[0] if len(polys) == 1 else MultiPolygon(polys)
 
 
+def feature_list(fc: Any) -> list:
+    """The ``features`` of a parsed GeoJSON FeatureCollection (a missing member = no features); ValueError saying
+    what is wrong otherwise (the caller adds the file name and the fix)."""
+    if not isinstance(fc, dict):
+        return _not_a_collection(f"a JSON {type(fc).__name__}")
+    if fc.get("type") != "FeatureCollection":
+        return _not_a_collection(f"an object of type {fc.get('type')!r}")
+    feats = fc.get("features", [])
+    if not isinstance(feats, list):
+        what = "null" if feats is None else f"a JSON {type(feats).__name__}"
+        raise ValueError(f'"features" is {what}, expected a list of Feature objects ([] for a tile without buildings)')
+    return feats
+
+
+def _not_a_collection(got: str) -> list:
+    raise ValueError(f"expected a GeoJSON FeatureCollection, got {got}")
+
+
+POLYGONAL = ("Polygon", "MultiPolygon")
+
+
+def geometry_problem(feat: Any) -> str | None:
+    """Why one GeoJSON feature cannot be a building footprint (not a Feature object, a Point/LineString/…, no
+    coordinates), or None: the cheap structural check the catalog runs on every feature (no geometry is built;
+    ``read_buildings`` does the full check). A feature with a null geometry is fine (it is skipped)."""
+    if not isinstance(feat, dict):
+        return "is not a GeoJSON Feature object"
+    gj = feat.get("geometry")
+    if gj is None:
+        return None
+    if not isinstance(gj, dict):
+        return f"has a geometry that is a JSON {type(gj).__name__}, not a GeoJSON geometry object"
+    kind = gj.get("type")
+    if kind not in POLYGONAL:
+        return f"is a {kind}, expected a (Multi)Polygon building footprint"
+    if not isinstance(gj.get("coordinates"), list):
+        return "has no coordinate list"
+    return None
+
+
 def read_buildings(path: str | os.PathLike, crs: str | CRS | None = "EPSG:4326", on_invalid: str = "repair") -> gpd.GeoDataFrame:
     """Read a SpaceNet buildings GeoJSON as 2-D (Multi)Polygons in ``crs`` (None = keep the file's CRS).
 
@@ -88,14 +128,15 @@ def read_buildings(path: str | os.PathLike, crs: str | CRS | None = "EPSG:4326",
         raise LabelError(f"{path}: not readable GeoJSON ({exc}); re-download the labels file") from exc
     if isinstance(fc, dict) and fc.get("type") == "Feature":
         fc = {"type": "FeatureCollection", "features": [fc]}
-    if not isinstance(fc, dict) or fc.get("type") != "FeatureCollection" or not isinstance(fc.get("features", []), list):
-        raise LabelError(f"{path}: expected a GeoJSON FeatureCollection, got {type(fc).__name__} "
-                         f"{str(fc.get('type')) if isinstance(fc, dict) else ''}; re-download the labels file")
+    try:
+        feats = feature_list(fc)
+    except ValueError as exc:
+        raise LabelError(f"{path}: {exc}; re-download the labels file") from None
     src_crs = _file_crs(fc, path)
 
     geoms: list[BaseGeometry] = []
     rows: list[dict] = []
-    for i, feat in enumerate(fc.get("features") or []):
+    for i, feat in enumerate(feats):
         if not isinstance(feat, dict):
             raise LabelError(f"{path}: feature {i} is not a GeoJSON Feature object")
         gj = feat.get("geometry")
@@ -230,4 +271,5 @@ def pixel_polygons(gdf, transform: Affine) -> list[Polygon]:
 
 __all__: Sequence[str] = (
     "LabelError", "read_buildings", "rasterize", "instance_map", "boundary_band", "tile_mask", "pixel_polygons",
+    "feature_list", "geometry_problem",
 )

@@ -277,6 +277,16 @@ UNSAFE = {
     "symlink_abs": [(_member("AOI_3_Paris_Train/RGB-PanSharpen/passwd", tarfile.SYMTYPE, "/etc/passwd"), None)],
     "hardlink_out": [(_member("AOI_3_Paris_Train/RGB-PanSharpen/h", tarfile.LNKTYPE, "../outside.txt"), None)],
     "device": [(_member("AOI_3_Paris_Train/RGB-PanSharpen/dev", tarfile.CHRTYPE), None)],
+    # Each link lexically inside; together they lead out: a -> . makes a/b -> ../.. point at dest/..
+    "symlink_chain": [(_member("AOI_3_Paris_Train/RGB-PanSharpen/a", tarfile.SYMTYPE, "."), None),
+                      (_member("AOI_3_Paris_Train/RGB-PanSharpen/a/b", tarfile.SYMTYPE, "../.."), None),
+                      (_member("AOI_3_Paris_Train/RGB-PanSharpen/a/b/evil.txt"), b"pwned")],
+    "symlink_inside": [(_member("AOI_3_Paris_Train/RGB-PanSharpen/l.tif", tarfile.SYMTYPE,
+                                "RGB-PanSharpen_AOI_3_Paris_img1.tif"), None)],
+    "hardlink_inside": [(_member("AOI_3_Paris_Train/RGB-PanSharpen/h.tif", tarfile.LNKTYPE,
+                                 "AOI_3_Paris_Train/RGB-PanSharpen/RGB-PanSharpen_AOI_3_Paris_img1.tif"), None)],
+    "fifo": [(_member("AOI_3_Paris_Train/RGB-PanSharpen/f", tarfile.FIFOTYPE), None)],
+    "sparse": [(_member("AOI_3_Paris_Train/RGB-PanSharpen/s.tif", tarfile.GNUTYPE_SPARSE), b"x")],
 }
 
 
@@ -292,6 +302,51 @@ def test_unsafe_archives_are_rejected_with_nothing_written(case, tmp_path):
         dl.safe_extract(archive, dest, products=("PS-RGB",))
     assert sorted(p for p in tmp_path.rglob("*")) == before, "something was written"
     assert not Path("/tmp/bdcore-evil.txt").exists()
+
+
+@pytest.mark.parametrize("case", ["symlink_chain", "symlink_inside", "hardlink_inside", "fifo", "sparse"])
+def test_own_member_check_refuses_links_and_odd_types(case):
+    """Refused by ``_check_member`` itself, not only by tarfile's "data" filter (the second line of defence)."""
+    info = UNSAFE[case][0][0]
+    with pytest.raises(dl.UnsafeArchiveError, match="only files and folders are extracted|device or fifo"):
+        dl._check_member(info, Path("a.tar.gz"))
+
+
+def test_expansion_is_capped(tmp_path):
+    """An archive whose members add up to more than the limit is refused before anything lands in ``dest``."""
+    assert dl.expansion_limit(2 << 20) == dl.MIN_EXPANSION_LIMIT  # 2 MB archive: 64 MiB, not 2 GiB
+    assert dl.expansion_limit(1 << 30) == 20 << 30
+    assert dl.expansion_limit(1 << 40) == dl.MAX_EXPANDED_BYTES
+    members = [(_member(f"AOI_3_Paris_Train/RGB-PanSharpen/RGB-PanSharpen_AOI_3_Paris_img{i}.tif"), bytes(4000))
+               for i in range(5)]
+    archive = tmp_path / "a.tar.gz"
+    archive.write_bytes(_tarball(members))
+    dest = tmp_path / "dest"
+    with pytest.raises(dl.DownloadError, match=r"expands to more than 10,000 bytes \(members so far add up to 12,000 bytes"):
+        dl.safe_extract(archive, dest, max_bytes=10_000)
+    assert list(dest.iterdir()) == []
+    assert len(dl.safe_extract(archive, dest, max_bytes=20_000)) == 1  # within the limit: extracted
+
+
+def test_marker_only_after_the_catalog_was_built(bucket, paris_tarball, tmp_path):
+    """A download whose folder fails ``verify`` is not marked done: the next call extracts the kept archive again
+    (no network) and, once ``verify`` passes, marks it."""
+    bucket.objects[TARBALL_KEY] = paris_tarball
+    dest = tmp_path / "data"
+
+    def broken(root: Path) -> None:
+        raise ValueError(f"{root}: no SpaceNet tiles found")
+
+    with pytest.raises(dl.DownloadError, match="not usable: .*no SpaceNet tiles found; not marked as done, the archive "
+                                               "is kept at .*tar.gz: the same command extracts it again"):
+        dl.download_aoi("paris", dest=dest, base_url=bucket.base_url, verify=broken, **FAST)
+    root = dest / "AOI_3_Paris_Train"
+    assert not (root / dl.MARKER).exists() and (dest / ".downloads" / TARBALL_KEY.rsplit("/", 1)[1]).is_file()
+    n = len(bucket.log)
+    seen = []
+    assert dl.download_aoi("paris", dest=dest, base_url=bucket.base_url, verify=seen.append, **FAST) == root
+    assert len(bucket.log) == n and seen == [root]  # re-extracted from the kept archive, verified, marked
+    assert (root / dl.MARKER).is_file() and not (dest / ".downloads" / TARBALL_KEY.rsplit("/", 1)[1]).exists()
 
 
 def test_download_rejects_a_tarball_with_a_dotdot_member(bucket, tmp_path):
