@@ -7,7 +7,7 @@ import pytest
 
 import synth
 from bdcore.data.catalog import load_catalog
-from bdcore.data.dataset import SpaceNetSegmentation
+from bdcore.data.dataset import SampleSpec, SpaceNetSegmentation
 from bdcore.engine.validate import truth_polygons
 
 
@@ -21,7 +21,7 @@ def aoi(tmp_path_factory):
 
 def test_whole_tiles_use_the_label_file(aoi):
     cat = load_catalog(aoi.root)
-    ds = SpaceNetSegmentation(cat, aoi.tile_ids, crop_size=None, cache=False, samples_per_tile=2)
+    ds = SpaceNetSegmentation(cat, aoi.tile_ids, SampleSpec(crop_size=None, samples_per_tile=2), cache=False)
     truth = np.zeros((1, 64, 64), np.float32)  # ignored: the label file is exact
     tile = aoi.tiles[0]
     for index in (0, 1):  # both samples of tile 0
@@ -35,7 +35,7 @@ def test_whole_tiles_use_the_label_file(aoi):
 
 def test_crops_and_other_datasets_trace_the_mask(aoi):
     cat = load_catalog(aoi.root)
-    ds = SpaceNetSegmentation(cat, aoi.tile_ids[:1], crop_size=32, cache=False)
+    ds = SpaceNetSegmentation(cat, aoi.tile_ids[:1], SampleSpec(crop_size=32), cache=False)
     mask = np.zeros((1, 32, 32), np.float32)
     mask[0, 2:10, 2:12] = 1
     mask[0, 20:30, 20:28] = 1
