@@ -17,6 +17,7 @@ from typing import Any, Callable, Protocol
 import numpy as np
 import torch
 
+from bdcore.engine.device import resolve_device
 from bdcore.data.products import products_with_bands
 from bdcore.engine import models
 from bdcore.engine.config import RunConfig
@@ -133,17 +134,6 @@ class ArraySource:
 # ------------------------------------------------------------------------------------------------ Predictor
 
 
-def resolve_device(device: str = "auto") -> str:
-    device = (device or "auto").lower()
-    if device == "auto":
-        if torch.cuda.is_available():
-            return "cuda"
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return "mps"
-        return "cpu"
-    return device
-
-
 class Predictor:
     """A model ready for inference: normalisation, padding to the encoder stride, batching, flip TTA, blending.
 
@@ -152,7 +142,7 @@ class Predictor:
 
     def __init__(self, model: torch.nn.Module, in_channels: int, normalization: Normalization | None = None,
                  device: str = "auto", product: str | None = None, batch_size: int = 4, stride: int = 32):
-        self.device = resolve_device(device)
+        self.device = str(resolve_device(device))  # the one device rule (engine.device): a missing GPU is an error
         self.model = model.to(self.device).eval()
         self.in_channels = int(in_channels)
         self.normalization = normalization or Normalization()
