@@ -33,7 +33,7 @@ from bdcore.paths import runs_dir
 
 ACTIVE_STATES = ("queued", "running")
 TRAIN_MODULE = "bdcore.engine.train"
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,79}")  # used with fullmatch: "$" would accept a trailing newline
 
 # Popen objects of runs launched by this process, so finished children are reaped (no zombies in a long-lived app).
 _CHILDREN: dict[int, subprocess.Popen] = {}
@@ -47,7 +47,7 @@ class RunError(ValueError):
 
 
 def validate_run_name(name: str) -> str:
-    if not isinstance(name, str) or not _NAME_RE.match(name) or ".." in name:
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name) or ".." in name:
         raise RunError(
             f"invalid run name {name!r}: use 1-80 letters, digits, '.', '_' or '-' (no '/', no '..', "
             "not starting with '.' or '-')"

@@ -129,7 +129,7 @@ def test_create_run_default_name_and_validation(tmp_path):
     a = runs.create_run(_cfg(), root=tmp_path)
     b = runs.create_run(_cfg(), root=tmp_path)
     assert a != b and a.name.endswith("unet-resnet18") and b.parent == tmp_path
-    for bad in ("../escape", "a/b", "..", ".hidden", "", "x" * 200):
+    for bad in ("../escape", "a/b", "..", ".hidden", "", "x" * 200, "run\n"):  # "run\n": no trailing newline
         with pytest.raises(RunError, match="invalid run name"):
             runs.create_run(_cfg(), name=bad, root=tmp_path)
     assert not (tmp_path.parent / "escape").exists()
