@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-WHICH = ("best", "last")
+WHICH = RunDir.CHECKPOINTS  # "best" / "last": the run folder names its checkpoints
 
 
 class EvaluationError(ValueError):
@@ -55,12 +55,11 @@ class EvaluationError(ValueError):
 
 
 def checkpoint_path(run_dir: str | os.PathLike, which: str = "best") -> Path:
-    run_dir = Path(run_dir)
     if which not in WHICH:
         raise EvaluationError(f"which must be one of {', '.join(WHICH)}, got {which!r}")
-    path = run_dir / f"{which}.pt"
+    path = RunDir(run_dir).checkpoint(which)
     if not path.is_file():
-        other = [w for w in WHICH if (run_dir / f"{w}.pt").is_file()]
+        other = available_checkpoints(run_dir)
         hint = f"; {other[0]}.pt exists: use which={other[0]!r}" if other else "; let the run finish an epoch first"
         raise EvaluationError(f"{path} not found{hint}")
     return path
@@ -68,12 +67,12 @@ def checkpoint_path(run_dir: str | os.PathLike, which: str = "best") -> Path:
 
 def available_checkpoints(run_dir: str | os.PathLike) -> list[str]:
     """The ``WHICH`` checkpoints a run folder has (``["best", "last"]``, ``["last"]``, ``[]``)."""
-    return [w for w in WHICH if (Path(run_dir) / f"{w}.pt").is_file()]
+    return list(RunDir(run_dir).checkpoints())
 
 
 def checkpoints_of(run_dirs: Iterable[str | os.PathLike]) -> dict[str, Path]:
     """``"<run> · best.pt"`` → path for every best.pt / last.pt found in the given run folders."""
-    return {f"{Path(d).name} · {w}.pt": Path(d) / f"{w}.pt" for d in run_dirs for w in available_checkpoints(d)}
+    return {f"{Path(d).name} · {p.name}": p for d in run_dirs for p in RunDir(d).checkpoints().values()}
 
 
 def checkpoint_key(path: str | os.PathLike, head_bytes: int = 1 << 20) -> str:
