@@ -104,9 +104,29 @@ def _catalog(root: str, _token: int):
     return load_catalog(resolve_root(root))
 
 
+def _write_demo_with_progress() -> None:
+    """On a fresh machine the demo AOI is written on first use (a few seconds): show a progress bar meanwhile.
+    Outside the cached catalog function, so the bar is not replayed on later runs."""
+    from bdcore.data.demo import default_demo_path, demo_root, is_complete
+
+    if is_complete(default_demo_path()):
+        return
+    bar = st.progress(0.0, text="First start: writing the synthetic demo AOI…")
+
+    def progress(done: int, total: int) -> None:
+        bar.progress(done / total, text=f"First start: writing the synthetic demo AOI ({done}/{total})…")
+
+    try:
+        demo_root(progress=progress)
+    finally:
+        bar.empty()
+
+
 def get_catalog(root: str | None = None):
     """The catalog of the picked dataset, or an st.error and stop."""
     root = root or current_root()
+    if root in ("", DEMO):
+        _write_demo_with_progress()
     try:
         cat = _catalog(root, st.session_state.get("catalog_token", 0))
     except USER_ERRORS as exc:

@@ -58,12 +58,17 @@ def _cmd_catalog(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from bdcore.data.demo import demo_root, write_demo_aoi  # 0.3 s (rasterio, shapely, scipy, cv2)
+    from bdcore.data.demo import default_demo_path, demo_root, is_complete, write_demo_aoi  # 0.3 s (rasterio, …)
+    from bdcore.progress import terminal_progress
 
-    if args.dest:
-        path = write_demo_aoi(args.dest, n_tiles=args.tiles, seed=args.seed)
-    else:
-        path = demo_root(n_tiles=args.tiles, seed=args.seed)
+    if not args.dest and is_complete(default_demo_path(args.tiles, args.seed)):
+        print(demo_root(n_tiles=args.tiles, seed=args.seed))  # already written: nothing to do
+        return 0
+    with terminal_progress("step", "writing the synthetic demo AOI") as progress:
+        if args.dest:
+            path = write_demo_aoi(args.dest, n_tiles=args.tiles, seed=args.seed, progress=progress)
+        else:
+            path = demo_root(n_tiles=args.tiles, seed=args.seed, progress=progress)
     print(path)
     return 0
 

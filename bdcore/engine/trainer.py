@@ -326,7 +326,7 @@ class Trainer:
             s.window_loss += loss
             s.window_steps += 1
             window_items += n_img
-            if s.step % cfg.log_every == 0:
+            if s.step % cfg.log_every == 0 or s.epoch_step == self.steps:  # at least once per epoch
                 now = time.time()
                 self.metrics.append({
                     "kind": "step", "epoch": s.epoch + 1, "step": s.step, "epoch_step": s.epoch_step,

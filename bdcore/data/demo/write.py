@@ -20,6 +20,7 @@ from shapely.geometry import Polygon
 from bdcore.data.demo.render import noise_fields, render_tile
 from bdcore.data.demo.scene import TILE, make_scene, tile_labels
 from bdcore.paths import cache_dir
+from bdcore.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -129,8 +130,11 @@ def _write_csv(path: Path, rows: list[list]) -> None:
     path.write_text(buf.getvalue())
 
 
-def _generate(root: Path, n_tiles: int, seed: int) -> None:
+def _generate(root: Path, n_tiles: int, seed: int, progress: Progress | None = None) -> None:
+    """Write the AOI into ``root``; ``progress(done, n_tiles + 1)`` after the scene and after each tile."""
     scene = make_scene(n_tiles, seed)
+    if progress:
+        progress(1, n_tiles + 1)
     fields = noise_fields(seed, scene)
     for folder in ("RGB-PanSharpen", "geojson/buildings", "summaryData"):
         (root / folder).mkdir(parents=True)
@@ -147,6 +151,8 @@ def _generate(root: Path, n_tiles: int, seed: int) -> None:
         r, c = divmod(k, scene.cols)
         manifest_tiles.append({"tile_id": tid, "image_id": f"{AOI}_{tid}", "row": r, "col": c,
                                "n_buildings": len(polys)})
+        if progress:
+            progress(k + 2, n_tiles + 1)
     _write_csv(root / SOLUTIONS_CSV, csv_rows)
     (root / MANIFEST).write_text(json.dumps({
         "synthetic": True, "generator": "bdcore.data.demo", "version": DEMO_VERSION, "seed": seed, "n_tiles": n_tiles,
@@ -171,7 +177,8 @@ def _temp_sibling(path: Path) -> Path:
     return path.parent / f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
-def write_demo_aoi(dest: str | os.PathLike, n_tiles: int = 24, seed: int = 0) -> Path:
+def write_demo_aoi(dest: str | os.PathLike, n_tiles: int = 24, seed: int = 0,
+                   progress: Progress | None = None) -> Path:
     """Write the synthetic AOI into ``dest`` (must not exist, or be empty) and return ``dest``.
 
     Written into a hidden sibling temp folder and renamed into place, so nobody sees half a demo.
@@ -183,7 +190,7 @@ def write_demo_aoi(dest: str | os.PathLike, n_tiles: int = 24, seed: int = 0) ->
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temp_sibling(dest)
     try:
-        _generate(tmp, int(n_tiles), int(seed))
+        _generate(tmp, int(n_tiles), int(seed), progress)
         if dest.exists():
             dest.rmdir()  # empty (checked above); fails loudly if someone filled it meanwhile
         os.rename(tmp, dest)
@@ -205,7 +212,7 @@ def is_complete(root: Path) -> bool:
     return (root / SYNTHETIC_README).is_file() and (root / MANIFEST).is_file()
 
 
-def demo_root(n_tiles: int = 24, seed: int = 0) -> Path:
+def demo_root(n_tiles: int = 24, seed: int = 0, progress: Progress | None = None) -> Path:
     """The default demo AOI under ``cache_dir()/demo``, written on first use.
 
     Safe with concurrent callers (two app sessions, a training run): each writes its own temp folder and the
@@ -225,7 +232,7 @@ def demo_root(n_tiles: int = 24, seed: int = 0) -> Path:
             pass
     tmp = _temp_sibling(root)
     try:
-        _generate(tmp, n_tiles, seed)
+        _generate(tmp, n_tiles, seed, progress)
         try:
             os.rename(tmp, root)
         except OSError:

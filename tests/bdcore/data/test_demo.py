@@ -228,3 +228,18 @@ def test_catalog_finds_every_demo_tile(aoi):
     for tid, row in cat.iterrows():
         assert row["PS-RGB"] is not None and Path(row["PS-RGB"]).is_file()
         assert int(row["n_buildings"]) == len(gpd.read_file(row["labels"]))
+
+
+def test_progress_reports_every_tile_and_cli_demo_is_a_no_op_once_written(tmp_path, monkeypatch, capsys):
+    seen: list[tuple[int, int]] = []
+    demo.write_demo_aoi(tmp_path / "p", n_tiles=3, seed=1, progress=lambda d, t: seen.append((d, t)))
+    assert seen == [(1, 4), (2, 4), (3, 4), (4, 4)]  # the scene, then each tile
+
+    monkeypatch.setenv("BDCORE_CACHE_DIR", str(tmp_path / "cache"))
+    assert cli_main(["demo", "--tiles", "1", "--seed", "3"]) == 0
+    root = Path(capsys.readouterr().out.strip())
+    assert demo.is_complete(root) and len(_tifs(root)) == 1
+    before = (root / demo.write.MANIFEST).stat().st_mtime_ns
+    assert cli_main(["demo", "--tiles", "1", "--seed", "3"]) == 0  # the README's set-up command, run again
+    assert Path(capsys.readouterr().out.strip()) == root
+    assert (root / demo.write.MANIFEST).stat().st_mtime_ns == before

@@ -162,6 +162,19 @@ def test_resume_is_exact(tiny_aoi, tmp_path, stop_step):
     assert len(ra) == 3 * 4 + 3
 
 
+def test_epochs_shorter_than_log_every_still_log_their_loss(tiny_aoi, tmp_path):
+    """A short run (3 steps per epoch, log_every 10) logs a step record at each epoch's end, so the Train page's
+    training-loss curve has points; the record averages the steps since the previous one."""
+    cfg = _tiny_cfg(tiny_aoi, epochs=2, steps_per_epoch=3, log_every=10)
+    train(cfg, tmp_path / "r")
+    recs = read_metrics(tmp_path / "r")
+    steps = [r for r in recs if r["kind"] == "step"]
+    assert [(r["epoch"], r["step"]) for r in steps] == [(1, 3), (2, 6)]
+    epochs = [r for r in recs if r["kind"] == "epoch"]
+    for st, ep in zip(steps, epochs):  # nothing logged before within the epoch: the window is the whole epoch
+        assert st["loss"] == pytest.approx(ep["loss"], rel=1e-6)
+
+
 def test_fresh_start_over_a_checkpoint_is_refused(tiny_aoi, tmp_path):
     cfg = _tiny_cfg(tiny_aoi, epochs=1, steps_per_epoch=2)
     train(cfg, tmp_path / "r")
