@@ -109,10 +109,12 @@ if submitted:
             from bdcore.data.catalog import labelled_tiles
 
             labelled_tiles(catalog, cfg.product)
-        run_dir = runs.create_run(cfg, name=name.strip() or None)
-        pid = runs.launch(run_dir)
+        run_dir, pid = runs.start_run(cfg, name=name.strip() or None)
         st.session_state["train_selected"] = run_dir.name
-        st.success(f"Started run **{run_dir.name}** (pid {pid}). It keeps running if you close the browser.")
+        if pid is None:  # the same form sent twice (Enter, then a click): one run
+            st.info(f"Run **{run_dir.name}** with these settings was started a moment ago; not starting a second one.")
+        else:
+            st.success(f"Started run **{run_dir.name}** (pid {pid}). It keeps running if you close the browser.")
     except USER_ERRORS as exc:
         st.error(f"Could not start the run: {exc}")
 

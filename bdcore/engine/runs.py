@@ -15,6 +15,8 @@ from __future__ import annotations
 import datetime as _dt
 import errno
 import fcntl
+import hashlib
+import json
 import os
 import re
 import shutil
@@ -388,6 +390,54 @@ def launch(run_dir: str | os.PathLike, resume: bool = False, module: str | None 
     _CHILDREN[proc.pid] = proc
     atomic_write_json(run.launch, {"pid": proc.pid, "cmd": cmd, "time": time.time(), "resume": resume})
     return proc.pid
+
+
+SUBMISSIONS = ".submissions.json"  # in the runs folder: recent start requests, for start_run's de-duplication
+DUPLICATE_WINDOW_S = 10.0
+
+
+def _submission_key(data: dict, name: str | None) -> str:
+    return hashlib.sha256(json.dumps([data, name], sort_keys=True).encode()).hexdigest()[:16]
+
+
+def start_run(cfg: RunConfig | dict, name: str | None = None, root: str | os.PathLike | None = None,
+              window_s: float = DUPLICATE_WINDOW_S) -> tuple[Path, int | None]:
+    """Create and launch a run, once per request: ``(run_dir, pid)``, pid None when this was a duplicate.
+
+    The same settings submitted again within ``window_s`` seconds (Enter in a form field, then a click on its
+    button; a double click; two tabs) return the run the first request started instead of a second one. The
+    check and the creation happen under an exclusive lock on the runs folder, so two processes or threads cannot
+    both pass it. A deliberate second run with the same settings is possible after ``window_s`` or with another name.
+    """
+    root = Path(root) if root is not None else runs_dir()
+    root.mkdir(parents=True, exist_ok=True)
+    data, now = _config_dict(cfg), time.time()
+    key = _submission_key(data, name)
+    fd = os.open(root / ".submit.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        recent = {}
+        try:
+            recent = json.loads((root / SUBMISSIONS).read_text())
+            recent = recent if isinstance(recent, dict) else {}
+        except (OSError, ValueError):
+            pass
+        recent = {k: v for k, v in recent.items()
+                  if isinstance(v, dict) and now - float(v.get("time", 0)) < window_s}
+        prior = recent.get(key)
+        if prior and (root / str(prior.get("run", ""))).is_dir():
+            return root / prior["run"], None
+        run_dir = create_run(data, name=name, root=root)
+        try:
+            pid = launch(run_dir)
+        except BaseException:
+            shutil.rmtree(run_dir, ignore_errors=True)  # never leave a run that nobody will start
+            raise
+        recent[key] = {"run": run_dir.name, "time": now}
+        atomic_write_json(root / SUBMISSIONS, recent)
+        return run_dir, pid
+    finally:
+        os.close(fd)
 
 
 def wait_run(run_dir: str | os.PathLike, timeout: float | None = None, poll: float = 0.5) -> str:

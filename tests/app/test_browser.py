@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -284,6 +285,35 @@ def test_train_stop_resume_review_predict(server, page):
     assert "not-a-tiff" in page.locator('[data-testid="stAlertContentError"]').first.inner_text()
     assert "Traceback" not in page.inner_text("body")
     shot(page, "predict_error")
+
+
+def test_enter_then_click_on_start_makes_one_run(server, page):
+    """Enter in the Epochs field submits the form; a click on Start right after submits it again: one run."""
+    from bdcore.engine import runs
+
+    before = {p.name for p in server["runs"].glob("*") if p.is_dir()}
+    page.goto(f"{server['url']}/train")
+    page.get_by_text("New run").wait_for(timeout=90000)
+    _select(page, "Encoder", "resnet18")
+    _select(page, "Encoder weights", "none")
+    _select(page, "Crop", "64")
+    page.get_by_text("Advanced").click()
+    _number(page, "Steps per epoch (0 = one pass)", 2)
+    _number(page, "Data workers", 0)
+    epochs = page.get_by_label("Epochs", exact=True)
+    epochs.fill("1")
+    epochs.press("Enter")
+    page.get_by_role("button", name="Start training").click()
+    # Whichever submission ran to its end answers (Streamlit may cut the first short when the second arrives):
+    # "Started run …" or "… was started a moment ago; not starting a second one".
+    page.get_by_text(re.compile("Started run|was started a moment ago")).first.wait_for(timeout=90000)
+    _wait(lambda: page.locator('[data-testid="stStatusWidget"]').count() == 0, 60, "the page to settle")
+    time.sleep(2)
+    new = {p.name for p in server["runs"].glob("*") if p.is_dir()} - before
+    assert len(new) == 1, new
+    assert_clean(page)
+    shot(page, "train_one_run_after_double_submit")
+    runs.stop_run(server["runs"] / new.pop())
 
 
 @pytest.mark.parametrize("path", ["review", "train"])

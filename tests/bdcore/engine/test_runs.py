@@ -197,6 +197,38 @@ def test_stop_run_marks_stopped_and_resume_continues(tmp_path, fake_trainer):
     runs.stop_run(run_dir, timeout=20)
 
 
+def test_start_run_twice_within_the_window_starts_one_run(tmp_path, fake_trainer):
+    """The same settings submitted twice at once (Enter, then a click on Start; two threads here) make one run;
+    after the window, or under another name, a second run is deliberate and starts."""
+    import threading
+
+    root = tmp_path / "runs"
+    cfg = _cfg(epochs=1, steps_per_epoch=2)
+    results: list = []
+    barrier = threading.Barrier(2)
+
+    def submit():
+        barrier.wait()
+        results.append(runs.start_run(cfg, root=root))
+
+    threads = [threading.Thread(target=submit) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(results) == 2 and results[0][0] == results[1][0]
+    assert sorted(pid is None for _, pid in results) == [False, True]
+    assert [i.run_id for i in runs.list_runs(root)] == [results[0][0].name]
+    runs.wait_run(results[0][0], timeout=60)
+    again, pid = runs.start_run(cfg, root=root, window_s=0.0)  # the window has passed
+    assert pid is not None and again != results[0][0]
+    other, pid2 = runs.start_run(cfg, name="named", root=root)
+    assert pid2 is not None and other.name == "named"
+    for d in (again, other):
+        runs.wait_run(d, timeout=60)
+    assert len(runs.list_runs(root)) == 3
+
+
 def test_second_launch_and_delete_refused_while_running(tmp_path, fake_trainer):
     run_dir = runs.create_run(_cfg(epochs=50), name="r4", root=tmp_path)
     fake_trainer(run_dir, step_s=0.05)
