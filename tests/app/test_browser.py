@@ -288,7 +288,7 @@ def test_train_stop_resume_review_predict(server, page):
 
 @pytest.mark.parametrize("path", ["review", "train"])
 def test_deep_link_first_after_server_start_goes_through_the_app_navigation(_isolated_dirs, browser, path):
-    """A bookmarked page opened before anyone opened ``/`` on a fresh server: the app's own navigation (four
+    """A bookmarked page opened before anyone opened ``/`` on a fresh server: the app's own navigation (five
     pages, no helper module listed) and the dataset sidebar, on the page the link names."""
     with _streamlit(_isolated_dirs / f"deep-{path}-runs", _isolated_dirs / f"deep-{path}.log") as url:
         pg = browser.new_page(viewport={"width": 1400, "height": 1000})
@@ -298,7 +298,7 @@ def test_deep_link_first_after_server_start_goes_through_the_app_navigation(_iso
             pg.get_by_text("SpaceNet building workbench").first.wait_for(timeout=30000)  # app.py's sidebar ran
             lines = [ln.strip() for ln in pg.locator('[data-testid="stSidebarNav"]').inner_text().split("\n")]
             titles = [ln for ln in lines if ln[:1].isupper()]  # the other lines are material icon names
-            assert titles == ["Explore", "Train", "Review", "Predict"] and "shared" not in lines, lines
+            assert titles == ["Explore", "Train", "Review", "Compare", "Predict"] and "shared" not in lines, lines
             pg.get_by_label("Folder path", exact=True).wait_for(timeout=30000)  # the dataset sidebar
             assert pg.url.rstrip("/").endswith(f"/{path}")
             assert_clean(pg)
