@@ -36,7 +36,8 @@ MIN_RUNS, MAX_RUNS = 2, 8
 LABEL_FIELDS = 3  # a legend label names at most this many differing settings, then "+N more"
 DASH = "-"
 WALL = "wall time (s)"
-# Table columns before the differing config fields; numbers are NaN where a run has no such record yet.
+# Table columns; the differing config fields come right after "run" (where a wide table is still on screen).
+# Numbers are NaN where a run has no such record yet.
 METRIC_COLUMNS = ("run", "state", "epochs done", "best val IoU", "best epoch", "best val F1", "best building F1",
                   "last val IoU", "last val F1", "last train loss", WALL, "img/s", "weights")
 _FORMATS = {"best val IoU": "{:.3f}", "best val F1": "{:.3f}", "best building F1": "{:.3f}", "last val IoU": "{:.3f}",
@@ -60,7 +61,7 @@ class RunCurves:
 
 @dataclass
 class Comparison:
-    table: pd.DataFrame            # METRIC_COLUMNS + one column per differing config field, one row per run
+    table: pd.DataFrame            # run, one column per differing config field, METRIC_COLUMNS; one row per run
     differing: list[str]           # config fields whose values differ, in RunConfig order
     same: list[str]                # config fields equal in every run
     curves: list[RunCurves]        # in the order the runs were given
@@ -212,7 +213,7 @@ def compare_runs(runs: Iterable[str | os.PathLike]) -> Comparison:
         rows.append({"run": info.run_id, "state": info.state, **metrics_row(records),
                      "img/s": _num(info.img_per_s), "weights": info.weights_source or "",
                      **{f: format_value(full.get(f)) for f in differing}})  # as text: as the labels spell them
-    table = pd.DataFrame(rows, columns=[*METRIC_COLUMNS, *differing])
+    table = pd.DataFrame(rows, columns=[METRIC_COLUMNS[0], *differing, *METRIC_COLUMNS[1:]])
     same = [n for n in _defaults() if n not in differing]
     return Comparison(table=table, differing=differing, same=same, curves=curves)
 

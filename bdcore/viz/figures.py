@@ -117,7 +117,7 @@ def compare_curves_fig(curves: Sequence[RunCurves], x: str = "epoch") -> go.Figu
                 name=run.label, legendgroup=run.run_id, showlegend=col == 1, line={"color": color},
                 marker={"size": 4 if col == 1 else 6}), row=1, col=col)
     fig.update_xaxes(title_text=COMPARE_X[x])
-    fig.update_yaxes(range=[0, 1], row=1, col=2)
-    fig.update_yaxes(range=[0, 1], row=1, col=3)
+    for col in (2, 3):  # a little past 0 and 1, so that a curve at 0 (an untrained run) is not hidden by the axis
+        fig.update_yaxes(range=[-0.03, 1.03], row=1, col=col)
     fig.update_layout(height=380, margin=_MARGIN, legend={"orientation": "h", "y": -0.25})
     return fig

@@ -80,7 +80,7 @@ def test_table_best_last_and_one_column_per_differing_field(runs_root):
     cmp = compare_runs(["run-a", "run-b"])
     assert cmp.differing == ["lr"] and "lr" not in cmp.same and "encoder" in cmp.same
     t = cmp.table.set_index("run")
-    assert list(cmp.table.columns) == [*METRIC_COLUMNS, "lr"] and list(t.index) == ["run-a", "run-b"]
+    assert list(cmp.table.columns) == ["run", "lr", *METRIC_COLUMNS[1:]] and list(t.index) == ["run-a", "run-b"]
     a, b = t.loc["run-a"], t.loc["run-b"]
     assert (a["best val IoU"], a["best epoch"], a["best val F1"]) == (0.5, 2, 0.6)  # F1's best is its own epoch
     assert (a["last val IoU"], a["last val F1"], a["epochs done"]) == (0.4, 0.6, 3)
@@ -150,13 +150,13 @@ def test_cli_compare_prints_the_table_and_writes_csv(runs_root, tmp_path, capsys
     make_run("run-b", [], lr=3e-4)
     assert main(["compare", "run-a", "run-b"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    header = next(ln for ln in lines if ln.split()[:2] == ["run", "state"])
-    assert header.rstrip().endswith("lr")
+    header = next(ln for ln in lines if ln.startswith("run "))
+    assert header.split()[:3] == ["run", "lr", "state"]  # the differing field next to the run id
     row_a = next(ln for ln in lines if ln.startswith("run-a"))
     row_b = next(ln for ln in lines if ln.startswith("run-b"))
-    assert "0.250" in row_a and "0.500" in row_a and row_a.rstrip().endswith("0.001")
-    assert row_b.split()[1] == "queued" and row_b.rstrip().endswith("0.0003") and " - " in row_b
-    assert header.index("lr") == row_a.rstrip().rindex("0.001") + len("0.001") - len("lr")  # aligned (right)
+    assert row_a.split()[:3] == ["run-a", "0.001", "finished"] and "0.250" in row_a and "0.500" in row_a
+    assert row_b.split()[:3] == ["run-b", "0.0003", "queued"] and " - " in row_b
+    assert len({len(ln) for ln in (header, row_a, row_b)}) == 1  # aligned columns
     out = tmp_path / "out" / "cmp.csv"
     assert main(["compare", "run-a", "run-b", "--csv", str(out)]) == 0
     assert str(out) in capsys.readouterr().out
