@@ -28,7 +28,7 @@ from typing import Any
 import pandas as pd
 
 from bdcore.engine.config import RunConfig
-from bdcore.engine.rundir import read_config, read_metrics, read_status
+from bdcore.engine.rundir import RunDir, read_config, read_metrics, read_status
 from bdcore.engine.runs import run_info, run_path
 from bdcore.progress import format_eta
 
@@ -201,7 +201,7 @@ def compare_runs(runs: Iterable[str | os.PathLike]) -> Comparison:
     Unknown runs raise ``RunError``; too few or too many ``CompareError``. A run with no metrics yet is a row of
     NaN (dashes in ``display_table``) and empty curves."""
     paths = _distinct_runs(runs)
-    configs = [read_config(p) for p in paths]
+    configs = [_config_of(p) for p in paths]
     differing = differing_config(configs)
     rows, curves = [], []
     for path, cfg in zip(paths, configs):
@@ -216,6 +216,21 @@ def compare_runs(runs: Iterable[str | os.PathLike]) -> Comparison:
     table = pd.DataFrame(rows, columns=[METRIC_COLUMNS[0], *differing, *METRIC_COLUMNS[1:]])
     same = [n for n in _defaults() if n not in differing]
     return Comparison(table=table, differing=differing, same=same, curves=curves)
+
+
+def _config_of(path: Path) -> dict:
+    """The run's ``config.json``; an unreadable one is refused (read as defaults it would show settings the run
+    may never have had)."""
+    cfg = read_config(path)
+    if not cfg:  # missing, corrupt, not an object, or just "{}" (all defaults, which is fine)
+        try:
+            ok = isinstance(json.loads(RunDir(path).config.read_text(encoding="utf-8")), dict)
+        except (OSError, ValueError):
+            ok = False
+        if not ok:
+            raise CompareError(f"{RunDir(path).config} is unreadable (corrupt or not a JSON object), so the settings "
+                               f"of run {path.name} are unknown: restore the file or leave the run out")
+    return cfg
 
 
 def _steps_per_epoch(path: Path, cfg: dict, records: list[dict]) -> float:

@@ -143,6 +143,20 @@ def test_two_to_eight_distinct_runs(runs_root):
         compare_runs(["r0", "nope"])
 
 
+def test_torn_metrics_line_is_skipped_and_an_unreadable_config_refused(runs_root):
+    a = make_run("a", [{"val_iou": 0.3}])
+    make_run("b", [{"val_iou": 0.4}])
+    with open(a.metrics, "a") as f:
+        f.write('{"kind": "epoch", "epoch": 2, "val_io')  # a trainer killed mid-line
+    assert compare_runs(["a", "b"]).table["best val IoU"].tolist() == [0.3, 0.4]
+    a.config.write_text("[1, 2]")
+    with pytest.raises(CompareError, match=r"a/config.json is unreadable .* restore the file or leave the run out"):
+        compare_runs(["a", "b"])
+    a.config.write_text("{}")  # an empty config is all defaults
+    assert compare_runs(["a", "b"]).differing == ["crop_size", "batch_size", "epochs", "steps_per_epoch", "encoder",
+                                                  "encoder_weights"]
+
+
 def test_cli_compare_prints_the_table_and_writes_csv(runs_root, tmp_path, capsys):
     from bdcore.cli import main
 
