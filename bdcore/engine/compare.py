@@ -45,7 +45,7 @@ _FORMATS = {"best val IoU": "{:.3f}", "best val F1": "{:.3f}", "best building F1
 
 
 class CompareError(ValueError):
-    """The runs asked for cannot be compared (too few, too many); the message says what to pick."""
+    """The runs asked for cannot be compared (too few, too many, an unreadable config); the message says what to do."""
 
 
 @dataclass
@@ -168,7 +168,7 @@ def _best(epochs: list[dict], key: str) -> tuple[float, float]:
     return max(scored, key=lambda s: s[0]) if scored else (math.nan, math.nan)
 
 
-def metrics_row(records: list[dict]) -> dict[str, float]:
+def metrics_row(records: list[dict]) -> dict[str, float | int]:
     """Best/last metrics of one run's records (NaN where there is no record yet)."""
     epochs = [r for r in records if r.get("kind") == "epoch"]
     steps = [r for r in records if r.get("kind") == "step" and r.get("loss") is not None]
@@ -177,7 +177,7 @@ def metrics_row(records: list[dict]) -> dict[str, float]:
     wall = _wall_times(records)
     last_loss = steps[-1]["loss"] if steps else last.get("loss")
     return {
-        "epochs done": float(len({r.get("epoch") for r in epochs})),
+        "epochs done": len({r.get("epoch") for r in epochs}),
         "best val IoU": best_iou, "best epoch": best_epoch,
         "best val F1": _best(epochs, "val_f1")[0], "best building F1": _best(epochs, "val_building_f1")[0],
         "last val IoU": _num(last.get("val_iou")), "last val F1": _num(last.get("val_f1")),
@@ -214,6 +214,7 @@ def compare_runs(runs: Iterable[str | os.PathLike]) -> Comparison:
                      "img/s": _num(info.img_per_s), "weights": info.weights_source or "",
                      **{f: format_value(full.get(f)) for f in differing}})  # as text: as the labels spell them
     table = pd.DataFrame(rows, columns=[METRIC_COLUMNS[0], *differing, *METRIC_COLUMNS[1:]])
+    table["best epoch"] = table["best epoch"].astype("Int64")  # a whole number, or <NA> (an empty CSV cell)
     same = [n for n in _defaults() if n not in differing]
     return Comparison(table=table, differing=differing, same=same, curves=curves)
 
@@ -245,7 +246,7 @@ def _steps_per_epoch(path: Path, cfg: dict, records: list[dict]) -> float:
 
 
 def _cell(column: str, value: Any) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)) or value == "":
+    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)) or value == "":
         return DASH
     if column in _FORMATS:
         return _FORMATS[column].format(value)

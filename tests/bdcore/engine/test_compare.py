@@ -177,6 +177,8 @@ def test_cli_compare_prints_the_table_and_writes_csv(runs_root, tmp_path, capsys
     df = pd.read_csv(out)
     assert df["run"].tolist() == ["run-a", "run-b"] and df["lr"].tolist() == [0.001, 0.0003]
     assert df.loc[0, "best val IoU"] == 0.25 and math.isnan(df.loc[1, "best val IoU"])
+    assert out.read_text().splitlines()[1].startswith("run-a,0.001,finished,1,0.25,1,0.5,")  # whole epochs
+    assert out.read_text().splitlines()[2].startswith("run-b,0.0003,queued,0,,,")  # no records: empty cells
     assert not list(out.parent.glob(".*.tmp"))
 
 
