@@ -27,6 +27,7 @@ pages = [
     st.Page("pages/explore.py", title="Explore", icon=":material/map:", default=True),
     st.Page("pages/train.py", title="Train", icon=":material/model_training:"),
     st.Page("pages/review.py", title="Review", icon=":material/fact_check:"),
+    st.Page("pages/compare.py", title="Compare", icon=":material/compare_arrows:"),
     st.Page("pages/predict.py", title="Predict", icon=":material/online_prediction:"),
 ]
 nav = st.navigation(pages)

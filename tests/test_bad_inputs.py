@@ -734,10 +734,11 @@ def test_train_page_runs_folder_is_a_file(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("name,cmd", [("../escape", "train"), ("../escape", "resume"), ("../../etc", "stop"),
-                                      ("/etc", "evaluate")])
+                                      ("/etc", "evaluate"), ("../escape", "compare")])
 def test_run_name_with_dotdot(name, cmd, keep, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # relative names resolve the same way wherever pytest runs
-    args = ("train", "--name", name, "--create-only") if cmd == "train" else (cmd, name)
+    args = {"train": ("train", "--name", name, "--create-only"), "compare": ("compare", "keep", name)}.get(
+        cmd, (cmd, name))
     line = cli_error(capsys, *args)
     assert ("invalid run name" in line) or ("no run" in line) or ("not a run folder" in line), line
     record(f"run name / folder `{name}`", f"CLI {cmd}", "", line)

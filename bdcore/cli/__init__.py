@@ -16,7 +16,7 @@ import sys
 # Modules that contribute commands, in --help order.
 COMMAND_MODULES = [
     "bdcore.cli.data",       # catalog, demo, download, stats
-    "bdcore.cli.train",      # train, resume, runs, stop
+    "bdcore.cli.train",      # train, resume, runs, stop, compare
     "bdcore.cli.weights",    # weights pull, weights list
     "bdcore.cli.inference",  # evaluate, predict
     "bdcore.cli.metrics",    # score

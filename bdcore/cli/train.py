@@ -1,4 +1,5 @@
-"""Commands: ``train`` (a run from a config file and/or flags), ``resume``, ``runs`` (the table), ``stop``.
+"""Commands: ``train`` (a run from a config file and/or flags), ``resume``, ``runs`` (the table), ``stop``,
+``compare`` (2-8 runs side by side: best/last metrics and the config fields that differ).
 
 ``train`` has one flag per ``RunConfig`` field, generated from its annotations (``--crop-size 256``,
 ``--crop-size none`` for an optional int, ``--amp/--no-amp`` for a bool); values are validated by ``RunConfig``.
@@ -15,7 +16,9 @@ import typing
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from bdcore.atomic import atomic_write
 from bdcore.data.catalog import labelled_tiles, load_catalog
+from bdcore.engine.compare import MAX_RUNS, MIN_RUNS, compare_runs
 from bdcore.engine.config import RunConfig
 from bdcore.engine.rundir import RunDir
 from bdcore.engine.runs import (
@@ -158,6 +161,20 @@ def _cmd_stop(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_compare(args: argparse.Namespace) -> int:
+    cmp = compare_runs(args.runs)
+    if args.csv:
+        atomic_write(args.csv, lambda f: f.write(cmp.to_csv()), "w")
+        print(f"wrote {args.csv} ({len(cmp.table)} runs, {len(cmp.table.columns)} columns)")
+        return 0
+    print(cmp.to_text())
+    if cmp.differing:
+        print(f"\nconfig fields that differ: {', '.join(cmp.differing)} ({len(cmp.same)} others are the same)")
+    else:
+        print(f"\nthe runs have the same config ({len(cmp.same)} fields)")
+    return 0
+
+
 def register_cli(sub) -> None:
     p = sub.add_parser("train", help="start a training run (foreground progress, or --detach)")
     p.add_argument("--config", help="RunConfig YAML/JSON file; flags below override it")
@@ -181,3 +198,8 @@ def register_cli(sub) -> None:
     p.add_argument("run", help="run id or folder")
     p.add_argument("--timeout", type=float, default=60.0)
     p.set_defaults(func=_cmd_stop)
+
+    p = sub.add_parser("compare", help=f"{MIN_RUNS}-{MAX_RUNS} runs side by side: best/last metrics, differing config")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run ids or folders (from `python -m bdcore runs`)")
+    p.add_argument("--csv", metavar="FILE", help="write the table as CSV (unrounded numbers) instead of printing it")
+    p.set_defaults(func=_cmd_compare)

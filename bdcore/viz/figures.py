@@ -1,8 +1,9 @@
-"""Plotly figures of the dataset, a tile's bands and a run's training curves."""
+"""Plotly figures of the dataset, a tile's bands, a run's training curves and several runs' curves overlaid."""
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import geopandas as gpd
 import numpy as np
@@ -10,6 +11,9 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from bdcore.viz.maps import UNLABELLED, building_counts
+
+if TYPE_CHECKING:
+    from bdcore.engine.compare import RunCurves
 
 _MARGIN = dict(l=40, r=10, t=40, b=40)
 BAND_COLORS = ["#d62728", "#2ca02c", "#1f77b4", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22"]
@@ -89,4 +93,31 @@ def training_curves_fig(metrics: Sequence[Mapping]) -> go.Figure:
     fig.update_xaxes(title_text="step")
     fig.update_yaxes(range=[0, 1], row=1, col=2)
     fig.update_layout(height=340, margin=dict(l=40, r=10, t=40, b=40), legend=dict(orientation="h", y=-0.25))
+    return fig
+
+
+COMPARE_X = {"epoch": "epoch", "wall_s": "wall time (s)"}  # x axis choices of compare_curves_fig
+RUN_COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
+
+
+def compare_curves_fig(curves: Sequence[RunCurves], x: str = "epoch") -> go.Figure:
+    """Runs overlaid (``bdcore.engine.compare.RunCurves``): three panels, train loss, val IoU and val F1, one trace
+    per run in each, named by the run's label (one legend entry per run; clicking it hides the run everywhere).
+    ``x`` is ``"epoch"`` or ``"wall_s"`` (seconds since the run's start)."""
+    if x not in COMPARE_X:
+        raise ValueError(f"x must be one of {', '.join(COMPARE_X)}, got {x!r}")
+    fig = make_subplots(rows=1, cols=3, subplot_titles=("Train loss", "Validation IoU", "Validation F1"))
+    for i, run in enumerate(curves):
+        color = RUN_COLORS[i % len(RUN_COLORS)]
+        panels = ((run.train, "loss", 1), (run.val, "val_iou", 2), (run.val, "val_f1", 3))
+        for frame, key, col in panels:
+            pts = frame[frame[key].notna()] if len(frame) else frame
+            fig.add_trace(go.Scatter(
+                x=pts[x].tolist() if len(pts) else [], y=pts[key].tolist() if len(pts) else [], mode="lines+markers",
+                name=run.label, legendgroup=run.run_id, showlegend=col == 1, line={"color": color},
+                marker={"size": 4 if col == 1 else 6}), row=1, col=col)
+    fig.update_xaxes(title_text=COMPARE_X[x])
+    for col in (2, 3):  # a little past 0 and 1, so that a curve at 0 (an untrained run) is not hidden by the axis
+        fig.update_yaxes(range=[-0.03, 1.03], row=1, col=col)
+    fig.update_layout(height=380, margin=_MARGIN, legend={"orientation": "h", "y": -0.25})
     return fig

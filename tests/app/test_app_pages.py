@@ -167,6 +167,43 @@ def test_pages_without_checkpoints_explain_what_to_do(empty_runs, name):
     assert any("No checkpoints yet" in i for i in texts(at, "info"))
 
 
+def test_compare_page_overlays_picked_runs_and_lists_differing_fields(empty_runs):
+    import time
+
+    from bdcore.engine import runs
+    from bdcore.engine.rundir import MetricsLog, RunDir
+
+    def make(name, lr, iou):
+        run = RunDir(runs.create_run({"encoder": "resnet18", "epochs": 2, "lr": lr}, name=name))
+        log = MetricsLog(run.metrics, enabled=True)
+        log.append({"kind": "step", "epoch": 1, "step": 1, "epoch_step": 1, "elapsed": 3.0, "loss": 0.9})
+        log.append({"kind": "epoch", "epoch": 1, "step": 1, "elapsed": 4.0, "loss": 0.9, "val_iou": iou, "val_f1": 0.5})
+        time.sleep(0.02)  # list_runs orders by config.json's mtime, newest first
+
+    at = page("pages/compare.py", "demo").run()
+    assert not at.exception and any("at least 2 runs (0 so far)" in i for i in texts(at, "info"))
+    make("old", 1e-2, 0.1)
+    make("mid", 1e-3, 0.2)
+    make("new", 3e-4, 0.3)
+    at = page("pages/compare.py", "demo").run()
+    assert not at.exception and not at.error
+    assert at.multiselect(key="compare_runs").value == ["new", "mid"]  # the two most recent
+    df = at.dataframe[0].value
+    assert df["run"].tolist() == ["new", "mid"] and df["lr"].tolist() == ["0.0003", "0.001"]
+    assert df["best val IoU"].tolist() == ["0.300", "0.200"] and "encoder" not in df.columns
+    assert "Config fields that differ: **lr**" in texts(at, "caption")[0]
+    chart = json.loads(at.get("plotly_chart")[0].proto.spec)
+    names = [t["name"] for t in chart["data"]]
+    assert names == ["new (lr=0.0003)"] * 3 + ["mid (lr=0.001)"] * 3  # three panels, one trace per run each
+    assert chart["data"][0]["x"] == [1.0]
+    at.radio(key="compare_x").set_value("wall_s").run()
+    assert json.loads(at.get("plotly_chart")[0].proto.spec)["data"][0]["x"] == [3.0]
+    at.multiselect(key="compare_runs").select("old").run()
+    assert at.dataframe[0].value["run"].tolist() == ["new", "mid", "old"] and not at.exception
+    at.multiselect(key="compare_runs").set_value(["old"]).run()
+    assert any("Pick at least 2 runs" in i for i in texts(at, "info")) and not at.exception
+    assert not at.get("plotly_chart")
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     """A real (1 epoch, 2 steps) run on the demo AOI, trained in-process."""

@@ -316,9 +316,59 @@ def test_enter_then_click_on_start_makes_one_run(server, page):
     runs.stop_run(server["runs"] / new.pop())
 
 
+def _tiny_runs(root: Path, lrs: tuple[float, ...]) -> list[str]:
+    """Real runs on the demo AOI, trained in-process: resnet18, 64² crops, 2 epochs of 2 steps, 1-2 val tiles."""
+    from bdcore.engine import runs
+    from bdcore.engine.config import RunConfig
+    from bdcore.engine.train import train
+
+    names = []
+    for lr in lrs:
+        cfg = RunConfig(encoder="resnet18", encoder_weights=None, crop_size=64, batch_size=2, epochs=2,
+                        steps_per_epoch=2, val_fraction=0.05, workers=0, device="cpu", log_every=1,
+                        building_f1_tiles=0, lr=lr)
+        run_dir = runs.create_run(cfg, name=f"cmp-lr{lr:g}", root=root)
+        train(cfg, run_dir)
+        names.append(run_dir.name)
+        time.sleep(0.05)  # list_runs orders by config.json's time: the later run is newer
+    return names
+
+
+def _traces_per_panel(pg) -> list[int]:
+    return [pg.locator(f".js-plotly-plot .subplot.{axes} .scatterlayer .trace").count()
+            for axes in ("xy", "x2y2", "x3y3")]
+
+
+def test_compare_two_tiny_runs_with_different_learning_rates(server, page):
+    names = _tiny_runs(server["runs"], (1e-3, 1e-2))
+    page.goto(f"{server['url']}/compare")
+    page.get_by_role("heading", name="Compare", exact=True).wait_for(timeout=90000)
+    page.locator(".js-plotly-plot .subplot.x3y3 .scatterlayer .trace").first.wait_for(timeout=60000)
+    assert _traces_per_panel(page) == [2, 2, 2]  # loss, val IoU, val F1: one curve per run
+    legend = page.locator(".js-plotly-plot .legend").first.text_content()
+    assert f"{names[1]} (lr=0.01)" in legend and f"{names[0]} (lr=0.001)" in legend  # the two most recent, picked
+    body = page.inner_text("body")
+    assert "Config fields that differ: lr" in body
+    page.locator('[data-testid="stDataFrame"]').first.wait_for(timeout=30000)
+    with page.expect_download() as dl:
+        page.get_by_role("button", name="Download CSV").click()
+    header, *rows = Path(dl.value.path()).read_text().splitlines()
+    columns = header.split(",")
+    assert columns[:2] == ["run", "lr"] and len(rows) == 2
+    assert sorted(r.split(",")[columns.index("lr")] for r in rows) == ["0.001", "0.01"]
+    assert all(r.split(",")[columns.index("epochs done")] == "2" for r in rows)
+    assert_clean(page)
+    shot(page, "compare_epoch")
+    page.get_by_text("wall time (s)", exact=True).click()  # the x-axis radio
+    _wait(lambda: page.locator(".js-plotly-plot .g-xtitle").first.text_content() == "wall time (s)", 30, "wall time x")
+    assert _traces_per_panel(page) == [2, 2, 2]
+    assert_clean(page)
+    shot(page, "compare_wall_time")
+
+
 @pytest.mark.parametrize("path", ["review", "train"])
 def test_deep_link_first_after_server_start_goes_through_the_app_navigation(_isolated_dirs, browser, path):
-    """A bookmarked page opened before anyone opened ``/`` on a fresh server: the app's own navigation (four
+    """A bookmarked page opened before anyone opened ``/`` on a fresh server: the app's own navigation (five
     pages, no helper module listed) and the dataset sidebar, on the page the link names."""
     with _streamlit(_isolated_dirs / f"deep-{path}-runs", _isolated_dirs / f"deep-{path}.log") as url:
         pg = browser.new_page(viewport={"width": 1400, "height": 1000})
@@ -328,7 +378,7 @@ def test_deep_link_first_after_server_start_goes_through_the_app_navigation(_iso
             pg.get_by_text("SpaceNet building workbench").first.wait_for(timeout=30000)  # app.py's sidebar ran
             lines = [ln.strip() for ln in pg.locator('[data-testid="stSidebarNav"]').inner_text().split("\n")]
             titles = [ln for ln in lines if ln[:1].isupper()]  # the other lines are material icon names
-            assert titles == ["Explore", "Train", "Review", "Predict"] and "shared" not in lines, lines
+            assert titles == ["Explore", "Train", "Review", "Compare", "Predict"] and "shared" not in lines, lines
             pg.get_by_label("Folder path", exact=True).wait_for(timeout=30000)  # the dataset sidebar
             assert pg.url.rstrip("/").endswith(f"/{path}")
             assert_clean(pg)

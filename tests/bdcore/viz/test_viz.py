@@ -237,6 +237,31 @@ def test_training_curves_fig():
     assert len(figures.training_curves_fig([]).data) == 4
 
 
+
+def test_compare_curves_fig_one_trace_per_run_per_panel():
+    from bdcore.engine.compare import RunCurves
+
+    def run(run_id, label, losses, ious):
+        train = pd.DataFrame({"epoch": [0.5, 1.0], "wall_s": [5.0, 10.0], "loss": losses})
+        val = pd.DataFrame({"epoch": [1.0], "wall_s": [12.0], "val_iou": ious, "val_f1": [float("nan")]})
+        return RunCurves(run_id, label, train, val)
+
+    curves = [run("a", "a (lr=0.001)", [0.9, 0.7], [0.3]), run("b", "b (lr=0.01)", [0.8, 0.5], [0.4]),
+              RunCurves("c", "c (lr=0.1)", pd.DataFrame(columns=["epoch", "wall_s", "loss"]),
+                        pd.DataFrame(columns=["epoch", "wall_s", "val_iou", "val_f1"]))]  # no metrics yet
+    fig = figures.compare_curves_fig(curves)
+    panels = {axis: [t for t in fig.data if t.xaxis == axis] for axis in ("x", "x2", "x3")}
+    assert [len(p) for p in panels.values()] == [3, 3, 3]
+    assert [t.name for t in panels["x"]] == ["a (lr=0.001)", "b (lr=0.01)", "c (lr=0.1)"]
+    assert [t.showlegend for t in fig.data].count(True) == 3  # one legend entry per run
+    assert list(panels["x"][1].x) == [0.5, 1.0] and list(panels["x"][1].y) == [0.8, 0.5]
+    assert list(panels["x2"][0].y) == [0.3] and list(panels["x3"][0].y) == []  # a NaN F1 is no point
+    assert panels["x"][0].line.color == panels["x3"][0].line.color != panels["x"][1].line.color
+    walled = figures.compare_curves_fig(curves, x="wall_s")
+    assert list(walled.data[0].x) == [5.0, 10.0] and walled.layout.xaxis.title.text == "wall time (s)"
+    with pytest.raises(ValueError, match="epoch, wall_s"):
+        figures.compare_curves_fig(curves, x="step")
+
 def test_unlabelled_tiles_are_grey_dashed_and_not_counted_as_empty():
     cat = grid_catalog()
     cat["n_buildings"] = pd.array([None, *cat["n_buildings"].tolist()[1:]], dtype="Int64")  # img1: no labels file
