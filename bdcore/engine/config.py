@@ -102,6 +102,8 @@ class RunConfig(BaseModel):
     workers: int = Field(2, ge=0)
     eval_every: int = Field(1, ge=1)
     log_every: int = Field(10, ge=1)
+    checkpoint_minutes: float = Field(10.0, ge=0.0, description="also write last.pt inside an epoch this often, "
+                                      "so a kill loses at most this much work; 0 = only at epoch ends")
     threshold: float = Field(0.5, gt=0.0, lt=1.0)
     building_f1_tiles: int = Field(4, ge=0, description="val tiles scored as polygons (SpaceNet F1) per eval")
 

@@ -198,6 +198,7 @@ class Trainer:
         self.last_epoch_record: dict = {}
         self._resume_rng: Optional[dict] = None  # RNG state for the rest of a mid-epoch checkpoint's epoch
         self._t_start = time.time()
+        self._t_saved = time.monotonic()  # last checkpoint write (or the start), for checkpoint_minutes
 
     # ------------------------------------------------------------------------------------------ setup
     def setup(self, resume: bool, datasets: Optional[tuple[Dataset, Dataset]] = None) -> None:
@@ -341,6 +342,8 @@ class Trainer:
                 s.epoch_time += time.time() - t_epoch
                 self._save(best_val=None)
                 return True
+            if s.epoch_step < self.steps and self._checkpoint_due():
+                self._save_mid_epoch(t_epoch)
         s.epoch_time += time.time() - t_epoch
         return False
 
@@ -389,6 +392,17 @@ class Trainer:
             flag = bool(all_reduce(torch.tensor([1.0 if flag else 0.0]), self.device, op="max").item() > 0)
         return flag
 
+    def _checkpoint_due(self) -> bool:
+        """``checkpoint_minutes`` have passed since the last checkpoint; rank 0's clock decides for every rank (every
+        rank must call this at the same points)."""
+        minutes = self.cfg.checkpoint_minutes
+        if not minutes:
+            return False
+        due = self.dist.main and time.monotonic() - self._t_saved >= minutes * 60
+        if self.dist.enabled:
+            due = bool(all_reduce(torch.tensor([1.0 if due else 0.0]), self.device, op="max").item() > 0)
+        return bool(due)
+
     # ------------------------------------------------------------------------------------------ checkpoints
     def payload(self) -> dict:
         """The checkpoint contents (``models.save_checkpoint`` adds the format marker)."""
@@ -403,8 +417,18 @@ class Trainer:
             "time": time.time(), "band_stats": self.band_stats, "weights": self.weights_record,
         }
 
+    def _save_mid_epoch(self, t_epoch: float) -> None:
+        """A time-based ``last.pt`` inside an epoch (the epoch's time so far is saved with it, then goes on)."""
+        now = time.time()
+        self.state.epoch_time += now - t_epoch
+        self.status.update(phase="writing last.pt (checkpoint_minutes)", write=True)
+        self._save(best_val=None)
+        self.status.update(phase="train")
+        self.state.epoch_time -= now - t_epoch  # _train_epoch adds the whole epoch's time at its end
+
     def _save(self, best_val: Optional[dict]) -> None:
         """``last.pt`` (rank 0), and ``best.pt`` first with the val metrics when ``best_val`` is given."""
+        self._t_saved = time.monotonic()
         if not self.dist.main:
             return
         payload = self.payload()

@@ -175,6 +175,34 @@ def test_epochs_shorter_than_log_every_still_log_their_loss(tiny_aoi, tmp_path):
         assert st["loss"] == pytest.approx(ep["loss"], rel=1e-6)
 
 
+def test_checkpoint_minutes_bounds_the_loss_inside_a_long_epoch(tiny_aoi, tmp_path, monkeypatch):
+    """One long epoch, a crash (no save) at step 6: the time-based last.pt (checkpoint_minutes, here ~every step)
+    holds step 5, and the resume finishes exactly like an uninterrupted run."""
+    from bdcore.engine.trainer import Trainer
+
+    cfg = _tiny_cfg(tiny_aoi, epochs=2, steps_per_epoch=8, checkpoint_minutes=1e-6)
+    straight = train(cfg, tmp_path / "a")
+    step = Trainer._step
+
+    def crashing_step(self, batch):
+        if self.state.step == 5:
+            raise RuntimeError("simulated crash (power cut)")
+        return step(self, batch)
+
+    monkeypatch.setattr(Trainer, "_step", crashing_step)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(cfg, tmp_path / "b")
+    ck = load_checkpoint(tmp_path / "b" / "last.pt")
+    assert (ck["epoch"], ck["epoch_step"], ck["step"]) == (0, 5, 5)  # mid-epoch: nothing before step 5 lost
+    monkeypatch.setattr(Trainer, "_step", step)
+    resumed = train(cfg, tmp_path / "b", resume=True)
+    assert straight["state"] == resumed["state"] == "finished"
+    a, b = load_checkpoint(tmp_path / "a" / "last.pt"), load_checkpoint(tmp_path / "b" / "last.pt")
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    assert _strip(read_metrics(tmp_path / "a")) == _strip(read_metrics(tmp_path / "b"))
+
+
 def test_fresh_start_over_a_checkpoint_is_refused(tiny_aoi, tmp_path):
     cfg = _tiny_cfg(tiny_aoi, epochs=1, steps_per_epoch=2)
     train(cfg, tmp_path / "r")
