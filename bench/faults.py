@@ -221,6 +221,10 @@ def _resume_after_kill(live: _Live, number: int, kind: str, info: dict) -> dict:
     tmp_at_kill = sorted(temp_files(run_dir))
     last = cks[RunDir.LAST]
     new_from = last["step"] if last["loads"] else 0
+    work_lost_s = _work_lost_s(run_dir, new_from, t_kill)
+    times = sorted(float(r["time"]) for r in read_metrics(run_dir) if r.get("kind") == "step"
+                   and float(r.get("time", 0)) >= live.since)
+    max_step_gap_s = round(max((b - a for a, b in zip(times, times[1:])), default=0.0), 2)
     state_before = runs.effective_state(run_dir)
     t_resume = time.time()
     live.pid = runs.resume_run(run_dir)
@@ -238,7 +242,8 @@ def _resume_after_kill(live: _Live, number: int, kind: str, info: dict) -> dict:
         "status_step_at_kill": status.get("step"), "state_after_kill": state_before,
         "resumed_from_step": new_from, "resumed_from_epoch": last["epoch"] if last["loads"] else 0,
         "restart_from_scratch": not last["exists"],
-        "steps_lost": lost, "epochs_lost": round(lost / S, 3),
+        "steps_lost": lost, "epochs_lost": round(lost / S, 3), "work_lost_s": work_lost_s,
+        "max_step_gap_s": max_step_gap_s,
         "last_pt": {"exists": last["exists"], "loads": last["loads"], "step": last["step"]},
         "best_pt": {k: cks[RunDir.BEST][k] for k in ("exists", "loads", "step")},
         "checkpoint_errors": [c["error"] for c in cks.values() if c["error"]],
@@ -246,6 +251,14 @@ def _resume_after_kill(live: _Live, number: int, kind: str, info: dict) -> dict:
         "first_resumed_step": int(first.get("step", 0)), "recovery_s": round(recovery_s, 2),
         "kill_to_resume_s": round(t_resume - t_kill, 2),
     }
+
+
+def _work_lost_s(run_dir: Path, resumed_from: int, t_kill: float) -> Optional[float]:
+    """Training time the kill threw away: from the step the resume starts after (its record's time) to the kill."""
+    if resumed_from == 0:
+        return None  # restart from scratch: the loss is the start-up plus every step so far
+    t = [float(r["time"]) for r in read_metrics(run_dir) if r.get("kind") == "step" and int(r["step"]) == resumed_from]
+    return round(t_kill - max(t), 2) if t else None
 
 
 def _final_report(live: _Live, epochs: int) -> dict:
@@ -271,7 +284,19 @@ def _final_report(live: _Live, epochs: int) -> dict:
     }
 
 
-def _goals(trials: list[dict], final: dict) -> dict:
+def _time_bound(trials: list[dict], cfg: RunConfig) -> dict:
+    """With ``checkpoint_minutes`` set, a kill loses at most the interval plus one step and one checkpoint write
+    (measured: the longest step-to-step gap in the trials, which includes a write)."""
+    lost = [t["work_lost_s"] for t in trials if t.get("work_lost_s") is not None]
+    out = {"checkpoint_interval_s": round(cfg.checkpoint_minutes * 60, 2),
+           "max_work_lost_s": max(lost, default=None), "kills_measured": len(lost)}
+    if cfg.checkpoint_minutes and lost:
+        out["bound_s"] = round(cfg.checkpoint_minutes * 60 + max(t.get("max_step_gap_s") or 0 for t in trials), 2)
+        out["bound_held"] = max(lost) <= out["bound_s"]
+    return out
+
+
+def _goals(trials: list[dict], final: dict, cfg: Optional[RunConfig] = None) -> dict:
     max_epochs_lost = max((t["epochs_lost"] for t in trials), default=0.0)
     goals = {
         "max_epochs_lost_per_kill": max_epochs_lost,
@@ -284,7 +309,9 @@ def _goals(trials: list[dict], final: dict) -> dict:
         "tmp_left_after_resume": sum(len(t["tmp_left_after_resume"]) for t in trials) + len(final["tmp_files_left"]),
         "checkpoint_write_kills": sum(1 for t in trials if t["kind"] == "checkpoint-write"),
     }
-    goals["all_met"] = bool(
+    if cfg is not None and cfg.checkpoint_minutes:
+        goals["time_bound"] = _time_bound(trials, cfg)
+    goals["all_met"] = bool(goals.get("time_bound", {}).get("bound_held", True) and
         max_epochs_lost <= 1.0 and goals["corrupt_files"] == 0 and not final["duplicated_steps"]
         and not final["missing_steps"] and not final["duplicated_epochs"] and not final["missing_epochs"]
         and goals["tmp_left_after_resume"] == 0 and final["state"] == "finished"
@@ -335,7 +362,7 @@ def run_campaign(workdir: str | os.PathLike, trials: int = 10, seed: int = 0, ch
             f"{trial['resumed_from_step']} (lost {trial['steps_lost']} steps), tmp left {trial['tmp_left_by_kill']} "
             f"-> {trial['tmp_left_after_resume']}")
     final = _final_report(live, epochs)
-    goals = _goals(report_trials, final)
+    goals = _goals(report_trials, final, cfg)
     ref = None
     if reference:
         log("training the same config uninterrupted for comparison")
@@ -407,6 +434,8 @@ def main(argv: Optional[list[str]] = None) -> dict:
     p.add_argument("--steps-per-epoch", type=int, default=4)
     p.add_argument("--tiles", type=int, default=6)
     p.add_argument("--encoder", default="resnet18")
+    p.add_argument("--checkpoint-minutes", type=float, default=None,
+                   help="RunConfig.checkpoint_minutes (time-based last.pt inside an epoch); default: the config's")
     p.add_argument("--workdir", type=Path, default=None, help="default: a temp folder, removed unless --keep")
     p.add_argument("--keep", action="store_true", help="keep the work folder (run folder, train.log)")
     p.add_argument("--json", type=Path, default=None, help="also write the JSON document here")
@@ -425,7 +454,8 @@ def main(argv: Optional[list[str]] = None) -> dict:
         report = run_campaign(workdir, trials=a.trials, seed=a.seed, checkpoint_trials=a.checkpoint_trials,
                               epochs=a.epochs, steps_per_epoch=a.steps_per_epoch, n_tiles=a.tiles, log=say,
                               reference=a.reference, startup_trials=a.startup_trials,
-                              encoder=a.encoder)
+                              encoder=a.encoder, **({} if a.checkpoint_minutes is None else
+                                                    {"checkpoint_minutes": a.checkpoint_minutes}))
     finally:
         if a.workdir is None and not a.keep:
             shutil.rmtree(workdir, ignore_errors=True)
