@@ -109,12 +109,17 @@ if submitted:
             from bdcore.data.catalog import labelled_tiles
 
             labelled_tiles(catalog, cfg.product)
-        run_dir, pid = runs.start_run(cfg, name=name.strip() or None)
-        st.session_state["train_selected"] = run_dir.name
-        if pid is None:  # the same form sent twice (Enter, then a click): one run
-            st.info(f"Run **{run_dir.name}** with these settings was started a moment ago; not starting a second one.")
+        res = runs.start_run(cfg, name=name.strip() or None)
+        st.session_state["train_selected"] = res.run_dir.name
+        if res.duplicate:  # the same form sent twice (Enter, then a click): one run
+            st.info(f"Run **{res.run_dir.name}** with these settings was started a moment ago; "
+                    "not starting a second one.")
+        elif res.pid is None:
+            st.info(f"Run **{res.run_dir.name}** is queued (position {res.position}): the machine already runs "
+                    "its limit; it starts by itself when a slot frees, even if you close the browser.")
         else:
-            st.success(f"Started run **{run_dir.name}** (pid {pid}). It keeps running if you close the browser.")
+            st.success(f"Started run **{res.run_dir.name}** (pid {res.pid}). It keeps running if you close the "
+                       "browser.")
     except USER_ERRORS as exc:
         st.error(f"Could not start the run: {exc}")
 
@@ -126,11 +131,20 @@ def run_actions(info) -> None:
     b = st.columns([1, 1, 1, 3])
     msg = None
     try:
-        if b[0].button("Stop", disabled=info.state not in ("queued", "running"), key="btn_stop"):
+        if info.queue_position:  # waiting for a slot: take it out of the queue
+            if b[0].button("Cancel", key="btn_cancel_queued", help="remove it from the queue; it never starts"):
+                from bdcore.engine import queue
+
+                queue.cancel(info.path)
+                msg = f"Cancelled {info.run_id} (removed from the queue)."
+        elif b[0].button("Stop", disabled=info.state not in ("queued", "running"), key="btn_stop"):
             with st.spinner("Stopping (saving last.pt)…"):
                 msg = f"Run {info.run_id} is now {runs.stop_run(info.path)}."
-        if b[1].button("Resume", disabled=info.state not in ("stopped", "interrupted", "failed"), key="btn_resume"):
-            msg = f"Resumed {info.run_id} from last.pt (pid {runs.resume_run(info.path)})."
+        if b[1].button("Resume", disabled=info.state not in ("stopped", "interrupted", "failed", "cancelled"),
+                       key="btn_resume"):
+            pid = runs.resume_run(info.path)
+            msg = (f"Resumed {info.run_id} (pid {pid})." if pid else
+                   f"{info.run_id} is queued: it resumes by itself when a slot frees.")
         if b[2].button("Delete", disabled=info.state in ("queued", "running"), key="btn_delete"):
             st.session_state["confirm_delete"] = info.run_id
         if st.session_state.get("confirm_delete") == info.run_id:
@@ -159,6 +173,10 @@ def runs_panel() -> None:
     if st.session_state.get("train_msg"):
         st.success(st.session_state.pop("train_msg"))
     try:
+        from bdcore.engine import queue
+        from bdcore.paths import runs_dir
+
+        queue.pump(runs_dir())  # start queued runs whose slot freed without anyone starting them (e.g. kill -9)
         infos = runs.list_runs()
     except USER_ERRORS as exc:
         st.error(f"Could not list runs: {exc}")
@@ -167,7 +185,8 @@ def runs_panel() -> None:
         st.info("No runs yet: fill in the form above and press **Start training**.")
         return
     table = pd.DataFrame([{
-        "run": i.run_id, "state": i.state, "progress": i.progress,
+        "run": i.run_id, "state": f"queued #{i.queue_position}" if i.queue_position else i.state,
+        "progress": i.progress,
         "epoch": f"{i.epoch}/{i.total_epochs}", "step": i.step, "ETA": format_eta(i.eta_s) if i.state == "running" else "—",
         "img/s": "—" if i.img_per_s is None else f"{i.img_per_s:.1f}",
         "val IoU": i.metrics.get("val_iou"), "val F1": i.metrics.get("val_f1"),
@@ -183,7 +202,8 @@ def runs_panel() -> None:
         st.session_state["train_selected"] = ids[0]
     sel = st.selectbox("Run", ids, key="train_selected")
     info = next(i for i in infos if i.run_id == sel)
-    st.markdown(f"**{info.run_id}** — state **{info.state}**, epoch {info.epoch}/{info.total_epochs}, "
+    where = f" (position {info.queue_position} in the queue)" if info.queue_position else ""
+    st.markdown(f"**{info.run_id}** — state **{info.state}**{where}, epoch {info.epoch}/{info.total_epochs}, "
                 f"step {info.step}, device {info.device or '?'}")
     st.progress(min(max(info.progress, 0.0), 1.0), text=f"{info.progress:.0%}")
     if info.phase and info.phase not in ("train", "starting"):

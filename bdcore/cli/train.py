@@ -1,5 +1,5 @@
 """Commands: ``train`` (a run from a config file and/or flags), ``resume``, ``runs`` (the table), ``stop``,
-``compare`` (2-8 runs side by side: best/last metrics and the config fields that differ).
+``cancel`` (take a queued run out of the queue), ``compare`` (2-8 runs side by side: best/last metrics and the config fields that differ).
 
 ``train`` has one flag per ``RunConfig`` field, generated from its annotations (``--crop-size 256``,
 ``--crop-size none`` for an optional int, ``--amp/--no-amp`` for a bool); values are validated by ``RunConfig``.
@@ -21,8 +21,10 @@ from bdcore.data.catalog import labelled_tiles, load_catalog
 from bdcore.engine.compare import MAX_RUNS, MIN_RUNS, compare_runs
 from bdcore.engine.config import RunConfig
 from bdcore.engine.rundir import RunDir
+from bdcore.engine import queue
 from bdcore.engine.runs import (
-    RunInfo, create_run, is_alive, launch, list_runs, resume_run, run_info, run_path, status_problem, stop_run,
+    RunInfo, create_run, effective_state, is_alive, list_runs, resume_run, run_info, run_path, status_problem,
+    stop_run, submit,
 )
 from bdcore.paths import runs_dir
 from bdcore.progress import format_eta
@@ -89,7 +91,9 @@ def _follow(run_dir: Path) -> int:
     """Print a progress line until the process ends; Ctrl-C stops the run (it saves first)."""
     last = ""
     try:
-        while is_alive(run_dir):
+        while is_alive(run_dir) or effective_state(run_dir) == "queued":
+            if not is_alive(run_dir):  # waiting for a slot: this process also starts it when one frees
+                queue.pump(run_dir.parent)
             line = _progress_line(run_info(run_dir))
             if line != last:
                 print("\r" + line.ljust(100), end="", flush=True)
@@ -106,12 +110,16 @@ def _follow(run_dir: Path) -> int:
     return 0
 
 
-def _report_started(run_dir: Path, pid: int, detach: bool, what: str) -> int:
+def _report_started(run_dir: Path, pid: int | None, detach: bool, what: str) -> int:
     """--detach: print the run id and return; else follow the run in the foreground until it ends."""
+    if pid is None:
+        print(f"{what}: queued (position {queue.position(run_dir)}; {queue.capacity()} run(s) at a time on this "
+              f"machine); it starts by itself when a slot frees", file=sys.stderr)
     if detach:
         print(run_dir.name)
         return 0
-    print(f"{what} (pid {pid}, log {RunDir(run_dir).log})")
+    if pid is not None:
+        print(f"{what} (pid {pid}, log {RunDir(run_dir).log})")
     return _follow(run_dir)
 
 
@@ -124,7 +132,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.create_only:  # e.g. for `torchrun ... -m bdcore.engine.train --run-dir RUN_DIR`
         print(run_dir)
         return 0
-    return _report_started(run_dir, launch(run_dir), args.detach, f"run {run_dir.name}")
+    return _report_started(run_dir, submit(run_dir), args.detach, f"run {run_dir.name}")
 
 
 def _cmd_resume(args: argparse.Namespace) -> int:
@@ -133,6 +141,7 @@ def _cmd_resume(args: argparse.Namespace) -> int:
 
 
 def _cmd_runs(args: argparse.Namespace) -> int:
+    queue.pump(runs_dir())  # a slot may have freed without anyone starting the next run (e.g. a kill -9)
     infos = list_runs()
     if args.json:
         print(json.dumps([i.as_dict() for i in infos], indent=2, default=str))
@@ -145,7 +154,8 @@ def _cmd_runs(args: argparse.Namespace) -> int:
     for i in infos:
         iou = i.metrics.get("val_iou")
         enc = i.weights_source or "-"
-        print(f"{i.run_id:<40} {i.state:<12} {f'{i.epoch}/{i.total_epochs}':>7} {i.progress * 100:5.1f}% "
+        state = f"queued #{i.queue_position}" if i.queue_position else i.state
+        print(f"{i.run_id:<40} {state:<12} {f'{i.epoch}/{i.total_epochs}':>7} {i.progress * 100:5.1f}% "
               f"{'-' if iou is None else f'{iou:.3f}':>8} {format_eta(i.eta_s, none='-'):>8} {enc:<10}  {i.config}")
         if i.weights:
             print(f"  weights: {i.weights}")
@@ -158,6 +168,12 @@ def _cmd_runs(args: argparse.Namespace) -> int:
 def _cmd_stop(args: argparse.Namespace) -> int:
     state = stop_run(run_path(args.run), timeout=args.timeout)
     print(f"{args.run}: {state}")
+    return 0
+
+
+def _cmd_cancel(args: argparse.Namespace) -> int:
+    queue.cancel(run_path(args.run))
+    print(f"{args.run}: cancelled (removed from the queue)")
     return 0
 
 
@@ -198,6 +214,10 @@ def register_cli(sub) -> None:
     p.add_argument("run", help="run id or folder")
     p.add_argument("--timeout", type=float, default=60.0)
     p.set_defaults(func=_cmd_stop)
+
+    p = sub.add_parser("cancel", help="take a queued run out of the queue (it never starts)")
+    p.add_argument("run", help="run id or folder")
+    p.set_defaults(func=_cmd_cancel)
 
     p = sub.add_parser("compare", help=f"{MIN_RUNS}-{MAX_RUNS} runs side by side: best/last metrics, differing config")
     p.add_argument("runs", nargs="+", metavar="RUN", help="run ids or folders (from `python -m bdcore runs`)")

@@ -12,6 +12,7 @@ file descriptor to the training process (``pass_fds``), so the lock is held exac
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import errno
 import fcntl
@@ -147,6 +148,9 @@ def effective_state(run_dir: str | os.PathLike, status: dict | None = None) -> s
     if state in ACTIVE_STATES:
         if is_alive(run_dir):
             return state
+        if state == "queued" and status.get("queued_at") and \
+                float(read_launch(run_dir).get("time") or 0) < float(status["queued_at"]):
+            return state  # waiting in the run queue (bdcore.engine.queue), not launched since it was queued
         if state == "running" or status.get("pid"):
             return "interrupted"
         # launched, but the trainer died before it ever reported (bad environment, import error, ...)
@@ -178,6 +182,7 @@ class RunInfo:
     weights: str = ""                   # what the encoder got: WeightsInfo.summary() from status.json
     weights_source: str | None = None   # downloaded | cached | local | random | none (None: not known yet)
     phase: str | None = None   # e.g. "downloading encoder weights: 40/87 MB", "train", "eval"
+    queue_position: int | None = None  # 1-based place in the run queue while it waits for a slot
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -256,6 +261,7 @@ def run_info(run_dir: str | os.PathLike) -> RunInfo:
         weights=str(got.get("summary") or ""),
         weights_source=got.get("source"),
         phase=status.get("phase") if state in ACTIVE_STATES else None,
+        queue_position=_queue_position(run_dir) if state == "queued" else None,
         run_id=run_dir.name,
         path=run_dir,
         state=state,
@@ -275,6 +281,12 @@ def run_info(run_dir: str | os.PathLike) -> RunInfo:
             f"the trainer exited before reporting; {RunDir.LOG} says: {log_tail(run_dir)}"
             if state == "failed" else None),
     )
+
+
+def _queue_position(run_dir: Path) -> int | None:
+    from bdcore.engine import queue
+
+    return queue.position(run_dir)
 
 
 def status_problem(run_dir: Path, status: dict | None = None) -> str | None:
@@ -400,9 +412,30 @@ def _submission_key(data: dict, name: str | None) -> str:
     return hashlib.sha256(json.dumps([data, name], sort_keys=True).encode()).hexdigest()[:16]
 
 
+def submit(run_dir: str | os.PathLike, resume: bool = False) -> int | None:
+    """Start the run now if the machine has a free slot, else leave it queued (it starts by itself when one frees:
+    ``bdcore.engine.queue``); returns the trainer's pid, or None while it waits."""
+    from bdcore.engine import queue
+
+    run_dir = Path(run_dir)
+    queue.enqueue(run_dir, resume=resume)
+    queue.pump(run_dir.parent)
+    return read_launch(run_dir).get("pid") if is_alive(run_dir) else None
+
+
+@dataclass
+class StartResult:
+    """What :func:`start_run` did: started (``pid``), queued (``position``), or found a duplicate request."""
+
+    run_dir: Path
+    pid: int | None = None
+    position: int | None = None
+    duplicate: bool = False
+
+
 def start_run(cfg: RunConfig | dict, name: str | None = None, root: str | os.PathLike | None = None,
-              window_s: float = DUPLICATE_WINDOW_S) -> tuple[Path, int | None]:
-    """Create and launch a run, once per request: ``(run_dir, pid)``, pid None when this was a duplicate.
+              window_s: float = DUPLICATE_WINDOW_S) -> StartResult:
+    """Create a run and start it (or queue it when the machine is busy), once per request.
 
     The same settings submitted again within ``window_s`` seconds (Enter in a form field, then a click on its
     button; a double click; two tabs) return the run the first request started instead of a second one. The
@@ -426,18 +459,24 @@ def start_run(cfg: RunConfig | dict, name: str | None = None, root: str | os.Pat
                   if isinstance(v, dict) and now - float(v.get("time", 0)) < window_s}
         prior = recent.get(key)
         if prior and (root / str(prior.get("run", ""))).is_dir():
-            return root / prior["run"], None
+            return StartResult(root / prior["run"], duplicate=True)
         run_dir = create_run(data, name=name, root=root)
         try:
-            pid = launch(run_dir)
+            pid = submit(run_dir)
         except BaseException:
+            from bdcore.engine import queue
+
+            with contextlib.suppress(Exception):
+                queue.cancel(run_dir)
             shutil.rmtree(run_dir, ignore_errors=True)  # never leave a run that nobody will start
             raise
         recent[key] = {"run": run_dir.name, "time": now}
         atomic_write_json(root / SUBMISSIONS, recent)
-        return run_dir, pid
     finally:
         os.close(fd)
+    from bdcore.engine import queue
+
+    return StartResult(run_dir, pid=pid, position=None if pid else queue.position(run_dir))
 
 
 def wait_run(run_dir: str | os.PathLike, timeout: float | None = None, poll: float = 0.5) -> str:
@@ -495,8 +534,9 @@ def stop_run(run_dir: str | os.PathLike, timeout: float = 60.0) -> str:
     return state
 
 
-def resume_run(run_dir: str | os.PathLike) -> int:
-    """Relaunch a stopped/interrupted/failed run from its ``last.pt``; returns the pid."""
+def resume_run(run_dir: str | os.PathLike) -> int | None:
+    """Relaunch a stopped/interrupted/failed run from its ``last.pt``; returns the pid (None: queued until a slot
+    frees)."""
     run_dir = run_path(run_dir)
     state = effective_state(run_dir)
     if state in ACTIVE_STATES:
@@ -507,8 +547,8 @@ def resume_run(run_dir: str | os.PathLike) -> int:
     if not run.last.exists():
         # nothing durable yet (it never finished a checkpoint): start over, keeping the old metrics aside
         run.metrics_aside()
-        return launch(run_dir, resume=False)
-    return launch(run_dir, resume=True)
+        return submit(run_dir, resume=False)
+    return submit(run_dir, resume=True)
 
 
 def delete_run(run_dir: str | os.PathLike) -> None:

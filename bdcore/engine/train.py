@@ -91,7 +91,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ValueError as exc:  # status.json already says failed, with this message
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        _start_next_queued(run)
     return 0 if result["state"] in ("finished", "stopped") else 1
+
+
+def _start_next_queued(run: RunDir) -> None:
+    """This run's slot frees now: start the next queued run(s) (rank 0 only; a failure here never fails the run)."""
+    if os.environ.get("RANK", "0") != "0":
+        return
+    from bdcore.engine import queue
+
+    try:
+        started = queue.pump(run.path.parent, finishing=run.path.name)
+    except Exception as exc:  # noqa: BLE001 - the next app or CLI call pumps again
+        log.warning("could not start the next queued run: %s", exc)
+        return
+    if started:
+        log.info("started the next queued run(s): %s", ", ".join(started))
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from bdcore.engine import runs
+from bdcore.engine import queue, runs
 from bdcore.engine.rundir import read_metrics, read_status
 from bdcore.engine.runs import RunError
 
@@ -67,6 +67,8 @@ FAKE_TRAINER = textwrap.dedent(
                 save()
             status("running")
     status("finished")
+    from bdcore.engine import queue  # as bdcore.engine.train does: this run's slot frees, start the next
+    queue.pump(run.parent, finishing=run.name)
     '''
 )
 
@@ -216,17 +218,79 @@ def test_start_run_twice_within_the_window_starts_one_run(tmp_path, fake_trainer
         t.start()
     for t in threads:
         t.join(60)
-    assert len(results) == 2 and results[0][0] == results[1][0]
-    assert sorted(pid is None for _, pid in results) == [False, True]
-    assert [i.run_id for i in runs.list_runs(root)] == [results[0][0].name]
-    runs.wait_run(results[0][0], timeout=60)
-    again, pid = runs.start_run(cfg, root=root, window_s=0.0)  # the window has passed
-    assert pid is not None and again != results[0][0]
-    other, pid2 = runs.start_run(cfg, name="named", root=root)
-    assert pid2 is not None and other.name == "named"
-    for d in (again, other):
-        runs.wait_run(d, timeout=60)
+    assert len(results) == 2 and results[0].run_dir == results[1].run_dir
+    assert sorted(r.duplicate for r in results) == [False, True]
+    assert [i.run_id for i in runs.list_runs(root)] == [results[0].run_dir.name]
+    runs.wait_run(results[0].run_dir, timeout=60)
+    again = runs.start_run(cfg, root=root, window_s=0.0)  # the window has passed
+    assert not again.duplicate and again.pid is not None and again.run_dir != results[0].run_dir
+    runs.wait_run(again.run_dir, timeout=60)
+    other = runs.start_run(cfg, name="named", root=root)
+    assert not other.duplicate and other.run_dir.name == "named"
+    runs.wait_run(other.run_dir, timeout=60)
     assert len(runs.list_runs(root)) == 3
+
+
+def _step_span(run_dir) -> tuple[float, float]:
+    t = [r["time"] for r in read_metrics(run_dir) if r["kind"] == "step"]
+    return min(t), max(t)
+
+
+def test_queue_runs_three_starts_one_after_another(tmp_path, fake_trainer, monkeypatch):
+    """Limit one run: three starts at once → one runs, two wait (positions 1, 2) and start by themselves in order
+    as slots free (each finishing trainer starts the next); every run finishes and no two overlap in time."""
+    monkeypatch.setenv("BDCORE_MAX_RUNS", "1")
+    root = tmp_path / "runs"
+    res = [runs.start_run(_cfg(epochs=1, steps_per_epoch=6), name=f"q{i}", root=root) for i in range(3)]
+    assert res[0].pid is not None and [r.position for r in res[1:]] == [1, 2]
+    assert [runs.run_info(r.run_dir).state for r in res[1:]] == ["queued", "queued"]
+    assert runs.run_info(res[2].run_dir).queue_position == 2
+    for r in res:
+        _wait_for(lambda r=r: runs.run_info(r.run_dir).state == "finished", timeout=90)
+    spans = sorted(_step_span(r.run_dir) for r in res)
+    assert [_step_span(r.run_dir) for r in res] == spans  # started in the order they were queued
+    assert all(a[1] < b[0] for a, b in zip(spans, spans[1:])), spans  # no overlap
+    assert queue.entries(root) == []
+
+
+def test_queue_survives_a_kill_9_of_the_process_that_would_start_the_next(tmp_path, fake_trainer, monkeypatch,
+                                                                          capsys):
+    monkeypatch.setenv("BDCORE_MAX_RUNS", "1")
+    monkeypatch.setenv("FAKE_STEP_S", "0.2")
+    root = tmp_path / "runs"
+    monkeypatch.setenv("BDCORE_RUNS_DIR", str(root))
+    a = runs.start_run(_cfg(epochs=5, steps_per_epoch=4), name="a", root=root)
+    b = runs.start_run(_cfg(epochs=1, steps_per_epoch=2), name="b", root=root)
+    assert b.pid is None and b.position == 1
+    _wait_running(a.run_dir)
+    os.killpg(os.getpgid(a.pid), signal.SIGKILL)  # it never gets to start b
+    _wait_for(lambda: runs.run_info(a.run_dir).state == "interrupted")
+    time.sleep(0.5)
+    assert runs.run_info(b.run_dir).state == "queued"  # not forgotten, not started by anyone yet
+    from bdcore.cli import main as cli_main
+
+    assert cli_main(["runs"]) == 0  # the next CLI call starts it
+    assert "b " in capsys.readouterr().out
+    _wait_for(lambda: runs.run_info(b.run_dir).state == "finished", timeout=60)
+    assert queue.entries(root) == []
+
+
+def test_cancel_a_queued_run(tmp_path, fake_trainer, monkeypatch, capsys):
+    monkeypatch.setenv("BDCORE_MAX_RUNS", "1")
+    monkeypatch.setenv("FAKE_STEP_S", "0.2")
+    root = tmp_path / "runs"
+    monkeypatch.setenv("BDCORE_RUNS_DIR", str(root))
+    a = runs.start_run(_cfg(epochs=2, steps_per_epoch=4), name="a", root=root)
+    b = runs.start_run(_cfg(epochs=1, steps_per_epoch=2), name="b", root=root)
+    from bdcore.cli import main as cli_main
+
+    assert cli_main(["cancel", "b"]) == 0
+    assert runs.run_info(b.run_dir).state == "cancelled"
+    assert cli_main(["cancel", "a"]) == 2  # running: stop it instead
+    assert "not queued (state running); stop it" in capsys.readouterr().err
+    _wait_for(lambda: runs.run_info(a.run_dir).state == "finished", timeout=60)
+    time.sleep(0.5)
+    assert runs.run_info(b.run_dir).state == "cancelled" and not (b.run_dir / "metrics.jsonl").exists()
 
 
 def test_second_launch_and_delete_refused_while_running(tmp_path, fake_trainer):
@@ -336,7 +400,7 @@ def test_cli_train_foreground_and_detach(tmp_path, monkeypatch, capsys, fake_tra
     assert runs.wait_run(tmp_path / "runs" / "bg", timeout=30) == "finished"
     assert main(["train", "--epochs", "0"]) == 2  # invalid config: one-line error, no run folder left behind
     assert "epochs" in capsys.readouterr().err
-    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["bg", "fg"]
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir() if not p.name.startswith(".")) == ["bg", "fg"]
     # --create-only: the run folder for torchrun, nothing started
     assert main(["train", "--name", "ddp", "--create-only", *flags]) == 0
     assert capsys.readouterr().out.strip() == str(tmp_path / "runs" / "ddp")
