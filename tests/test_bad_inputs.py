@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from synth import make_aoi, write_garbage, write_geotiff, write_png_as_tif, write_truncated_tif
+from synth import add_point_feature, make_aoi, write_garbage, write_geotiff, write_png_as_tif, write_truncated_tif
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "robustness.md"
@@ -877,8 +877,9 @@ def test_corrupt_status_json(keep, tmp_path, monkeypatch, capsys):
 def _tiny_cfg(data_root: Path, **kw):
     from bdcore.engine.config import RunConfig
 
-    fields = dict(encoder="resnet18", encoder_weights=None, epochs=1, steps_per_epoch=1, crop_size=64, batch_size=2,
-                  workers=0, device="cpu", val_fraction=0.25, building_f1_tiles=0, log_every=1)
+    fields = {"encoder": "resnet18", "encoder_weights": None, "epochs": 1, "steps_per_epoch": 1, "crop_size": 64,
+              "batch_size": 2, "workers": 0, "device": "cpu", "val_fraction": 0.25, "building_f1_tiles": 0,
+              "log_every": 1}
     return RunConfig(data_root=str(data_root), **{**fields, **kw})
 
 
@@ -888,7 +889,6 @@ def test_train_refuses_bad_labels_before_the_run_starts(tmp_path, monkeypatch, c
     from bdcore.data.catalog import load_catalog
     from bdcore.data.split import config_split
     from bdcore.engine.rundir import read_status
-    from synth import add_point_feature
 
     aoi = make_aoi(tmp_path / "a", n_tiles=4)
     bad = aoi.tiles[1]
@@ -931,7 +931,6 @@ def test_trainer_refuses_a_labels_file_gone_bad_before_resume(tmp_path, monkeypa
     from bdcore.engine.rundir import read_status
     from bdcore.engine.runs import process_start_time
     from bdcore.engine.train import train
-    from synth import add_point_feature
 
     aoi = make_aoi(tmp_path / "a", n_tiles=5)
     run_dir = tmp_path / "run"
@@ -963,7 +962,6 @@ def test_train_page_shows_bad_labels_and_offers_to_leave_them_out(tmp_path, monk
 
     from bdcore.engine import runs
     from bdcore.engine.rundir import read_status
-    from synth import add_point_feature
 
     aoi = make_aoi(tmp_path / "a", n_tiles=4)
     bad = aoi.tiles[1]
@@ -991,7 +989,7 @@ def test_train_page_shows_bad_labels_and_offers_to_leave_them_out(tmp_path, monk
     assert len(launched) == 1 and read_status(launched[0])["excluded_tiles"] == [bad.tile_id]
     assert json.loads((launched[0] / "config.json").read_text())["exclude_bad_labels"] is True
     assert any(f"left out: {bad.tile_id}" in str(s.value) for s in at.success)
-    assert any(f"Left out for bad labels: {bad.tile_id}" in c for c in map(lambda c: str(c.value), at.caption))
+    assert any(f"Left out for bad labels: {bad.tile_id}" in str(c.value) for c in at.caption)
 
 
 def test_stop_does_not_signal_a_pid_that_is_not_the_runs_trainer(tmp_path, monkeypatch, capsys):
@@ -1009,8 +1007,8 @@ def test_stop_does_not_signal_a_pid_that_is_not_the_runs_trainer(tmp_path, monke
         (run_dir / "status.json").write_text(json.dumps({"state": "running", "pid": foreign.pid, "step": 3}))
         assert runs.run_info(run_dir).state == "running"  # nothing recorded to tell the pid apart yet
         line = cli_error(capsys, "stop", "reused", "--timeout", "5",
-                         contains=(f"run reused: pid {foreign.pid} is not this run's trainer (it is \"sleep 60\"); "
-                                   "not signalled", "marked interrupted", "bdcore resume reused"))
+                         contains=(f"pid {foreign.pid} is not this run's trainer (it is \"sleep 60\"); not signalled",
+                                   "run reused: ", "marked interrupted", "bdcore resume reused"))
         record("status.json naming another process's pid (reused pid)", "CLI stop", "", line)
         time.sleep(0.2)
         assert foreign.poll() is None  # still alive: neither it nor its group was signalled

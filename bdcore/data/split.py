@@ -269,6 +269,11 @@ def run_split(catalog, product: str, val_fraction: float, seed: int, method: str
     problems = label_problems(catalog) if LABELS in tiles.columns else {}
     bad = {t: str(tiles.at[t, LABELS]) for t in [*train, *val] if problems and str(tiles.at[t, LABELS]) in problems}
     if exclude_bad_labels and bad:
+        emptied = [role for role, ids in (("train", train), ("validation", val)) if ids and set(ids) <= set(bad)]
+        if emptied:
+            raise BadLabelsError(
+                f"every {' and '.join(emptied)} tile has an unusable labels file, so leaving them out leaves none: "
+                f"{describe_label_problems({p: problems[p] for p in bad.values()})}. Fix those files")
         train, val = [t for t in train if t not in bad], [t for t in val if t not in bad]
         excluded = [t for t in map(str, tiles.index) if t in bad]
         return Split(list(train), list(val), list(buffer), tiles, excluded=excluded)

@@ -444,5 +444,9 @@ def test_run_split_lists_or_excludes_tiles_with_bad_labels(tmp_path):
     assert out.excluded == ["img3"] and not out.bad_labels
     out.check_labels()  # nothing left to refuse
     assert out.train == [t for t in kept.train if t != "img3"] and out.val == [t for t in kept.val if t != "img3"]
+    for t in kept.val:  # leaving every val tile out would leave nothing to validate on: refused, saying so
+        synth.add_point_feature(aoi.tile(t).labels)
+    with pytest.raises(BadLabelsError, match="every validation tile has an unusable labels file"):
+        run_split(load_catalog(aoi.root), "PS-RGB", 0.34, 0, "random", exclude_bad_labels=True)
     assert run_split(load_catalog(synth.make_aoi(tmp_path / "ok", n_tiles=3, size=16).root),
                      "PS-RGB", 0.34, 0, "random").bad_labels == {}
