@@ -7,6 +7,7 @@ import streamlit as st
 
 from bdcore.viz.figures import training_curves_fig
 from bdcore.progress import format_eta
+from bdcore.data.catalog import describe_label_problems, label_problems, tiles_with_bad_labels
 from bdcore.data.products import DEFAULT_PRODUCT, PRODUCT_BANDS
 from bdcore.engine.config import ARCH_NAMES
 from bdcore.engine.rundir import read_metrics
@@ -43,6 +44,12 @@ def weights_outlook(encoder: str, weights: str | None) -> tuple[bool, str]:
 
 # ----------------------------------------------------------------------------------------------- the run form
 st.markdown(f"**New run** on {root_label(root)} ({len(catalog):,} tiles)")
+bad_labels = label_problems(catalog)
+EXCLUDE_LABEL = "Leave out tiles with bad labels"
+if bad_labels:
+    st.warning(f"{len(bad_labels)} labels file(s) of this dataset cannot be used for training: "
+               f"{describe_label_problems(bad_labels)}. A run whose train/val tiles include one is refused: fix the "
+               f"files, or tick **{EXCLUDE_LABEL}** below.")
 # The model row sits outside the form so that the weights check below updates before Start is pressed.
 c = st.columns(4)
 arch = c[0].selectbox("Architecture", ARCH_NAMES, key="f_arch")
@@ -81,6 +88,10 @@ with st.form("run_form"):
         workers = c[2].number_input("Data workers", 0, 32, 2, key="f_workers")
         boundary = c[3].checkbox("Boundary channel", key="f_boundary")
         name = st.text_input("Run name (optional)", key="f_name")
+    exclude_bad = bool(bad_labels) and st.checkbox(
+        EXCLUDE_LABEL, key="f_exclude_bad",
+        help=f"train without the {len(tiles_with_bad_labels(catalog))} tile(s) whose labels file is listed above; "
+             "the run records which tiles it left out")
     use_gpu = device == "cuda" or (device == "auto" and has_gpu)
     if use_gpu and has_gpu:
         st.info(f"Device: {device_name}")
@@ -103,23 +114,23 @@ if submitted:
             encoder_weights=chosen_weights, epochs=int(epochs), batch_size=int(batch),
             crop_size=None if crop == "full tile" else int(crop), lr=float(lr), val_fraction=float(val_fraction),
             split=split, seed=int(seed), device=device, steps_per_epoch=int(steps_per_epoch) or None,
-            log_every=int(log_every), workers=int(workers), boundary=bool(boundary),
+            log_every=int(log_every), workers=int(workers), boundary=bool(boundary), exclude_bad_labels=exclude_bad,
         )
-        if root != "demo":  # refuse an unlabelled folder now, not in the detached trainer
-            from bdcore.data.catalog import labelled_tiles
-
-            labelled_tiles(catalog, cfg.product)
-        res = runs.start_run(cfg, name=name.strip() or None)
+        # an unlabelled folder or a bad labels file is refused now, not in the detached trainer
+        res = runs.start_run(cfg, name=name.strip() or None, catalog=catalog,
+                             fix=f"tick **{EXCLUDE_LABEL}** to train without those tiles")
         st.session_state["train_selected"] = res.run_dir.name
+        left_out = (f" {len(res.excluded)} tile(s) with bad labels left out: {', '.join(res.excluded)}."
+                    if res.excluded else "")
         if res.duplicate:  # the same form sent twice (Enter, then a click): one run
             st.info(f"Run **{res.run_dir.name}** with these settings was started a moment ago; "
                     "not starting a second one.")
         elif res.pid is None:
             st.info(f"Run **{res.run_dir.name}** is queued (position {res.position}): the machine already runs "
-                    "its limit; it starts by itself when a slot frees, even if you close the browser.")
+                    f"its limit; it starts by itself when a slot frees, even if you close the browser.{left_out}")
         else:
             st.success(f"Started run **{res.run_dir.name}** (pid {res.pid}). It keeps running if you close the "
-                       "browser.")
+                       f"browser.{left_out}")
     except USER_ERRORS as exc:
         st.error(f"Could not start the run: {exc}")
 
@@ -210,6 +221,8 @@ def runs_panel() -> None:
         st.caption(f"Now: {info.phase}")
     if info.weights:
         (st.warning if info.weights_source == "random" else st.caption)(f"Encoder weights: {info.weights}")
+    if info.excluded_tiles:
+        st.caption(f"Left out for bad labels: {', '.join(info.excluded_tiles)}")
     if info.error:
         st.error(f"Run error: {info.error}")
     run_actions(info)

@@ -146,6 +146,16 @@ def write_empty_geojson(path: str | os.PathLike, crs_member: bool = True) -> Pat
     return write_geojson(path, [], crs="EPSG:4326", crs_member=crs_member)
 
 
+def add_point_feature(labels: str | os.PathLike, index: int = 1) -> Path:
+    """Insert a Point feature (no building footprint: a labels file training cannot use) at ``index``."""
+    path = Path(labels)
+    fc = json.loads(path.read_text())
+    fc["features"].insert(index, {"type": "Feature", "properties": {},
+                                  "geometry": {"type": "Point", "coordinates": list(PARIS_ORIGIN)}})
+    path.write_text(json.dumps(fc))
+    return path
+
+
 def write_truncated_tif(path: str | os.PathLike, keep_fraction: float = 0.3, size: int = 64, bands: int = 3) -> Path:
     """A valid GeoTIFF cut short: the header parses but strip data is missing."""
     path = Path(path)

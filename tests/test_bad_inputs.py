@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from synth import make_aoi, write_garbage, write_geotiff, write_png_as_tif, write_truncated_tif
+from synth import add_point_feature, make_aoi, write_garbage, write_geotiff, write_png_as_tif, write_truncated_tif
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "robustness.md"
@@ -873,6 +873,150 @@ def test_corrupt_status_json(keep, tmp_path, monkeypatch, capsys):
     record("corrupt status.json", "CLI runs", "", note)
     _train_page_lists(root, monkeypatch, "s")
     assert tree_hash(root) == before
+
+
+def _tiny_cfg(data_root: Path, **kw):
+    from bdcore.engine.config import RunConfig
+
+    fields = {"encoder": "resnet18", "encoder_weights": None, "epochs": 1, "steps_per_epoch": 1, "crop_size": 64,
+              "batch_size": 2, "workers": 0, "device": "cpu", "val_fraction": 0.25, "building_f1_tiles": 0,
+              "log_every": 1}
+    return RunConfig(data_root=str(data_root), **{**fields, **kw})
+
+
+def test_train_refuses_bad_labels_before_the_run_starts(tmp_path, monkeypatch, capsys):
+    """A Point feature in a train/val tile's labels: `train` refuses at once, every bad file listed with the fix,
+    no run folder left; with --exclude-bad-labels the tile is left out, the run records it and trains."""
+    from bdcore.data.catalog import load_catalog
+    from bdcore.data.split import config_split
+    from bdcore.engine.rundir import read_status
+
+    aoi = make_aoi(tmp_path / "a", n_tiles=4)
+    bad = aoi.tiles[1]
+    add_point_feature(bad.labels)
+    before = tree_hash(aoi.root)
+    runs_dir = tmp_path / "runs"
+    monkeypatch.setenv("BDCORE_RUNS_DIR", str(runs_dir))
+    flags = ("--data-root", aoi.root, "--encoder", "resnet18", "--encoder-weights", "none", "--val-fraction", "0.25",
+             "--epochs", "1", "--steps-per-epoch", "1", "--crop-size", "64", "--batch-size", "2", "--workers", "0",
+             "--device", "cpu", "--building-f1-tiles", "0")
+    line = cli_error(capsys, "train", "--detach", *flags,
+                     contains=(f"{bad.labels.name} (feature 1 is a Point", "1 labels file(s) of this run's train/val",
+                               "rerun with --exclude-bad-labels"))
+    record("labels file with a Point feature (a train/val tile)", "CLI train", "", line)
+    assert not runs_dir.exists() or not any(runs_dir.iterdir())
+
+    rc, out, err = cli(capsys, "train", "--create-only", "--name", "ex", "--exclude-bad-labels", *flags)
+    assert rc == 0, err
+    note = err.strip().splitlines()[-1]
+    assert note.startswith(f"note: 1 tile(s) with bad labels left out (recorded in {runs_dir / 'ex'}") and note.endswith(
+        bad.tile_id)
+    record("labels file with a Point feature (a train/val tile)", "CLI train --exclude-bad-labels", "",
+           f"(run created without the tile) {note}")
+    run_dir = runs_dir / "ex"
+    assert json.loads((run_dir / "config.json").read_text())["exclude_bad_labels"] is True
+    assert read_status(run_dir)["excluded_tiles"] == [bad.tile_id]
+    split = config_split(load_catalog(aoi.root), _tiny_cfg(aoi.root, exclude_bad_labels=True))
+    assert bad.tile_id not in split.train + split.val and split.excluded == [bad.tile_id]
+    rc, out, err = cli(capsys, "runs")
+    assert f"excluded (bad labels): {bad.tile_id}" in out
+    assert tree_hash(aoi.root) == before
+
+
+def test_trainer_refuses_a_labels_file_gone_bad_before_resume(tmp_path, monkeypatch):
+    """The trainer checks at setup (the last guard, on every resume too): labels files that went bad after the run
+    started stop the resume before any step, all named with the config field that leaves their tiles out; with that
+    field set, the resume trains without them and records which."""
+    from bdcore.data.catalog import load_catalog
+    from bdcore.data.split import BadLabelsError, config_split
+    from bdcore.engine.rundir import read_status
+    from bdcore.engine.runs import process_start_time
+    from bdcore.engine.train import train
+
+    aoi = make_aoi(tmp_path / "a", n_tiles=5)
+    run_dir = tmp_path / "run"
+    cfg = _tiny_cfg(aoi.root, epochs=2)
+    cfg.save(run_dir / "config.json")
+    assert train(cfg, run_dir, stop_at_step=1)["state"] == "stopped"
+    assert read_status(run_dir)["pid_start"] == process_start_time(os.getpid())  # names this process
+    last = (run_dir / "last.pt").read_bytes()
+    bad = [aoi.tile(t) for t in config_split(load_catalog(aoi.root), cfg).train[:2]]
+    for t in bad:
+        add_point_feature(t.labels)
+    with pytest.raises(BadLabelsError) as ei:
+        train(cfg, run_dir, resume=True)
+    msg = str(ei.value)
+    assert msg.startswith("2 labels file(s) of this run's train/val tiles cannot be used for training: ")
+    assert all(f"{t.labels.name} (feature 1 is a Point" in msg for t in bad)
+    assert msg.endswith(f'set "exclude_bad_labels": true in {run_dir / "config.json"} to leave those tiles out')
+    status = read_status(run_dir)
+    assert status["state"] == "failed" and status["error"] == f"BadLabelsError: {msg}"
+    assert (run_dir / "last.pt").read_bytes() == last  # nothing trained, nothing lost
+    record("labels file gone bad before a resume", "trainer (status.json error)", "", msg)
+    cfg.exclude_bad_labels = True
+    assert train(cfg, run_dir, resume=True)["state"] == "finished"
+    assert read_status(run_dir)["excluded_tiles"] == sorted((t.tile_id for t in bad), key=lambda t: int(t[3:]))
+
+
+def test_train_page_shows_bad_labels_and_offers_to_leave_them_out(tmp_path, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    from bdcore.engine import runs
+    from bdcore.engine.rundir import read_status
+
+    aoi = make_aoi(tmp_path / "a", n_tiles=4)
+    bad = aoi.tiles[1]
+    add_point_feature(bad.labels)
+    runs_dir = tmp_path / "runs"
+    monkeypatch.setenv("BDCORE_RUNS_DIR", str(runs_dir))
+    launched: list[Path] = []
+    monkeypatch.setattr(runs, "launch", lambda run_dir, **kw: launched.append(Path(run_dir)) or 4242)
+    at = AppTest.from_file(str(ROOT / "pages" / "train.py"), default_timeout=APP_TIMEOUT)
+    at.session_state["data_root"] = str(aoi.root)
+    at.run()
+    assert not at.exception, at.exception
+    warning = next(str(w.value) for w in at.warning if "cannot be used for training" in str(w.value))
+    assert f"{bad.labels.resolve()} (feature 1 is a Point" in warning and "Leave out tiles with bad labels" in warning
+    record("labels file with a Point feature (a train/val tile)", "app Train (page)", "", warning)
+    at.selectbox(key="f_weights").set_value("none").run()
+    at.button[0].click().run()  # Start, box not ticked: refused, nothing created
+    error = next(str(e.value) for e in at.error if "Could not start" in str(e.value))
+    assert bad.labels.name in error and "tick **Leave out tiles with bad labels**" in error
+    record("labels file with a Point feature (a train/val tile)", "app Train (Start)", "", error)
+    assert not launched and (not runs_dir.exists() or not any(runs_dir.iterdir()))
+    at.checkbox(key="f_exclude_bad").check()
+    at.button[0].click().run()
+    assert not at.exception, at.exception
+    assert len(launched) == 1 and read_status(launched[0])["excluded_tiles"] == [bad.tile_id]
+    assert json.loads((launched[0] / "config.json").read_text())["exclude_bad_labels"] is True
+    assert any(f"left out: {bad.tile_id}" in str(s.value) for s in at.success)
+    assert any(f"Left out for bad labels: {bad.tile_id}" in str(c.value) for c in at.caption)
+
+
+def test_stop_does_not_signal_a_pid_that_is_not_the_runs_trainer(tmp_path, monkeypatch, capsys):
+    """status.json (no launch.json) names a live process that is not the run's trainer (a reused pid): `stop` leaves
+    it alone, says what it is, and marks the run interrupted (nothing holds its lock: the trainer is gone)."""
+    from bdcore.engine import runs
+    from bdcore.engine.rundir import read_status
+
+    monkeypatch.setenv("BDCORE_RUNS_DIR", str(tmp_path / "runs"))
+    run_dir = runs.create_run(_tiny_cfg(tmp_path), name="reused")
+    foreign = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        while not runs._cmdline(foreign.pid):  # empty while its exec is still under way
+            time.sleep(0.01)
+        (run_dir / "status.json").write_text(json.dumps({"state": "running", "pid": foreign.pid, "step": 3}))
+        assert runs.run_info(run_dir).state == "running"  # nothing recorded to tell the pid apart yet
+        line = cli_error(capsys, "stop", "reused", "--timeout", "5",
+                         contains=(f"pid {foreign.pid} is not this run's trainer (it is \"sleep 60\"); not signalled",
+                                   "run reused: ", "marked interrupted", "bdcore resume reused"))
+        record("status.json naming another process's pid (reused pid)", "CLI stop", "", line)
+        time.sleep(0.2)
+        assert foreign.poll() is None  # still alive: neither it nor its group was signalled
+        assert read_status(run_dir)["state"] == "interrupted" and runs.run_info(run_dir).state == "interrupted"
+    finally:
+        foreign.kill()
+        foreign.wait()
 
 
 def _train_page_lists(root: Path, monkeypatch, run: str) -> None:

@@ -17,14 +17,13 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from bdcore.atomic import atomic_write
-from bdcore.data.catalog import labelled_tiles, load_catalog
 from bdcore.engine.compare import MAX_RUNS, MIN_RUNS, compare_runs
 from bdcore.engine.config import RunConfig
 from bdcore.engine.rundir import RunDir
 from bdcore.engine import queue
 from bdcore.engine.runs import (
-    RunInfo, create_run, effective_state, is_alive, list_runs, resume_run, run_info, run_path, status_problem,
-    stop_run, submit,
+    RunInfo, create_checked_run, effective_state, is_alive, list_runs, resume_run, run_info, run_path,
+    status_problem, stop_run, submit,
 )
 from bdcore.paths import runs_dir
 from bdcore.progress import format_eta
@@ -124,11 +123,16 @@ def _report_started(run_dir: Path, pid: int | None, detach: bool, what: str) -> 
 
 
 # ------------------------------------------------------------------------------------------ commands
+EXCLUDE_HINT = "rerun with --exclude-bad-labels to leave those tiles out (the run records which)"
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
-    if cfg.data_root.strip() not in ("", "demo"):  # refuse a bad data folder now, not in the detached trainer
-        labelled_tiles(load_catalog(cfg.resolved_data_root()), cfg.product)
-    run_dir = create_run(cfg, name=args.name)
+    # a bad data folder or labels file is refused now, not in the detached trainer
+    run_dir, excluded = create_checked_run(cfg, name=args.name, fix=EXCLUDE_HINT)
+    if excluded:
+        print(f"note: {len(excluded)} tile(s) with bad labels left out (recorded in {RunDir(run_dir).status}): "
+              f"{', '.join(excluded[:10])}{' ...' if len(excluded) > 10 else ''}", file=sys.stderr)
     if args.create_only:  # e.g. for `torchrun ... -m bdcore.engine.train --run-dir RUN_DIR`
         print(run_dir)
         return 0
@@ -159,6 +163,8 @@ def _cmd_runs(args: argparse.Namespace) -> int:
               f"{'-' if iou is None else f'{iou:.3f}':>8} {format_eta(i.eta_s, none='-'):>8} {enc:<10}  {i.config}")
         if i.weights:
             print(f"  weights: {i.weights}")
+        if i.excluded_tiles:
+            print(f"  excluded (bad labels): {', '.join(i.excluded_tiles)}")
         problem = status_problem(i.path)
         if problem:
             print(f"  note: {problem}")

@@ -264,13 +264,29 @@ def _scan(root: Path, limits: ScanLimits | None = None) -> tuple[dict[tuple[str,
     return found, h.hexdigest()[:32], walker.report
 
 
-def _pick(paths: list[tuple[str, int, int]], kind: str, root: Path) -> str:
-    """One file per (tile, kind): if the same name occurs twice, prefer the shallowest copy and say so."""
-    paths = sorted(paths, key=lambda p: (p[0].count(os.sep), p[0]))
-    if len(paths) > 1:
-        log.warning("catalog: %d %s files for the same tile, using %s (others: %s)", len(paths), kind,
-                    os.path.relpath(paths[0][0], root), ", ".join(os.path.relpath(p[0], root) for p in paths[1:]))
-    return paths[0][0]
+class _Picker:
+    """One file per (tile, kind): if the same name occurs twice, the shallowest copy is used. The first
+    ``MAX_WARNINGS`` such tiles are logged one by one, the rest in one line (``summary``), so a folder holding a
+    second copy of every tile does not log a line per tile."""
+
+    def __init__(self, root: Path):
+        self.root, self.duplicated = root, 0
+
+    def __call__(self, paths: list[tuple[str, int, int]], kind: str) -> str:
+        paths = sorted(paths, key=lambda p: (p[0].count(os.sep), p[0]))
+        if len(paths) > 1:
+            self.duplicated += 1
+            if self.duplicated <= MAX_WARNINGS:
+                log.warning("catalog: %d %s files for the same tile, using %s (others: %s)", len(paths), kind,
+                            os.path.relpath(paths[0][0], self.root),
+                            ", ".join(os.path.relpath(p[0], self.root) for p in paths[1:]))
+        return paths[0][0]
+
+    def summary(self) -> None:
+        if self.duplicated > MAX_WARNINGS:
+            log.warning("catalog: %d more tile file(s) found more than once (%d in all); the shallowest copy of each "
+                        "is used: remove the extra copies to silence this", self.duplicated - MAX_WARNINGS,
+                        self.duplicated)
 
 
 def _count_buildings(path: str) -> tuple[int, str | None]:
@@ -317,15 +333,17 @@ def _tile_rows(root: Path, found: dict[tuple[str, int], _Found]) -> list[dict]:
     multi = len({aoi for aoi, _ in found}) > 1
     rows: list[dict] = []
     orphan_labels = 0
+    pick = _Picker(root)
     for (aoi, n), f in sorted(found.items()):
         row: dict[str, Any] = {"tile_id": f"{aoi}_img{n}" if multi else f"img{n}", "image_id": f"{aoi}_img{n}", "aoi": aoi}
         for p in PRODUCTS:
-            row[p] = _pick(f.files[p], p, root) if p in f.files else None
+            row[p] = pick(f.files[p], p) if p in f.files else None
         if not any(row[p] for p in PRODUCTS):
             orphan_labels += 1
             continue
-        row[LABELS] = _pick(f.files[LABELS], LABELS, root) if LABELS in f.files else None
+        row[LABELS] = pick(f.files[LABELS], LABELS) if LABELS in f.files else None
         rows.append(row)
+    pick.summary()
     if orphan_labels:
         log.info("catalog: %d labels file(s) have no image and were left out", orphan_labels)
     return rows
@@ -488,6 +506,15 @@ def label_problems(cat: gpd.GeoDataFrame) -> dict[str, str]:
     problems = cat.attrs.get("problems", {})
     labels = {str(p) for p in cat[LABELS].dropna()} if LABELS in cat.columns else set()
     return {path: msg for path, msg in problems.items() if path in labels}
+
+
+def describe_label_problems(problems: dict[str, str], limit: int = 10) -> str:
+    """``label_problems`` as one line: each file with its reason (the catalog message without its fix), at most
+    ``limit`` of them, then "and N more"."""
+    parts = [f"{path} ({msg.split('; ')[0].removeprefix('bad labels file: ')})"
+             for path, msg in list(problems.items())[:limit]]
+    more = f" and {len(problems) - limit} more" if len(problems) > limit else ""
+    return "; ".join(parts) + more
 
 
 def tiles_with_bad_labels(cat: gpd.GeoDataFrame) -> list[str]:

@@ -8,13 +8,13 @@ settings trains and is evaluated on.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from shapely import STRtree
 
-from bdcore.data.catalog import labelled_tiles
+from bdcore.data.catalog import LABELS, describe_label_problems, label_problems, labelled_tiles
 
 SPLIT_METHODS = ("random", "blocked")
 AUTO_BLOCK_TILES = (8, 6, 4, 3, 2, 1)
@@ -23,6 +23,15 @@ COMPACT_IF_BUFFER_OVER = 0.10  # scattered blocks losing more than this share of
 
 class SplitError(ValueError):
     """A train/val split that cannot be made (too few tiles, bad fraction, no geometry)."""
+
+
+class BadLabelsError(SplitError):
+    """Train/val tiles of a run have labels files training cannot use; the message lists them all and the fix."""
+
+
+# How to leave bad-label tiles out, wherever a run is configured (callers name the one that fits where they are).
+EXCLUDE_FIX = ("leave those tiles out: `--exclude-bad-labels` (python -m bdcore train), `exclude_bad_labels: true` "
+               "(config file) or 'Leave out tiles with bad labels' (Train page); the run records which")
 
 
 def _tile_ids(catalog) -> list[str]:
@@ -218,6 +227,16 @@ class Split:
     val: list[str]
     buffer: list[str]
     tiles: Any
+    excluded: list[str] = field(default_factory=list)  # train/val tiles left out for a bad labels file
+    bad_labels: dict[str, str] = field(default_factory=dict)  # labels path -> problem, of the train/val tiles kept
+
+    def check_labels(self, fix: str = EXCLUDE_FIX) -> None:
+        """``BadLabelsError`` listing every unusable labels file of the train/val tiles (the buffer is not trained
+        on), so a run refuses before it starts instead of failing when such a tile is first sampled."""
+        if self.bad_labels:
+            raise BadLabelsError(
+                f"{len(self.bad_labels)} labels file(s) of this run's train/val tiles cannot be used for training: "
+                f"{describe_label_problems(self.bad_labels)}. Fix or delete those features, or {fix}")
 
     def role(self, tile_id: str) -> str | None:
         """ "train", "val", "buffer" or None (not in the split: unlabelled, or without the product)."""
@@ -238,14 +257,30 @@ class Split:
 
 
 def run_split(catalog, product: str, val_fraction: float, seed: int, method: str,
-              purpose: str = "training") -> Split:
-    """The split a run with these settings uses (``CatalogError`` naming the folder when no tile is labelled)."""
+              purpose: str = "training", exclude_bad_labels: bool = False) -> Split:
+    """The split a run with these settings uses (``CatalogError`` naming the folder when no tile is labelled).
+
+    Train/val tiles whose labels file is in ``catalog.label_problems`` are listed in ``bad_labels`` (see
+    ``Split.check_labels``), or with ``exclude_bad_labels`` taken out of train/val into ``excluded``. They are taken
+    out after splitting, so every other tile keeps its role (and a blocked split its buffer)."""
     tiles = labelled_tiles(catalog, product, purpose=purpose)
     train, val, buffer = split_tiles(tiles, val_fraction=float(val_fraction), seed=int(seed), method=method,
                                      return_buffer=True)
-    return Split(list(train), list(val), list(buffer), tiles)
+    problems = label_problems(catalog) if LABELS in tiles.columns else {}
+    bad = {t: str(tiles.at[t, LABELS]) for t in [*train, *val] if problems and str(tiles.at[t, LABELS]) in problems}
+    if exclude_bad_labels and bad:
+        emptied = [role for role, ids in (("train", train), ("validation", val)) if ids and set(ids) <= set(bad)]
+        if emptied:
+            raise BadLabelsError(
+                f"every {' and '.join(emptied)} tile has an unusable labels file, so leaving them out leaves none: "
+                f"{describe_label_problems({p: problems[p] for p in bad.values()})}. Fix those files")
+        train, val = [t for t in train if t not in bad], [t for t in val if t not in bad]
+        excluded = [t for t in map(str, tiles.index) if t in bad]
+        return Split(list(train), list(val), list(buffer), tiles, excluded=excluded)
+    return Split(list(train), list(val), list(buffer), tiles, bad_labels={p: problems[p] for p in bad.values()})
 
 
 def config_split(catalog, cfg, purpose: str = "training") -> Split:
-    """``run_split`` with a RunConfig's settings."""
-    return run_split(catalog, cfg.product, cfg.val_fraction, cfg.seed, cfg.split, purpose=purpose)
+    """``run_split`` with a RunConfig's settings (``exclude_bad_labels`` included)."""
+    return run_split(catalog, cfg.product, cfg.val_fraction, cfg.seed, cfg.split, purpose=purpose,
+                     exclude_bad_labels=bool(getattr(cfg, "exclude_bad_labels", False)))

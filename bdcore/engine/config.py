@@ -106,6 +106,9 @@ class RunConfig(BaseModel):
                                       "so a kill loses at most this much work; 0 = only at epoch ends")
     threshold: float = Field(0.5, gt=0.0, lt=1.0)
     building_f1_tiles: int = Field(4, ge=0, description="val tiles scored as polygons (SpaceNet F1) per eval")
+    exclude_bad_labels: bool = Field(
+        False, description="leave out train/val tiles whose labels file is unusable (a Point feature, unreadable) "
+                           "instead of refusing the run; the tiles left out are recorded in status.json")
 
     # ---------------------------------------------------------------- validators
     @field_validator("crop_size")

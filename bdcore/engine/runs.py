@@ -8,6 +8,10 @@ One writer per run folder: :func:`launch` takes an exclusive ``flock`` on ``run_
 file descriptor to the training process (``pass_fds``), so the lock is held exactly as long as the trainer lives
 (a ``kill -9`` releases it too). A second launch of the same run finds the lock taken and is refused, and
 "is it running?" is answered by probing the lock, which is immune to pid reuse.
+
+Signals go only to a verified trainer: the pid's start time (``/proc/<pid>/stat``) must be the one recorded in
+``launch.json`` / ``status.json`` (``pid_start``), or, where none was recorded, its command line must name the run
+folder (``--run-dir``). A pid reused by another process is never signalled.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from bdcore.atomic import atomic_write_json
+from bdcore.data.catalog import load_catalog
+from bdcore.data.split import EXCLUDE_FIX, config_split
 from bdcore.engine.config import RunConfig
 from bdcore.engine.rundir import RunDir, log_tail, read_config, read_launch, read_metrics, read_status, update_status
 from bdcore.paths import runs_dir
@@ -37,6 +43,11 @@ from bdcore.paths import runs_dir
 ACTIVE_STATES = ("queued", "running")
 TRAIN_MODULE = "bdcore.engine.train"
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,79}")  # used with fullmatch: "$" would accept a trailing newline
+# torchrun / Kubeflow process-group variables: a detached single-process trainer inheriting them from the app's
+# environment would wait in init_process_group for ranks that never come, so launch() clears them.
+DIST_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE", "ROLE_RANK",
+            "ROLE_WORLD_SIZE", "ROLE_NAME", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT")
+DIST_ENV_PREFIXES = ("TORCHELASTIC_",)
 
 # Popen objects of runs launched by this process, so finished children are reaped (no zombies in a long-lived app).
 _CHILDREN: dict[int, subprocess.Popen] = {}
@@ -104,6 +115,70 @@ def _pid_alive(pid: Any) -> bool:
         return True
 
 
+def process_start_time(pid: int) -> int | None:
+    """When the process started (clock ticks after boot, ``/proc/<pid>/stat`` field 22); with the pid it names one
+    process, so a reused pid is told apart. None when unknown (no such process, no ``/proc``)."""
+    try:
+        with open(f"/proc/{int(pid)}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _cmdline(pid: int) -> list[str] | None:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
+    except OSError:
+        return None
+
+
+def _names_run_dir(cmd: list[str], cwd: str | None, run_dir: Path) -> bool:
+    """The command line has ``--run-dir DIR`` (or ``--run-dir=DIR``) naming ``run_dir``: true of launch()'s child and
+    of every torchrun worker (and of the torchrun parent, whose group is the workers')."""
+    for i, arg in enumerate(cmd):
+        value = cmd[i + 1] if arg == "--run-dir" and i + 1 < len(cmd) else (
+            arg[len("--run-dir="):] if arg.startswith("--run-dir=") else None)
+        if value is None:
+            continue
+        try:
+            if os.path.samefile(os.path.join(cwd or "", value), run_dir):
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def trainer_mismatch(run_dir: Path, pid: int, pid_start: Any = None) -> str | None:
+    """None when live ``pid`` is this run's trainer; else what the process is (its command line), for the message.
+
+    A recorded start time (``pid_start``: launch() and the trainer write it) decides; without one, the command line
+    must name the run folder. Without ``/proc`` (not Linux) nothing can be checked and the pid is trusted."""
+    if not os.path.isdir("/proc/self"):
+        return None
+    cmd = _cmdline(pid)
+    if isinstance(pid_start, int):
+        if process_start_time(pid) == pid_start:
+            return None
+    elif cmd:
+        try:
+            cwd = os.readlink(f"/proc/{pid}/cwd")
+        except OSError:
+            cwd = None
+        if _names_run_dir(cmd, cwd, run_dir):
+            return None
+    text = " ".join(cmd) if cmd else "a process whose command line cannot be read"
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _same_process(pid: Any, pid_start: Any) -> bool:
+    """False only when a start time was recorded and the live ``pid`` started at another time (a reused pid)."""
+    if not isinstance(pid_start, int):
+        return True
+    now = process_start_time(pid)
+    return now is None or now == pid_start
+
+
 def _lock_held(run_dir: Path) -> bool:
     """True if some process holds the run's flock (i.e. its trainer is alive)."""
     path = RunDir(run_dir).lock
@@ -136,7 +211,7 @@ def is_alive(run_dir: str | os.PathLike) -> bool:
     # The lock covers processes started by launch(); a trainer started another way (torchrun, a notebook) is
     # only visible through its pid.
     if status.get("state") in ACTIVE_STATES and status.get("pid") and status.get("pid") != launch.get("pid"):
-        return _pid_alive(status.get("pid"))
+        return _pid_alive(status.get("pid")) and _same_process(status.get("pid"), status.get("pid_start"))
     return _pid_alive(launch.get("pid")) and launch.get("pid") in _CHILDREN
 
 
@@ -183,6 +258,7 @@ class RunInfo:
     weights_source: str | None = None   # downloaded | cached | local | random | none (None: not known yet)
     phase: str | None = None   # e.g. "downloading encoder weights: 40/87 MB", "train", "eval"
     queue_position: int | None = None  # 1-based place in the run queue while it waits for a slot
+    excluded_tiles: list[str] = field(default_factory=list)  # left out for bad labels (exclude_bad_labels)
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -260,6 +336,7 @@ def run_info(run_dir: str | os.PathLike) -> RunInfo:
     return RunInfo(
         weights=str(got.get("summary") or ""),
         weights_source=got.get("source"),
+        excluded_tiles=[str(t) for t in status.get("excluded_tiles") or []],
         phase=status.get("phase") if state in ACTIVE_STATES else None,
         queue_position=_queue_position(run_dir) if state == "queued" else None,
         run_id=run_dir.name,
@@ -351,6 +428,26 @@ def create_run(cfg: RunConfig | dict, name: str | None = None, root: str | os.Pa
     return run_dir
 
 
+def create_checked_run(cfg: RunConfig, name: str | None = None, catalog=None,
+                       fix: str = EXCLUDE_FIX, root: str | os.PathLike | None = None) -> tuple[Path, list[str]]:
+    """``create_run`` after the checks a detached trainer would otherwise fail on later: the data folder has
+    labelled tiles, the split can be made, and no train/val tile has an unusable labels file (``BadLabelsError``
+    listing all of them, ending with ``fix``). With ``cfg.exclude_bad_labels`` those tiles are left out instead and
+    recorded as ``excluded_tiles`` in ``status.json``. Returns (run folder, tiles left out).
+
+    ``catalog``: the data folder's catalog if the caller has it; without it the demo AOI is not checked (it is
+    written on first use, by the trainer)."""
+    excluded: list[str] = []
+    if catalog is not None or cfg.data_root.strip() not in ("", "demo"):
+        split = config_split(catalog if catalog is not None else load_catalog(cfg.resolved_data_root()), cfg)
+        split.check_labels(fix)
+        excluded = split.excluded
+    run_dir = create_run(cfg, name=name, root=root)
+    if excluded:
+        update_status(run_dir, excluded_tiles=excluded)
+    return run_dir, excluded
+
+
 def _acquire_lock(run_dir: Path) -> int:
     fd = os.open(RunDir(run_dir).lock, os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -385,7 +482,7 @@ def launch(run_dir: str | os.PathLike, resume: bool = False, module: str | None 
         cmd = [sys.executable, "-m", module or TRAIN_MODULE, "--run-dir", str(run_dir)]
         if resume:
             cmd.append("--resume")
-        env = dict(os.environ)
+        env = {k: v for k, v in os.environ.items() if k not in DIST_ENV and not k.startswith(DIST_ENV_PREFIXES)}
         env.setdefault("PYTHONUNBUFFERED", "1")
         env["BDCORE_RUN_LOCK_FD"] = str(fd)
         if extra_env:
@@ -400,7 +497,8 @@ def launch(run_dir: str | os.PathLike, resume: bool = False, module: str | None 
     finally:
         os.close(fd)  # the child's copy keeps the lock
     _CHILDREN[proc.pid] = proc
-    atomic_write_json(run.launch, {"pid": proc.pid, "cmd": cmd, "time": time.time(), "resume": resume})
+    atomic_write_json(run.launch, {"pid": proc.pid, "pid_start": process_start_time(proc.pid), "cmd": cmd,
+                                   "time": time.time(), "resume": resume})
     return proc.pid
 
 
@@ -431,11 +529,13 @@ class StartResult:
     pid: int | None = None
     position: int | None = None
     duplicate: bool = False
+    excluded: list[str] = field(default_factory=list)  # tiles left out for bad labels (create_checked_run)
 
 
 def start_run(cfg: RunConfig | dict, name: str | None = None, root: str | os.PathLike | None = None,
-              window_s: float = DUPLICATE_WINDOW_S) -> StartResult:
-    """Create a run and start it (or queue it when the machine is busy), once per request.
+              window_s: float = DUPLICATE_WINDOW_S, catalog=None, fix: str = EXCLUDE_FIX) -> StartResult:
+    """Create a run with :func:`create_checked_run`'s checks (``catalog``, ``fix``) and start it (or queue it when
+    the machine is busy), once per request.
 
     The same settings submitted again within ``window_s`` seconds (Enter in a form field, then a click on its
     button; a double click; two tabs) return the run the first request started instead of a second one. The
@@ -444,6 +544,7 @@ def start_run(cfg: RunConfig | dict, name: str | None = None, root: str | os.Pat
     """
     root = Path(root) if root is not None else runs_dir()
     root.mkdir(parents=True, exist_ok=True)
+    cfg = cfg if isinstance(cfg, RunConfig) else RunConfig(**_config_dict(cfg))
     data, now = _config_dict(cfg), time.time()
     key = _submission_key(data, name)
     fd = os.open(root / ".submit.lock", os.O_RDWR | os.O_CREAT, 0o644)
@@ -460,7 +561,7 @@ def start_run(cfg: RunConfig | dict, name: str | None = None, root: str | os.Pat
         prior = recent.get(key)
         if prior and (root / str(prior.get("run", ""))).is_dir():
             return StartResult(root / prior["run"], duplicate=True)
-        run_dir = create_run(data, name=name, root=root)
+        run_dir, excluded = create_checked_run(cfg, name=name, catalog=catalog, fix=fix, root=root)
         try:
             pid = submit(run_dir)
         except BaseException:
@@ -476,7 +577,7 @@ def start_run(cfg: RunConfig | dict, name: str | None = None, root: str | os.Pat
         os.close(fd)
     from bdcore.engine import queue
 
-    return StartResult(run_dir, pid=pid, position=None if pid else queue.position(run_dir))
+    return StartResult(run_dir, pid=pid, position=None if pid else queue.position(run_dir), excluded=excluded)
 
 
 def wait_run(run_dir: str | os.PathLike, timeout: float | None = None, poll: float = 0.5) -> str:
@@ -493,14 +594,40 @@ def wait_run(run_dir: str | os.PathLike, timeout: float | None = None, poll: flo
 # ----------------------------------------------------------------------------------------- stop/resume/delete
 
 
-def _signal_run(run_dir: Path, sig: int, group: bool = False) -> bool:
-    """Send ``sig`` to the trainer (``group``: to its whole process group, DataLoader workers included)."""
-    pids = []
+def _trainer_pids(run_dir: Path) -> tuple[list[int], list[tuple[int, str]]]:
+    """The live pids of ``launch.json`` / ``status.json``: (those verified as this run's trainer, [(pid, what it is)]
+    of the others)."""
+    ok: list[int] = []
+    foreign: list[tuple[int, str]] = []
     for src in (read_launch(run_dir), read_status(run_dir)):
-        if src.get("pid") and _pid_alive(src["pid"]):
-            pids.append(int(src["pid"]))
+        if not src.get("pid") or not _pid_alive(src["pid"]) or int(src["pid"]) in ok:
+            continue
+        pid = int(src["pid"])
+        what = trainer_mismatch(run_dir, pid, src.get("pid_start"))
+        if what is None:
+            ok.append(pid)
+            foreign = [f for f in foreign if f[0] != pid]
+        elif all(f[0] != pid for f in foreign):
+            foreign.append((pid, what))
+    return ok, foreign
+
+
+def _not_the_trainer(run_dir: Path, pid: int, what: str) -> RunError:
+    """The refusal to signal a pid that is not the run's trainer; with no lock held the trainer is gone, so the run
+    is marked ``interrupted`` (resumable) instead of showing as running forever."""
+    msg = f'run {run_dir.name}: pid {pid} is not this run\'s trainer (it is "{what}"); not signalled'
+    if _lock_held(run_dir):
+        return RunError(f"{msg}; another process holds the run's lock {RunDir(run_dir).lock}: stop that one")
+    update_status(run_dir, state="interrupted", heartbeat=time.time(),
+                  error=f"the trainer is gone (pid {pid} now belongs to another process)")
+    return RunError(f"{msg}; no process holds the run's lock, so its trainer is gone: marked interrupted "
+                    f"(resume it with `python -m bdcore resume {run_dir.name}`)")
+
+
+def _signal_run(run_dir: Path, sig: int, group: bool = False) -> bool:
+    """Send ``sig`` to the verified trainer (``group``: to its whole process group, DataLoader workers included)."""
     sent = False
-    for pid in dict.fromkeys(pids):
+    for pid in _trainer_pids(run_dir)[0]:
         try:
             if group:
                 os.killpg(os.getpgid(pid), sig)
@@ -514,7 +641,8 @@ def _signal_run(run_dir: Path, sig: int, group: bool = False) -> bool:
 
 def stop_run(run_dir: str | os.PathLike, timeout: float = 60.0) -> str:
     """SIGTERM to the trainer (it finishes the step, saves ``last.pt`` and marks itself ``stopped``), wait for it to
-    exit; SIGKILL to its whole process group after ``timeout``. Returns the state afterwards.
+    exit; SIGKILL to its whole process group after ``timeout``. Returns the state afterwards. A recorded pid that is
+    not this run's trainer (reused by another process) is not signalled: ``RunError`` saying what it is.
 
     SIGTERM goes to the main process only: DataLoader workers share its process group and die on SIGTERM, which the
     trainer would report as a failure instead of stopping cleanly; they exit with their parent."""
@@ -522,6 +650,9 @@ def stop_run(run_dir: str | os.PathLike, timeout: float = 60.0) -> str:
     if not is_alive(run_dir):
         state = effective_state(run_dir)
         raise RunError(f"run {run_dir.name} is not running (state {state}): nothing to stop")
+    pids, foreign = _trainer_pids(run_dir)
+    if foreign and not pids:
+        raise _not_the_trainer(run_dir, *foreign[0])
     _signal_run(run_dir, signal.SIGTERM)
     state = wait_run(run_dir, timeout=timeout, poll=0.2)
     if is_alive(run_dir):

@@ -21,6 +21,7 @@ from torch.utils.data import Dataset
 from bdcore.engine.config import RunConfig
 from bdcore.engine.device import device_name, setup_distributed, teardown_distributed
 from bdcore.engine.rundir import MetricsLog, RunDir, StatusWriter, read_status, update_status
+from bdcore.engine.runs import process_start_time
 from bdcore.engine.trainer import StopFlag, Trainer
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,7 @@ def train(cfg: RunConfig, run_dir: str | os.PathLike, resume: bool = False, *,
     started = time.time()
     status = StatusWriter(run.status, dist_info.main, {
         "created": old_status.get("created", started), "state": "running", "pid": os.getpid(),
+        "pid_start": process_start_time(os.getpid()),  # with the pid, names this process (runs.stop_run checks it)
         "host": socket.gethostname(), "device": device_name(device), "world_size": dist_info.world,
         "epoch": 0, "step": 0, "total_epochs": cfg.epochs, "steps_per_epoch": None, "started": started,
         "error": None, "resumed": bool(resume), "weights": old_status.get("weights"), "phase": "starting",

@@ -28,7 +28,9 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from bdcore.data.catalog import load_catalog
 from bdcore.data.dataset import SpaceNetSegmentation, build_datasets
+from bdcore.data.split import config_split
 from bdcore.engine.config import RunConfig
 from bdcore.engine.device import DistInfo, all_reduce, make_amp
 from bdcore.engine.models import load_checkpoint, model_from_config, save_checkpoint
@@ -208,6 +210,8 @@ class Trainer:
         if not resume and self.run.last.exists():
             raise TrainError(f"{self.run.last} exists: resume this run (resume=True / --resume) or use a new run "
                              "folder")
+        if datasets is None:
+            self._check_labels()
         ck = load_checkpoint(self.run.last, expect=cfg) if resume and self.run.last.exists() else None
         self.train_ds, self.val_ds = datasets if datasets is not None else build_datasets(cfg)
         # The normalisation the model was trained with travels in every checkpoint, so inference on another
@@ -234,6 +238,15 @@ class Trainer:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             self.ddp_model = DistributedDataParallel(self.model, device_ids=device_ids)
         self.model.train()
+
+    def _check_labels(self) -> None:
+        """The last guard, before any step and on every resume: a train/val tile whose labels file is unusable stops
+        the run now, every such file listed (not when the tile is first sampled, hours in); the tiles that
+        ``exclude_bad_labels`` leaves out are recorded in status.json."""
+        split = config_split(load_catalog(self.cfg.resolved_data_root()), self.cfg)
+        split.check_labels(f'set "exclude_bad_labels": true in {self.run.config} to leave those tiles out')
+        if split.excluded:
+            self.status.update(excluded_tiles=split.excluded, write=True)
 
     def _build_model(self, ck: Optional[dict]) -> None:
         """The model: pretrained encoder for a fresh run (rank 0 only: DDP broadcasts rank 0's parameters at

@@ -258,3 +258,32 @@ def test_catalog_cli(vegas_root, capsys, tmp_path):
     assert -115.4 < w < e < -115.1 and 36.0 < so < n < 36.3
     assert main(["catalog", str(tmp_path)]) == 2
     assert "no SpaceNet tiles found" in capsys.readouterr().err
+
+
+def test_duplicate_tile_files_log_a_bounded_number_of_lines(tmp_path, caplog):
+    """A second copy of every tile file (deeper) is one warning per tile for the first 5, then one summary line; the
+    shallowest copy is used."""
+    import logging
+
+    aoi = make_aoi(tmp_path / "a", n_tiles=8, size=16)
+    shutil.copytree(aoi.root, aoi.root / "backup" / "copy", ignore=shutil.ignore_patterns("backup"))
+    caplog.set_level(logging.WARNING, logger="bdcore.data.catalog")
+    cat = load_catalog(aoi.root)
+    lines = [r.getMessage() for r in caplog.records if r.name == "bdcore.data.catalog"]
+    assert sum("files for the same tile" in ln for ln in lines) == 5
+    summary_line = ("catalog: 11 more tile file(s) found more than once (16 in all); the shallowest copy of each is "
+                    "used: remove the extra copies to silence this")  # 8 tiles x (image, labels)
+    assert [ln for ln in lines if "more tile file(s)" in ln] == [summary_line]
+    assert len(lines) == 6 and len(cat) == 8
+    assert all("backup" not in cat.loc[t.tile_id, "PS-RGB"] for t in aoi.tiles)
+
+
+def test_describe_label_problems_caps_the_list():
+    from bdcore.data.catalog import describe_label_problems
+
+    problems = {f"/d/b{i}.geojson": "bad labels file: feature 0 is a Point; fix or delete those features" for i in range(12)}
+    text = describe_label_problems(problems)
+    assert text.count("is a Point") == 10 and text.endswith("/d/b9.geojson (feature 0 is a Point) and 2 more")
+    assert "fix or delete" not in text  # the reason only: the caller says what to do once
+    assert describe_label_problems(dict(list(problems.items())[:2])) == (
+        "/d/b0.geojson (feature 0 is a Point); /d/b1.geojson (feature 0 is a Point)")

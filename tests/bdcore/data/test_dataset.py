@@ -424,3 +424,29 @@ def test_build_datasets_refuses_a_folder_with_no_labelled_tile(tmp_path):
     msg = str(ei.value)
     assert msg.startswith(f"{aoi.root.resolve()}: 3 tile(s), 0 labelled")
     assert "training needs labelled tiles" in msg and "add the geojson_buildings files" in msg
+
+
+def test_run_split_lists_or_excludes_tiles_with_bad_labels(tmp_path):
+    """A train/val tile whose labels file holds a Point: listed (``check_labels`` refuses, naming the file) or, with
+    ``exclude_bad_labels``, taken out of train/val after splitting, every other tile keeping its role."""
+    from bdcore.data.catalog import load_catalog
+    from bdcore.data.split import BadLabelsError, run_split
+
+    aoi = synth.make_aoi(tmp_path / "aoi", n_tiles=6, size=16)
+    synth.add_point_feature(aoi.tiles[2].labels)
+    cat = load_catalog(aoi.root)
+    kept = run_split(cat, "PS-RGB", 0.34, 0, "random")
+    assert kept.bad_labels and list(kept.bad_labels) == [str(aoi.tiles[2].labels.resolve())] and not kept.excluded
+    with pytest.raises(BadLabelsError, match=r"1 labels file\(s\) of this run's train/val tiles .*img3\.geojson "
+                                             r"\(feature 1 is a Point.*\)\. Fix or delete those features, or do X"):
+        kept.check_labels("do X")
+    out = run_split(cat, "PS-RGB", 0.34, 0, "random", exclude_bad_labels=True)
+    assert out.excluded == ["img3"] and not out.bad_labels
+    out.check_labels()  # nothing left to refuse
+    assert out.train == [t for t in kept.train if t != "img3"] and out.val == [t for t in kept.val if t != "img3"]
+    for t in kept.val:  # leaving every val tile out would leave nothing to validate on: refused, saying so
+        synth.add_point_feature(aoi.tile(t).labels)
+    with pytest.raises(BadLabelsError, match="every validation tile has an unusable labels file"):
+        run_split(load_catalog(aoi.root), "PS-RGB", 0.34, 0, "random", exclude_bad_labels=True)
+    assert run_split(load_catalog(synth.make_aoi(tmp_path / "ok", n_tiles=3, size=16).root),
+                     "PS-RGB", 0.34, 0, "random").bad_labels == {}

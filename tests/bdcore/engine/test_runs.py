@@ -446,3 +446,54 @@ def test_real_detached_training_run_stop_and_resume(tmp_path):
     assert steps == list(range(1, 7)) and 1 <= stopped_step < 6  # resumed exactly where it stopped
     info = runs.run_info(run_dir)
     assert info.progress == 1.0 and info.epoch == 2 and info.state == "finished"
+
+
+def test_stop_verifies_a_trainer_started_outside_launch(tmp_path, fake_trainer):
+    """No launch.json (torchrun, a shell): the status pid is signalled only because its command line names this run
+    folder (a relative --run-dir, resolved in its cwd); a pid whose recorded start time differs is not the trainer."""
+    run_dir = runs.create_run(_cfg(epochs=50), name="outside", root=tmp_path)
+    proc = subprocess.Popen([sys.executable, "-m", "fake_trainer", "--run-dir", "outside"], cwd=tmp_path,
+                            start_new_session=True)
+    try:
+        _wait_running(run_dir)
+        assert runs.trainer_mismatch(run_dir, proc.pid) is None
+        assert runs.stop_run(run_dir, timeout=20) == "stopped" and proc.wait(timeout=20) == 0
+    finally:
+        proc.kill()
+    other = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        _wait_for(lambda: runs._cmdline(other.pid))  # empty while its exec is still under way
+        assert runs.trainer_mismatch(run_dir, other.pid) == "sleep 60"
+        start = runs.process_start_time(other.pid)
+        assert isinstance(start, int) and runs.trainer_mismatch(run_dir, other.pid, start) is None
+        (run_dir / "status.json").write_text(json.dumps({"state": "running", "pid": other.pid, "pid_start": start + 1}))
+        assert _state(run_dir) == "interrupted"  # the pid lives, but it is not the process that wrote the status
+        with pytest.raises(RunError, match="not running"):
+            runs.stop_run(run_dir)
+        assert other.poll() is None
+    finally:
+        other.kill()
+        other.wait()
+
+
+DIST_VARS = {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2", "GROUP_RANK": "0",
+             "ROLE_RANK": "1", "MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "29500", "TORCHELASTIC_RUN_ID": "x"}
+
+
+def test_detached_launch_clears_process_group_variables(tmp_path, monkeypatch):
+    """A container (Kubeflow) sets RANK/WORLD_SIZE/MASTER_*: the detached single-process trainer must not inherit
+    them (it would wait in init_process_group for ranks that never come)."""
+    mod_dir = tmp_path / "mods"
+    mod_dir.mkdir()
+    (mod_dir / "env_dump.py").write_text(
+        "import json, os, sys\n"
+        "json.dump(dict(os.environ), open(os.path.join(sys.argv[sys.argv.index('--run-dir') + 1], 'env.json'), 'w'))\n")
+    monkeypatch.setenv("PYTHONPATH", str(mod_dir))
+    for k, v in DIST_VARS.items():
+        monkeypatch.setenv(k, v)
+    run_dir = runs.create_run(_cfg(), name="env", root=tmp_path)
+    runs.launch(run_dir, module="env_dump", extra_env={"BDCORE_TEST_EXTRA": "1"})
+    runs.wait_run(run_dir, timeout=60)
+    env = json.loads((run_dir / "env.json").read_text())
+    assert not set(DIST_VARS) & set(env), sorted(set(DIST_VARS) & set(env))
+    assert env["BDCORE_TEST_EXTRA"] == "1" and env["PYTHONPATH"] == str(mod_dir)  # the rest is passed on
