@@ -542,6 +542,8 @@ def start_run(cfg: RunConfig | dict, name: str | None = None, root: str | os.Pat
     check and the creation happen under an exclusive lock on the runs folder, so two processes or threads cannot
     both pass it. A deliberate second run with the same settings is possible after ``window_s`` or with another name.
     """
+    if name is not None:
+        validate_run_name(name)  # before anything is written
     root = Path(root) if root is not None else runs_dir()
     root.mkdir(parents=True, exist_ok=True)
     cfg = cfg if isinstance(cfg, RunConfig) else RunConfig(**_config_dict(cfg))
