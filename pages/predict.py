@@ -76,7 +76,8 @@ if input_path is not None and st.button("Run prediction", type="primary", key="p
     out_dir = cache_dir() / "predictions" / hashlib.sha256(f"{checkpoint}|{input_path}|{normalize}".encode()).hexdigest()[:16]
     st.session_state.pop("predict_result", None)
     st.session_state[RUNNING] = True
-    st.button("Cancel", key="predict_cancel", help="stop the prediction; nothing is saved")
+    cancel = st.empty()
+    cancel.button("Cancel", key="predict_cancel", help="stop the prediction; nothing is saved")
     bar = st.progress(0.0, text="Predicting…")
     name = getattr(st.session_state.get("predict_upload"), "name", None) or input_path.name
     try:
@@ -93,6 +94,7 @@ if input_path is not None and st.button("Run prediction", type="primary", key="p
     except USER_ERRORS as exc:
         bar.empty()
         st.error(f"Cannot predict on {name}: {exc}")
+    cancel.empty()
     st.session_state.pop(RUNNING, None)
 
 result = st.session_state.get("predict_result")

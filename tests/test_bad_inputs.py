@@ -508,6 +508,42 @@ def test_predict_page_cancel_leaves_nothing(rasters, keep, monkeypatch):
     assert not at.info  # said once
 
 
+@pytest.mark.slow
+def test_wide_image_memory_bounded_in_width(tmp_path):
+    """A 200,000 × 512 px strip (sparse, deflate; one float32 band of it is 390 MB) through `predict --window 512`:
+    the blender holds one column band (predictor.STRIP_WIDTH px) at a time, so peak RSS growth stays far below a
+    full-width float strip, and buildings at both ends are found."""
+    import rasterio
+    from affine import Affine
+    from rasterio.windows import Window
+
+    w, h = 200_000, 512
+    wide = tmp_path / "wide.tif"
+    with rasterio.Env(GDAL_CACHEMAX=32), rasterio.open(
+            wide, "w", driver="GTiff", width=w, height=h, count=3, dtype="uint16", crs="EPSG:32611",
+            transform=Affine(0.3, 0, 660000.0, 0, -0.3, 4000000.0), tiled=True, blockxsize=512, blockysize=512,
+            compress="deflate", sparse_ok=True, BIGTIFF="YES") as dst:
+        boxes = [(100, 100), (200, 16_350), (300, 199_800)]  # (row, col): one straddles a column band edge
+        for r, c in boxes:
+            dst.write(np.full((3, 60, 80), 1800, np.uint16), window=Window(c, r, 80, 60))
+    script = tmp_path / "huge.py"
+    script.write_text(HUGE_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "2"}
+    out = tmp_path / "out"
+    p = subprocess.run([sys.executable, str(script), "predict", "--checkpoint", "dummy.pt", "--input", str(wide),
+                        "--out", str(out), "--window", "512", "--overlap", "64", "--batch-size", "8"],
+                       capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    res = json.loads(p.stdout.strip().splitlines()[-1])
+    growth_mb = (res["peak_kb"] - res["base_kb"]) / 1024
+    band_mb = w * h * 4 / 2**20
+    assert growth_mb < 260, (growth_mb, band_mb)  # ~195 MB; full-width strips (before column bands): ~630 MB
+    with rasterio.open(out / "wide_mask.tif") as m:
+        assert (m.width, m.height) == (w, h)
+    assert len(json.loads((out / "wide_buildings.geojson").read_text())["features"]) == len(boxes)
+    print(f"wide image: peak RSS growth {growth_mb:.0f} MB; one float32 band of it is {band_mb:.0f} MB")
+
+
 # ------------------------------------------------------------------------------------------------ labels
 
 
