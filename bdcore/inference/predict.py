@@ -37,10 +37,15 @@ from bdcore.inference.geotiff import (
     extract_polygons,
 )
 from bdcore.inference.normalization import Normalization, PredictError
-from bdcore.inference.predictor import PredictionCancelled, Predictor, WindowPlan
+from bdcore.inference.predictor import (
+    PredictionCancelled,
+    Predictor,
+    WindowPlan,
+    window_count,
+)
+from bdcore.progress import Progress
 
 __all__ = ["MAX_PIXELS", "PixelBudgetError", "PredictionCancelled", "predict_geotiff", "predict_tiles"]
-from bdcore.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +63,8 @@ def _check_input(path: Path, max_pixels: int, window: int, overlap: int) -> None
     try:
         _open_raster(path, max_pixels).close()
     except PixelBudgetError as exc:
-        raise exc.with_windows(WindowPlan(exc.height, exc.width, window, overlap).n_windows) from None
+        windows = window_count(exc.height, window, overlap) * window_count(exc.width, window, overlap)
+        raise exc.with_windows(windows) from None
 
 
 def _fitted_normalization(predictor: Predictor, source: RasterSource, normalize: str):

@@ -48,6 +48,13 @@ def window_starts(size: int, window: int, overlap: int) -> list[int]:
     return sorted(set(starts))
 
 
+def window_count(size: int, window: int, overlap: int) -> int:
+    """``len(window_starts(size, window, overlap))`` without building the list (a header can declare any size)."""
+    if size <= window:
+        return 1
+    return -(-(size - window) // max(window - overlap, 1)) + 1
+
+
 def ramp_weights(length: int, overlap: int, floor: float = 1e-3) -> np.ndarray:
     """1-D blending weight: linear ramp over ``overlap`` pixels at both ends, 1 in between, never 0."""
     if overlap <= 0 or length <= 2:
@@ -100,7 +107,8 @@ class WindowPlan:
         out = []
         for x0 in range(0, self.width, self.strip_width):
             x1 = min(x0 + self.strip_width, self.width)
-            out.append((x0, x1, [c for c in self.cols if c < x1 and c + self.ww > x0]))
+            i0, i1 = bisect.bisect_right(self.cols, x0 - self.ww), bisect.bisect_left(self.cols, x1)
+            out.append((x0, x1, self.cols[i0:i1]))
         return out
 
     def row_sums(self, lo: int, hi: int) -> np.ndarray:

@@ -312,10 +312,10 @@ def test_predict_cancel_stops_the_run_and_leaves_nothing(_isolated_dirs, browser
     next progress update, the page says so, shows no result, and the prediction's temporary files are gone."""
     import numpy as np
     import rasterio
+    from synth import write_tiny_checkpoint
 
     from bdcore.engine import runs
     from bdcore.engine.config import RunConfig
-    from synth import write_tiny_checkpoint
 
     runs_dir = _isolated_dirs / "cancel-runs"
     run = runs.create_run(RunConfig(encoder="resnet18", encoder_weights=None), name="tiny", root=runs_dir)
