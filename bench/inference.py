@@ -1,12 +1,14 @@
 """Benchmark: inference throughput on SpaceNet-sized tiles and peak memory on a big GeoTIFF.
 
     python bench/inference.py [--device auto] [--arch Unet --encoder resnet34] [--tiles 8] [--tta]
-                              [--size 4000 | --big] [--window 1024] [--overlap 128] [--mem-model dummy|real]
+                              [--size 4000 | --big | --shape 600x60000] [--window 1024] [--overlap 128]
+                              [--mem-model dummy|real]
 
 1. ``speed``: 650x650x3 uint16 tiles through ``Predictor.predict_array`` (the Review page / evaluate path) and
    through ``predict_geotiff`` (GeoTIFF in, prob/mask GeoTIFF + GeoJSON + CSV out), random-init weights (no
    download), tiles/s and ms/tile after one warm-up tile.
-2. ``memory``: ``predict_geotiff`` on a ``--size``² 3-band uint16 GeoTIFF (``--big``: 10,000²), run in a fresh child
+2. ``memory``: ``predict_geotiff`` on a ``--size``² 3-band uint16 GeoTIFF (``--big``: 10,000²; ``--shape HxW``: any
+   shape, e.g. ``600x60000`` for a wide, short strip whose memory must not grow with its width), run in a fresh child
    process; reported as peak RSS growth over the child's RSS just before the call (model built and warmed up),
    next to the size of the image as float32 (what reading it whole would cost). ``--mem-model dummy`` (default)
    uses a 1x1-conv model so the figure is the pipeline's own memory and the run is fast on CPU; ``real`` uses the
@@ -77,20 +79,23 @@ def _model(arch: str, encoder: str, dummy: bool = False):
     return build_model(arch, encoder, 3, 1, encoder_weights=None)
 
 
-def write_image(path: Path, size: int, seed: int = 0, strip: int = 512) -> None:
-    """A size x size 3-band uint16 GeoTIFF (UTM, 0.3 m) with bright rectangles, written in strips."""
+def write_image(path: Path, size: int, seed: int = 0, strip: int = 512, width: int | None = None) -> None:
+    """A size (rows) x ``width`` (default: size) 3-band uint16 GeoTIFF (UTM, 0.3 m) with bright rectangles, written
+    in blocks of at most ``strip`` x 4096 px (so writing a very wide image needs little memory)."""
     rng = np.random.default_rng(seed)
-    prof = dict(driver="GTiff", width=size, height=size, count=3, dtype="uint16", crs="EPSG:32611",
+    width = width or size
+    prof = dict(driver="GTiff", width=width, height=size, count=3, dtype="uint16", crs="EPSG:32611",
                 transform=Affine(0.3, 0, 660000.0, 0, -0.3, 4000000.0), tiled=True, blockxsize=256, blockysize=256,
                 BIGTIFF="IF_SAFER")
     with rasterio.open(path, "w", **prof) as dst:
         for r in range(0, size, strip):
-            h = min(strip, size - r)
-            a = rng.normal(300, 40, size=(3, h, size))
-            for _ in range(max(1, size // 100)):
-                c0, r0 = rng.integers(0, max(1, size - 40)), rng.integers(0, max(1, h - 20))
-                a[:, r0 : r0 + 20, c0 : c0 + 40] = 1500
-            dst.write(np.clip(a, 0, 2047).astype(np.uint16), window=Window(0, r, size, h))
+            for c in range(0, width, 4096):
+                h, w = min(strip, size - r), min(4096, width - c)
+                a = rng.normal(300, 40, size=(3, h, w))
+                for _ in range(max(1, w * h // (100 * min(size, strip)))):
+                    c0, r0 = rng.integers(0, max(1, w - 40)), rng.integers(0, max(1, h - 20))
+                    a[:, r0 : r0 + 20, c0 : c0 + 40] = 1500
+                dst.write(np.clip(a, 0, 2047).astype(np.uint16), window=Window(c, r, w, h))
 
 
 def bench_speed(args, tmp: Path) -> dict:
@@ -148,10 +153,12 @@ def memory_child(args) -> dict:
 
 
 def bench_memory(args, tmp: Path) -> dict:
-    size = 10_000 if args.big else args.size
+    height, width = (10_000, 10_000) if args.big else (args.size, args.size)
+    if args.shape:
+        height, width = (int(v) for v in args.shape.lower().split("x"))
     img = tmp / "big.tif"
     t0 = time.perf_counter()
-    write_image(img, size)
+    write_image(img, height, width=width)
     gen = time.perf_counter() - t0
     cmd = [sys.executable, __file__, "--memory-child", "--image", str(img), "--device", args.device,
            "--arch", args.arch, "--encoder", args.encoder, "--window", str(args.window), "--overlap",
@@ -164,10 +171,10 @@ def bench_memory(args, tmp: Path) -> dict:
     child = json.loads(proc.stdout.strip().splitlines()[-1])
     img.unlink(missing_ok=True)
     return {
-        "image": f"{size}x{size}x3 uint16", "model": args.mem_model if args.mem_model == "dummy" else
+        "image": f"{height}x{width}x3 uint16", "model": args.mem_model if args.mem_model == "dummy" else
         f"{args.arch}/{args.encoder}", "window": args.window, "overlap": args.overlap,
-        "image_float32_mb": round(size * size * 3 * 4 / 2**20, 1),
-        "one_band_float32_mb": round(size * size * 4 / 2**20, 1), "input_write_s": round(gen, 1), **child,
+        "image_float32_mb": round(height * width * 3 * 4 / 2**20, 1),
+        "one_band_float32_mb": round(height * width * 4 / 2**20, 1), "input_write_s": round(gen, 1), **child,
     }
 
 
@@ -181,6 +188,7 @@ def main() -> None:
     ap.add_argument("--tta", action="store_true")
     ap.add_argument("--size", type=int, default=4000, help="side of the memory-test image")
     ap.add_argument("--big", action="store_true", help="memory test on a 10,000 x 10,000 image")
+    ap.add_argument("--shape", default=None, help="memory test on a ROWSxCOLS image, e.g. 600x60000 (wide, short)")
     ap.add_argument("--window", type=int, default=1024)
     ap.add_argument("--overlap", type=int, default=128)
     ap.add_argument("--mem-model", choices=("dummy", "real"), default="dummy")

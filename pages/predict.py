@@ -59,12 +59,27 @@ else:
     product = next((p for p in PRODUCTS if p in catalog.columns and row.get(p)), None)
     input_path = Path(row[product]) if product else None
 
+# Set while a prediction runs and cleared when it ends; still set on the next run means that run was stopped mid-way:
+# a click (Cancel, or any other widget) makes Streamlit stop the script at its next st call (the progress bar), and
+# predict_geotiff removes its temporary files on the way out.
+RUNNING = "predict_running"
+if st.session_state.pop(RUNNING, False):
+    st.info("Prediction cancelled: nothing was saved.")
+# The app keeps imagery.MAX_PIXELS (the CLI's --max-pixels can raise it): say how to predict a bigger image anyway.
+BUDGET_FIX = ("crop it (e.g. gdal_translate -srcwin) or predict it from the command line with "
+              "bdcore predict --max-pixels {pixels}")
+
 if input_path is not None and st.button("Run prediction", type="primary", key="predict_go"):
     # torch + segmentation_models_pytorch: 2.1-2.4 s to import (measured on 2 CPU cores); the page opens without them
     from bdcore.inference.predict import predict_geotiff
 
     out_dir = cache_dir() / "predictions" / hashlib.sha256(f"{checkpoint}|{input_path}|{normalize}".encode()).hexdigest()[:16]
+    st.session_state.pop("predict_result", None)
+    st.session_state[RUNNING] = True
+    cancel = st.empty()
+    cancel.button("Cancel", key="predict_cancel", help="stop the prediction; nothing is saved")
     bar = st.progress(0.0, text="Predicting…")
+    name = getattr(st.session_state.get("predict_upload"), "name", None) or input_path.name
     try:
         imagery.read_profile(input_path)  # a clear error for a file that is not a raster
         result = predict_geotiff(
@@ -73,11 +88,14 @@ if input_path is not None and st.button("Run prediction", type="primary", key="p
         )
         bar.progress(1.0, text=f"Done in {result.get('seconds', 0):.1f} s")
         st.session_state["predict_result"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in result.items()}
+    except imagery.PixelBudgetError as exc:
+        bar.empty()
+        st.error(f"Cannot predict on {name}: {exc.message(fix=BUDGET_FIX)}")
     except USER_ERRORS as exc:
         bar.empty()
-        st.session_state.pop("predict_result", None)
-        name = getattr(st.session_state.get("predict_upload"), "name", None) or input_path.name
         st.error(f"Cannot predict on {name}: {exc}")
+    cancel.empty()
+    st.session_state.pop(RUNNING, None)
 
 result = st.session_state.get("predict_result")
 if result:

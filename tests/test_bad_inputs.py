@@ -368,6 +368,182 @@ def test_predict_page_upload_disk_full(rasters, keep, monkeypatch):
     assert not [p for p in (cache_dir() / "uploads").iterdir() if p.name.startswith((".full", "full"))]
 
 
+# ------------------------------------------------------------------------------------------------ decompression bomb
+
+
+@pytest.fixture(scope="module")
+def bomb(mod_tmp) -> Path:
+    """A deflate GeoTIFF of ~0.5 MB declaring 100,000 × 100,000 × 3 px (10 gigapixels): sparse, no tile written."""
+    import rasterio
+    from affine import Affine
+
+    path = mod_tmp / "bomb" / "bomb.tif"
+    path.parent.mkdir()
+    with rasterio.open(path, "w", driver="GTiff", width=100_000, height=100_000, count=3, dtype="uint8",
+                       crs="EPSG:32611", transform=Affine(0.3, 0, 660000.0, 0, -0.3, 4000000.0), tiled=True,
+                       blockxsize=512, blockysize=512, compress="deflate", sparse_ok=True, BIGTIFF="YES"):
+        pass
+    assert path.stat().st_size < 1_000_000
+    return path
+
+
+BOMB = "decompression bomb: 0.5 MB deflate GeoTIFF declaring 100,000 × 100,000 × 3 px"
+BOMB_NEEDLES = ("bomb", "100,000 × 100,000 px × 3 band(s) (10.0 gigapixels)", "over the budget of 1.0 gigapixels",
+                "--max-pixels 10000000000", "(it needs ~12,544 windows)")
+
+
+def test_predict_cli_decompression_bomb(bomb, tiny_ckpt, keep, tmp_path, capsys):
+    """Refused from the header in well under a second of work (no window read, no model loaded), not ~15 h."""
+    before = tree_hash(bomb)
+    t0 = time.perf_counter()
+    line = cli_error(capsys, "predict", "--checkpoint", tiny_ckpt, "--input", bomb, "--out", tmp_path / "out",
+                     contains=(*BOMB_NEEDLES, "pass --max-pixels 10000000000 to predict it anyway"))
+    assert time.perf_counter() - t0 < 10
+    record(BOMB, "CLI predict", "", line)
+    assert not (tmp_path / "out").exists() and tree_hash(bomb) == before
+
+
+def test_predict_cli_max_pixels_moves_the_budget(rasters, tiny_ckpt, keep, tmp_path, capsys):
+    args = ("predict", "--checkpoint", tiny_ckpt, "--input", rasters["good"], "--out", tmp_path / "out")
+    cli_error(capsys, *args, "--max-pixels", "4000", contains=("good.tif", "64 × 64 px", "--max-pixels 4096"))
+    rc, out, err = cli(capsys, *args, "--max-pixels", "4096")
+    assert rc == 0 and "good_mask.tif" in out, err
+    with pytest.raises(SystemExit) as exc:
+        cli(capsys, *args, "--max-pixels", "0")
+    assert exc.value.code == 2 and "not a positive number of pixels" in capsys.readouterr().err
+
+
+SIGTERM_SCRIPT = textwrap.dedent("""
+    import sys, time
+    import numpy as np, torch
+    from bdcore.inference import predict as P
+    from bdcore.cli import main
+
+    class Slow(torch.nn.Module):  # 0.2 s a window: long enough to be killed mid-way
+        def forward(self, x):
+            time.sleep(0.2)
+            return x[:, :1] * 0.0
+
+    def from_checkpoint(cls, checkpoint, device="auto", batch_size=4, stats=None):
+        norm = P.Normalization(np.zeros(3), np.full(3, 2000.0), "test")
+        return cls(Slow(), in_channels=3, normalization=norm, device="cpu", batch_size=1)
+
+    P.Predictor.from_checkpoint = classmethod(from_checkpoint)
+    sys.exit(main(sys.argv[1:]))
+""")
+
+
+def test_predict_cli_sigterm_leaves_no_tmp(tmp_path):
+    """SIGTERM (kill, a job scheduler) in the middle of the windows: exit 130, one line, no traceback, and nothing in
+    the output folder (the temporary prob/mask files are removed)."""
+    import signal
+
+    img = write_geotiff(tmp_path / "scene.tif", np.full((3, 600, 1500), 900, np.uint16))  # 21 windows of 256 px
+    script, out = tmp_path / "slow.py", tmp_path / "out"
+    script.write_text(SIGTERM_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    p = subprocess.Popen([sys.executable, str(script), "predict", "--checkpoint", "dummy.pt", "--input", str(img),
+                          "--out", str(out), "--window", "256", "--overlap", "32"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 240
+        while not list(out.glob(".scene_prob.tif.tmp")) and p.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert p.poll() is None, "finished before it could be interrupted"
+        p.send_signal(signal.SIGTERM)
+        _, err = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 130 and "Traceback" not in err, err
+    assert sorted(out.iterdir()) == []
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("interrupted: ") and "no output written" in line
+    record("SIGTERM in the middle of a prediction", "CLI predict", "", f"(works) exit 130: {line}")
+
+
+def test_predict_page_upload_decompression_bomb(bomb, keep, monkeypatch):
+    """The app always keeps the default budget, and its message says how to go further: crop, or the CLI."""
+    at = _predict_page(keep, monkeypatch)
+    at = _upload_and_predict(at, "bomb.tif", bomb.read_bytes())
+    errors = [str(e.value) for e in at.error]
+    assert len(errors) == 1, errors
+    assert all(n in errors[0] for n in (*BOMB_NEEDLES, "bomb.tif", "from the command line with bdcore predict")), errors
+    assert "predict_result" not in at.session_state and not at.info
+    record(BOMB, "app Predict upload", "", errors[0])
+
+
+def test_predict_page_cancel_leaves_nothing(rasters, keep, monkeypatch):
+    """Cancel (or any other click) makes Streamlit stop the running script at its next st call: the progress bar.
+    Simulated by raising Streamlit's StopException from the page's progress callback once the temporary outputs
+    exist: they are removed, no result is shown, and the next run says the prediction was cancelled."""
+    from streamlit.runtime.scriptrunner_utils.exceptions import StopException
+
+    import bdcore.inference.predict as predict_mod
+
+    real = predict_mod.predict_geotiff
+    seen: dict[str, object] = {}
+
+    def stopped_mid_way(checkpoint, input_path, out_dir, progress=None, **kw):
+        def click(done, total):
+            progress(done, total)
+            if done > 3:  # 3 × 3 windows of 32 px, a window row per batch: the first row is written
+                seen["tmp"], seen["out"] = sorted(p.name for p in out_dir.glob(".*.tmp")), out_dir
+                raise StopException()
+        return real(checkpoint, input_path, out_dir, progress=click, **{**kw, "window": 32, "overlap": 8})
+
+    at = _predict_page(keep, monkeypatch)
+    monkeypatch.setattr(predict_mod, "predict_geotiff", stopped_mid_way)
+    at = _upload_and_predict(at, "good.tif", rasters["good"].read_bytes())
+    assert [re.sub(r"-[0-9a-f]{16}", "", n) for n in seen.get("tmp", [])] == [".good_mask.tif.tmp",
+                                                                              ".good_prob.tif.tmp"], seen
+    assert not at.error and not at.success and "predict_result" not in at.session_state
+    at.button(key="predict_cancel").click().run()
+    assert not at.exception and not at.error and not at.success
+    infos = [str(i.value) for i in at.info]
+    assert infos == ["Prediction cancelled: nothing was saved."], infos
+    assert list(seen["out"].iterdir()) == []
+    record("Cancel (or another click) during a prediction", "app Predict", "", f"(works) next run: {infos[0]}")
+    at.run()
+    assert not at.info  # said once
+
+
+@pytest.mark.slow
+def test_wide_image_memory_bounded_in_width(tmp_path):
+    """A 200,000 × 512 px strip (sparse, deflate; one float32 band of it is 390 MB) through `predict --window 512`:
+    the blender holds one column band (predictor.STRIP_WIDTH px) at a time, so peak RSS growth stays far below a
+    full-width float strip, and buildings at both ends are found."""
+    import rasterio
+    from affine import Affine
+    from rasterio.windows import Window
+
+    w, h = 200_000, 512
+    wide = tmp_path / "wide.tif"
+    with rasterio.Env(GDAL_CACHEMAX=32), rasterio.open(
+            wide, "w", driver="GTiff", width=w, height=h, count=3, dtype="uint16", crs="EPSG:32611",
+            transform=Affine(0.3, 0, 660000.0, 0, -0.3, 4000000.0), tiled=True, blockxsize=512, blockysize=512,
+            compress="deflate", sparse_ok=True, BIGTIFF="YES") as dst:
+        boxes = [(100, 100), (200, 16_350), (300, 199_800)]  # (row, col): one straddles a column band edge
+        for r, c in boxes:
+            dst.write(np.full((3, 60, 80), 1800, np.uint16), window=Window(c, r, 80, 60))
+    script = tmp_path / "huge.py"
+    script.write_text(HUGE_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "2"}
+    out = tmp_path / "out"
+    p = subprocess.run([sys.executable, str(script), "predict", "--checkpoint", "dummy.pt", "--input", str(wide),
+                        "--out", str(out), "--window", "512", "--overlap", "64", "--batch-size", "8"],
+                       capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600, check=False)
+    assert p.returncode == 0, p.stderr[-3000:]
+    res = json.loads(p.stdout.strip().splitlines()[-1])
+    growth_mb = (res["peak_kb"] - res["base_kb"]) / 1024
+    band_mb = w * h * 4 / 2**20
+    assert growth_mb < 260, (growth_mb, band_mb)  # ~195 MB; full-width strips (before column bands): ~630 MB
+    with rasterio.open(out / "wide_mask.tif") as m:
+        assert (m.width, m.height) == (w, h)
+    assert len(json.loads((out / "wide_buildings.geojson").read_text())["features"]) == len(boxes)
+    print(f"wide image: peak RSS growth {growth_mb:.0f} MB; one float32 band of it is {band_mb:.0f} MB")
+
+
 # ------------------------------------------------------------------------------------------------ labels
 
 

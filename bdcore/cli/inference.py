@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
 
-from bdcore.data.imagery import NORMALIZE_MODES
+from bdcore.data.imagery import MAX_PIXELS, NORMALIZE_MODES
 from bdcore.engine.runs import run_path
 from bdcore.inference.evaluate import WHICH, evaluate_checkpoint
 from bdcore.progress import terminal_progress
@@ -21,15 +26,49 @@ def add_normalize_argument(p: argparse.ArgumentParser) -> None:
                         "2-98%% stretch, for imagery unlike the training data (e.g. 8-bit)")
 
 
+def _pixels(text: str) -> int:
+    """``--max-pixels``: a positive whole number of pixels (``10000000000`` or ``10_000_000_000``)."""
+    try:
+        n = int(text.replace(",", "_"))
+    except ValueError:
+        n = 0
+    if n <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of pixels (e.g. 2000000000)")
+    return n
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (``kill``, a job scheduler) interrupts like Ctrl-C, so the prediction's temporary files are removed
+    instead of the process dying mid-write."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
 def _cmd_predict(args: argparse.Namespace) -> int:
     # torch + segmentation_models_pytorch: 2.1-2.4 s to import (measured on 2 CPU cores), kept out of
     # `python -m bdcore --help` and the other commands
     from bdcore.inference.predict import predict_geotiff
 
-    with terminal_progress("win", Path(args.input).name) as progress:
-        res = predict_geotiff(args.checkpoint, args.input, args.out, tta=args.tta, window=args.window,
-                              overlap=args.overlap, threshold=args.threshold, batch_size=args.batch_size,
-                              device=args.device, progress=progress, normalize=args.normalize)
+    try:
+        with _sigterm_as_interrupt(), terminal_progress("win", Path(args.input).name) as progress:
+            res = predict_geotiff(args.checkpoint, args.input, args.out, tta=args.tta, window=args.window,
+                                  overlap=args.overlap, threshold=args.threshold, batch_size=args.batch_size,
+                                  device=args.device, progress=progress, normalize=args.normalize,
+                                  max_pixels=args.max_pixels)
+    except KeyboardInterrupt:
+        print("interrupted: prediction stopped, no output written (temporary files removed)", file=sys.stderr)
+        return 130
     for key in ("prob", "mask", "geojson", "csv"):
         if key in res:
             print(f"{key:8} {res[key]}")
@@ -75,5 +114,8 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overlap", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--device", default="auto")
+    p.add_argument("--max-pixels", type=_pixels, default=MAX_PIXELS, metavar="N",
+                   help=f"refuse inputs over N pixels (width x height; default {MAX_PIXELS:,}): a small file can "
+                        "declare a huge image; raise it to predict a bigger one")
     add_normalize_argument(p)
     p.set_defaults(func=_cmd_predict)

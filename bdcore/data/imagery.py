@@ -39,11 +39,54 @@ class ImageryError(ValueError):
     """A file that should be a readable GeoTIFF is not (missing, corrupt, truncated, another format)."""
 
 
-def open_geotiff(path: str | os.PathLike, check_pixels: bool = False, error: type[ValueError] = ImageryError):
+# The most pixels (width × height; bands not counted) a prediction takes on without being asked: a 1.8 MB deflate
+# GeoTIFF can declare 100,000 × 100,000 px (~15 h of windows). 1 gigapixel is ~31,600² px, a large satellite scene.
+MAX_PIXELS = 1_000_000_000
+MAX_PIXELS_FIX = "pass --max-pixels {pixels} to predict it anyway"  # the CLI's fix; the app passes its own
+
+
+def pixel_count(n: int) -> str:
+    """``10.0 gigapixels``, ``4.1 megapixels``, ``4,096 px``: a pixel count as a remote-sensing user reads it."""
+    if n >= 100_000_000:
+        return f"{n / 1e9:.1f} gigapixels"
+    return f"{n / 1e6:.1f} megapixels" if n >= 100_000 else f"{n:,} px"
+
+
+class PixelBudgetError(ImageryError):
+    """An image whose width × height is over the pixel budget, refused from its header before any pixel is read.
+
+    ``message(fix)`` names the file, the size (bands mentioned, not counted), the budget and ``fix``, a template that
+    may use ``{pixels}`` (the width × height to allow); ``windows``, when known, is the work it would take."""
+
+    def __init__(self, path: str | os.PathLike, width: int, height: int, bands: int, max_pixels: int,
+                 windows: int | None = None):
+        self.path, self.width, self.height, self.bands = Path(path), width, height, bands
+        self.max_pixels, self.windows = max_pixels, windows
+        super().__init__(self.message())
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+    def message(self, fix: str = MAX_PIXELS_FIX) -> str:
+        work = f" (it needs ~{self.windows:,} windows)" if self.windows else ""
+        return (f"{self.path}: {self.width:,} × {self.height:,} px × {self.bands} band(s) "
+                f"({pixel_count(self.pixels)}) is over the budget of {pixel_count(self.max_pixels)} (width × height); "
+                f"{fix.format(pixels=self.pixels)}{work}")
+
+    def with_windows(self, windows: int) -> PixelBudgetError:
+        """The same refusal, saying how many windows predicting it would take."""
+        return PixelBudgetError(self.path, self.width, self.height, self.bands, self.max_pixels, windows)
+
+
+def open_geotiff(path: str | os.PathLike, check_pixels: bool = False, error: type[ValueError] = ImageryError,
+                 max_pixels: int | None = None):
     """Open ``path`` with rasterio (the caller closes it), insisting on a GeoTIFF: THE check every GeoTIFF read goes
     through. A missing file, a folder, an unreadable or non-GeoTIFF file raises ``error`` (default ImageryError)
-    naming the file and the fix. ``check_pixels`` also decodes one pixel of the last row of the last band, which
-    catches truncated files (their header parses but the final strips are missing) at the cost of one block."""
+    naming the file and the fix. ``max_pixels``: an image whose header declares more (width × height) raises
+    :class:`PixelBudgetError` before any pixel is decoded (see :data:`MAX_PIXELS`). ``check_pixels`` also decodes
+    one pixel of the last row of the last band, which catches truncated files (their header parses but the final
+    strips are missing) at the cost of one block."""
     path = Path(path)
     if not path.exists():
         raise error(f"{path}: image file not found; check the path")
@@ -60,6 +103,9 @@ def open_geotiff(path: str | os.PathLike, check_pixels: bool = False, error: typ
         src.close()
         raise error(f"{path}: is a {src.driver} file, not a GeoTIFF (renamed?); convert it to GeoTIFF "
                     "(e.g. gdal_translate) or use the original GeoTIFF")
+    if max_pixels is not None and src.width * src.height > max_pixels:
+        src.close()
+        raise PixelBudgetError(path, src.width, src.height, src.count, max_pixels)
     if check_pixels:
         try:
             src.read(src.count, window=Window(src.width - 1, src.height - 1, 1, 1))

@@ -1,13 +1,13 @@
-"""GeoTIFF side of inference: windowed reads of the input, the probability/mask writer that receives blended rows
-strip by strip, and polygons read back chunk by chunk from the written probability raster.
+"""GeoTIFF side of inference: windowed reads of the input, the probability/mask writer that receives blended blocks
+(a strip of rows of one column band at a time), and polygons read back chunk by chunk from the written probability
+raster.
 
-Nothing here holds a whole image: reads are one window, writes one strip of rows, polygon extraction one chunk
+Nothing here holds a whole image: reads are one window, writes one block of rows, polygon extraction one chunk
 (with a margin) at a time.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -66,22 +66,20 @@ class RasterSource:
 
 
 class ProbMaskWriter:
-    """Receives blended rows (``predictor.RowSink``) and writes them to ``<stem>_prob.tif`` (uint8 0-255 or float32;
-    band 2 = boundary when the model has it) and ``<stem>_mask.tif`` (uint8 0/1) on the input's grid.
+    """Receives blended blocks (``predictor.RowSink``) and writes them to the probability GeoTIFF (uint8 0-255 or
+    float32; band 2 = boundary when the model has it) and the mask GeoTIFF (uint8 0/1) on the input's grid.
 
-    Both are written to hidden temporary files that :meth:`commit` renames into place; on an error (``with`` block
-    left by an exception) they are removed, so a failed prediction leaves no half-written output."""
+    ``prob_path``/``mask_path`` are where the bytes go: ``predict`` passes temporary names
+    (``atomic.StagedFiles``) that are renamed once every output is complete. Leaving the ``with`` block closes both."""
 
     def __init__(self, prob_path: Path, mask_path: Path, src: DatasetReader, threshold: float = 0.5,
                  prob_dtype: str = "uint8"):
         self.prob_path, self.mask_path = prob_path, mask_path
-        self.tmp_prob = prob_path.with_name(f".{prob_path.name}.tmp")
-        self.tmp_mask = mask_path.with_name(f".{mask_path.name}.tmp")
         self.threshold, self.float_prob = threshold, prob_dtype == "float32"
         profile: dict[str, Any] = dict(driver="GTiff", width=src.width, height=src.height, crs=src.crs,
                                        transform=src.transform, tiled=True, blockxsize=256, blockysize=256,
                                        compress="deflate", BIGTIFF="IF_SAFER")
-        if src.width < 256 or src.height < 256:
+        if src.width < 256:  # narrow: one block per strip of rows; wider ones are written in column bands: tiles
             profile.update(tiled=False, blockxsize=None, blockysize=None)
             profile = {k: v for k, v in profile.items() if v is not None}
         self.profile = profile
@@ -89,42 +87,34 @@ class ProbMaskWriter:
         self.mask: DatasetWriter | None = None
 
     def _open(self, channels: int) -> None:
-        self.prob = rasterio.open(self.tmp_prob, "w", count=channels,
+        self.prob = rasterio.open(self.prob_path, "w", count=channels,
                                   dtype="float32" if self.float_prob else "uint8", **self.profile)
         self.prob.set_band_description(1, "building probability")
         if channels > 1:
             self.prob.set_band_description(2, "boundary probability")
-        self.mask = rasterio.open(self.tmp_mask, "w", count=1, dtype="uint8", **self.profile)
+        self.mask = rasterio.open(self.mask_path, "w", count=1, dtype="uint8", **self.profile)
 
-    def __call__(self, top: int, rows: np.ndarray) -> None:
+    def __call__(self, top: int, left: int, block: np.ndarray) -> None:
         if self.prob is None:
-            self._open(rows.shape[0])
-        win = Window(0, top, rows.shape[2], rows.shape[1])
-        self.mask.write((rows[:1] > self.threshold).view(np.uint8), window=win)
+            self._open(block.shape[0])
+        win = Window(left, top, block.shape[2], block.shape[1])
+        self.mask.write((block[:1] > self.threshold).view(np.uint8), window=win)
         if self.float_prob:
-            self.prob.write(rows, window=win)
+            self.prob.write(block, window=win)
         else:
-            rows *= 255.0
-            self.prob.write(np.rint(rows, out=rows).astype(np.uint8), window=win)
+            block *= 255.0
+            self.prob.write(np.rint(block, out=block).astype(np.uint8), window=win)
 
-    def _close(self) -> None:
+    def close(self) -> None:
         for d in (self.prob, self.mask):
             if d is not None and not d.closed:
                 d.close()
-
-    def commit(self) -> None:
-        self._close()
-        os.replace(self.tmp_prob, self.prob_path)
-        os.replace(self.tmp_mask, self.mask_path)
 
     def __enter__(self) -> "ProbMaskWriter":
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None:
-            self._close()
-            for t in (self.tmp_prob, self.tmp_mask):
-                t.unlink(missing_ok=True)
+        self.close()
 
 
 def _iter_chunks(height: int, width: int, core: int) -> Iterator[tuple[int, int, int, int]]:

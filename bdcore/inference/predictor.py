@@ -3,12 +3,15 @@ tiles (:meth:`Predictor.predict_array`) and GeoTIFFs of any size (``predict.pred
 
 Blending: windows of ``window`` px overlap by ``overlap`` px and are weighted with a separable 2-D linear ramp
 (:func:`ramp_weights`); windows form a grid, so the weight sum of a pixel is the product of a row sum and a column
-sum. :class:`StripBlender` keeps only one window-high strip of weighted sums and hands rows on as soon as no later
-window touches them, so memory is bounded by the window, never the image.
+sum. The image is cut into column bands at most :data:`STRIP_WIDTH` px wide, each predicted top to bottom:
+:class:`StripBlender` keeps one window-high strip of one band's weighted sums and hands rows on as soon as no later
+window touches them, so memory is bounded by the window and the band width, never the image (a window that straddles
+two bands is predicted for each: ~6 % more windows on images wider than a band, none on narrower ones).
 """
 
 from __future__ import annotations
 
+import bisect
 import logging
 import os
 from pathlib import Path
@@ -45,6 +48,13 @@ def window_starts(size: int, window: int, overlap: int) -> list[int]:
     return sorted(set(starts))
 
 
+def window_count(size: int, window: int, overlap: int) -> int:
+    """``len(window_starts(size, window, overlap))`` without building the list (a header can declare any size)."""
+    if size <= window:
+        return 1
+    return -(-(size - window) // max(window - overlap, 1)) + 1
+
+
 def ramp_weights(length: int, overlap: int, floor: float = 1e-3) -> np.ndarray:
     """1-D blending weight: linear ramp over ``overlap`` pixels at both ends, 1 in between, never 0."""
     if overlap <= 0 or length <= 2:
@@ -55,51 +65,93 @@ def ramp_weights(length: int, overlap: int, floor: float = 1e-3) -> np.ndarray:
     return np.maximum(w, floor).astype(np.float32)
 
 
-class WindowPlan:
-    """The grid of overlapping windows over an ``height`` × ``width`` image, their 2-D weight and the weight sums."""
+# Widest column band predicted in one pass (px; a multiple of the output GeoTIFF's 256-px tiles, so no output tile
+# is shared by two bands): the blender's strip is at most K x window x STRIP_WIDTH float32 (~128 MB at a 1024-px
+# window with a boundary channel), whatever the image's width.
+STRIP_WIDTH = 16384
 
-    def __init__(self, height: int, width: int, window: int, overlap: int):
+
+class PredictionCancelled(Exception):
+    """``should_stop()`` said stop: the prediction ended early and wrote nothing (temporary files are removed).
+    Not a ValueError: a cancel is not a bad input."""
+
+
+def weight_sums(starts: list[int], ramp: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    """Sum of the 1-D ramps of windows starting at ``starts`` (sorted), over positions ``lo .. hi-1`` only: the
+    weight sums of a band or strip without an image-wide array."""
+    out = np.zeros(hi - lo, np.float32)
+    n = len(ramp)
+    for s in starts[bisect.bisect_left(starts, lo - n + 1):]:
+        if s >= hi:
+            break
+        a, b = max(s, lo), min(s + n, hi)
+        out[a - lo : b - lo] += ramp[a - s : b - s]
+    return out
+
+
+class WindowPlan:
+    """The grid of overlapping windows over an ``height`` × ``width`` image, their 2-D weight, and the column bands
+    (at most ``strip_width`` px wide) it is predicted in."""
+
+    def __init__(self, height: int, width: int, window: int, overlap: int, strip_width: int = STRIP_WIDTH):
         self.height, self.width = height, width
         self.rows, self.cols = window_starts(height, window, overlap), window_starts(width, window, overlap)
         self.wh, self.ww = min(window, height), min(window, width)
-        wr, wc = ramp_weights(self.wh, overlap), ramp_weights(self.ww, overlap)
-        self.weight = np.outer(wr, wc)
-        # the 2-D weight is separable and windows form a grid, so the weight sum is an outer product of 1-D sums
-        self.row_sum, self.col_sum = np.zeros(height, np.float32), np.zeros(width, np.float32)
-        for r in self.rows:
-            self.row_sum[r : r + self.wh] += wr
-        for c in self.cols:
-            self.col_sum[c : c + self.ww] += wc
+        self.wr, self.wc = ramp_weights(self.wh, overlap), ramp_weights(self.ww, overlap)
+        self.weight = np.outer(self.wr, self.wc)
+        self.strip_width = max(int(strip_width), 1)
+
+    def bands(self) -> list[tuple[int, int, list[int]]]:
+        """``(x0, x1, cols)`` per column band: output columns ``x0 .. x1-1`` and the start of every window column
+        that touches them (a window straddling two bands is in both)."""
+        out = []
+        for x0 in range(0, self.width, self.strip_width):
+            x1 = min(x0 + self.strip_width, self.width)
+            i0, i1 = bisect.bisect_right(self.cols, x0 - self.ww), bisect.bisect_left(self.cols, x1)
+            out.append((x0, x1, self.cols[i0:i1]))
+        return out
+
+    def row_sums(self, lo: int, hi: int) -> np.ndarray:
+        return weight_sums(self.rows, self.wr, lo, hi)
+
+    def col_sums(self, lo: int, hi: int) -> np.ndarray:
+        return weight_sums(self.cols, self.wc, lo, hi)
 
     @property
     def n_windows(self) -> int:
-        return len(self.rows) * len(self.cols)
+        """Windows predicted (those straddling two column bands count twice)."""
+        return len(self.rows) * sum(len(cols) for _, _, cols in self.bands())
 
 
-RowSink = Callable[[int, np.ndarray], None]  # sink(first_row, rows (K,n,W) float32 in [0,1]); may modify rows
+RowSink = Callable[[int, int, np.ndarray], None]  # sink(row, col, block (K,n,w) float32 in [0,1]); may modify it
 
 
 class StripBlender:
-    """Weighted window probabilities summed over one window-high strip of rows (the only image-wide buffer)."""
+    """Weighted window probabilities summed over one window-high strip of one column band ``x0 .. x1-1`` (the only
+    buffer that grows with the image, bounded by the band width)."""
 
-    def __init__(self, plan: WindowPlan, channels: int):
-        self.plan = plan
-        self.acc = np.zeros((channels, plan.wh, plan.width), np.float32)
+    def __init__(self, plan: WindowPlan, channels: int, x0: int = 0, x1: int | None = None):
+        self.plan, self.x0 = plan, x0
+        self.x1 = plan.width if x1 is None else x1
+        self.acc = np.zeros((channels, plan.wh, self.x1 - x0), np.float32)
+        self.col_sum = plan.col_sums(x0, self.x1)
         self.top = 0  # image row of acc[:, 0]
 
     def add(self, row: int, col: int, prob: np.ndarray) -> None:
-        """Add one window's (K,wh,ww) probabilities (weighted in place) at image position (row, col)."""
+        """Add one window's (K,wh,ww) probabilities (weighted in place) at image position (row, col); only the part
+        inside this band is kept."""
         prob *= self.plan.weight
         r = row - self.top
-        self.acc[:, r : r + self.plan.wh, col : col + self.plan.ww] += prob
+        a, b = max(col, self.x0), min(col + self.plan.ww, self.x1)
+        self.acc[:, r : r + self.plan.wh, a - self.x0 : b - self.x0] += prob[:, :, a - col : b - col]
 
     def flush(self, until: int, sink: RowSink) -> None:
         """Rows ``top .. until-1`` are final: divide by the weight sums, hand them to ``sink``, slide the strip."""
         n = until - self.top
         final = self.acc[:, :n]
-        final /= self.plan.row_sum[None, self.top : until, None]  # in place: these rows are done
-        final /= self.plan.col_sum[None, None, :]
-        sink(self.top, final)
+        final /= self.plan.row_sums(self.top, until)[None, :, None]  # in place: these rows are done
+        final /= self.col_sum[None, None, :]
+        sink(self.top, self.x0, final)
         del final
         wh = self.plan.wh
         self.acc[:, : wh - n] = self.acc[:, n:]
@@ -217,35 +269,47 @@ class Predictor:
 
     # ---------------------------------------------------------------- blended windows
     def predict_windows(self, source: WindowSource, norm: Normalization, plan: WindowPlan, sink: RowSink,
-                        tta: bool = False, progress: Progress | None = None) -> int:
-        """Predict every window of ``plan`` over ``source`` (a window row at a time, in batches), blend them and hand
-        finished rows to ``sink``. Returns the number of output channels K. Pixels whose every band is nodata get
-        probability 0. ``progress(done, total)`` after each batch."""
+                        tta: bool = False, progress: Progress | None = None,
+                        should_stop: Callable[[], bool] | None = None) -> int:
+        """Predict every window of ``plan`` over ``source`` (column band by column band, a window row at a time, in
+        batches), blend them and hand finished blocks to ``sink``. Returns the number of output channels K. Pixels
+        whose every band is nodata get probability 0. ``progress(done, total)`` after each batch; ``should_stop()``
+        before each batch: True raises :class:`PredictionCancelled`."""
         raw = np.empty((source.count, plan.wh, plan.ww), source.dtype)
         batch = np.empty((self.batch_size, source.count, plan.wh, plan.ww), np.float32)
-        strip: StripBlender | None = None
-        done = 0
-        for ri, row in enumerate(plan.rows):
-            for i in range(0, len(plan.cols), self.batch_size):
-                cols = plan.cols[i : i + self.batch_size]
-                invalid = []
-                for j, col in enumerate(cols):
-                    source.read(row, col, out=raw)
-                    norm.apply(raw, out=batch[j])
-                    if source.nodata is not None:
-                        invalid.append(np.all(raw == source.nodata, axis=0))
-                probs = self.predict_batch(batch[: len(cols)], tta=tta)
-                for j, bad in enumerate(invalid):
-                    probs[j][:, bad] = 0.0
-                if strip is None:
-                    strip = StripBlender(plan, probs.shape[1])
-                for col, p in zip(cols, probs):
-                    strip.add(row, col, p)
-                done += len(cols)
-                if progress is not None:
-                    progress(done, plan.n_windows)
-            strip.flush(plan.rows[ri + 1] if ri + 1 < len(plan.rows) else plan.height, sink)
-        return strip.acc.shape[0]
+        channels, done, total = 0, 0, plan.n_windows
+        for x0, x1, band_cols in plan.bands():
+            strip: StripBlender | None = None
+            for ri, row in enumerate(plan.rows):
+                for i in range(0, len(band_cols), self.batch_size):
+                    if should_stop is not None and should_stop():
+                        raise PredictionCancelled(f"prediction cancelled after {done} of {total} windows")
+                    cols = band_cols[i : i + self.batch_size]
+                    probs = self._predict_cols(source, norm, row, cols, raw, batch, tta)
+                    if strip is None:
+                        channels = probs.shape[1]
+                        strip = StripBlender(plan, channels, x0, x1)
+                    for col, p in zip(cols, probs):
+                        strip.add(row, col, p)
+                    done += len(cols)
+                    if progress is not None:
+                        progress(done, total)
+                strip.flush(plan.rows[ri + 1] if ri + 1 < len(plan.rows) else plan.height, sink)
+        return channels
+
+    def _predict_cols(self, source: WindowSource, norm: Normalization, row: int, cols: list[int], raw: np.ndarray,
+                      batch: np.ndarray, tta: bool) -> np.ndarray:
+        """The windows at ``row`` and ``cols`` read, normalised and predicted as one batch; nodata pixels → 0."""
+        invalid = []
+        for j, col in enumerate(cols):
+            source.read(row, col, out=raw)
+            norm.apply(raw, out=batch[j])
+            if source.nodata is not None:
+                invalid.append(np.all(raw == source.nodata, axis=0))
+        probs = self.predict_batch(batch[: len(cols)], tta=tta)
+        for j, bad in enumerate(invalid):
+            probs[j][:, bad] = 0.0
+        return probs
 
     def predict_array(self, image: np.ndarray, tta: bool = False, window: int = 1024, overlap: int = 128,
                       nodata: float | None = None, normalization: Normalization | None = None) -> np.ndarray:
@@ -256,10 +320,10 @@ class Predictor:
             norm = norm.fitted_for(image, nodata)
         out: list[np.ndarray] = []
 
-        def keep(top: int, rows: np.ndarray) -> None:
+        def keep(top: int, left: int, block: np.ndarray) -> None:
             if not out:
-                out.append(np.empty((rows.shape[0], image.shape[1], image.shape[2]), np.float32))
-            out[0][:, top : top + rows.shape[1]] = rows
+                out.append(np.empty((block.shape[0], image.shape[1], image.shape[2]), np.float32))
+            out[0][:, top : top + block.shape[1], left : left + block.shape[2]] = block
 
         plan = WindowPlan(image.shape[1], image.shape[2], window, overlap)
         self.predict_windows(ArraySource(image, nodata), norm, plan, keep, tta=tta)

@@ -385,3 +385,48 @@ def test_deep_link_first_after_server_start_goes_through_the_app_navigation(_iso
             shot(pg, f"deep_link_{path}")
         finally:
             pg.close()
+
+
+def test_predict_cancel_stops_the_run_and_leaves_nothing(_isolated_dirs, browser, tmp_path):
+    """Cancel while a prediction runs (25 windows of 1,024 px on CPU: minutes): Streamlit stops the page script at its
+    next progress update, the page says so, shows no result, and the prediction's temporary files are gone."""
+    import numpy as np
+    import rasterio
+    from synth import write_tiny_checkpoint
+
+    from bdcore.engine import runs
+    from bdcore.engine.config import RunConfig
+
+    runs_dir = _isolated_dirs / "cancel-runs"
+    run = runs.create_run(RunConfig(encoder="resnet18", encoder_weights=None), name="tiny", root=runs_dir)
+    write_tiny_checkpoint(run / "best.pt")
+    img = tmp_path / "scene.tif"
+    with rasterio.open(img, "w", driver="GTiff", width=4096, height=4096, count=3, dtype="uint16", crs="EPSG:32611",
+                       transform=rasterio.Affine(0.3, 0, 660000.0, 0, -0.3, 4000000.0), tiled=True,
+                       compress="deflate") as dst:
+        dst.write(np.full((3, 4096, 4096), 500, np.uint16))
+    predictions = Path(os.environ["BDCORE_CACHE_DIR"]) / "predictions"
+    with _streamlit(runs_dir, _isolated_dirs / "cancel.log") as url:
+        pg = browser.new_page(viewport={"width": 1400, "height": 1200})
+        try:
+            pg.goto(f"{url}/predict")
+            pg.get_by_text("Upload a GeoTIFF").first.wait_for(timeout=90000)
+            pg.locator('input[type="file"]').set_input_files(str(img))
+            pg.get_by_role("button", name="Run prediction").click()
+            pg.get_by_text("Predicting… window").first.wait_for(timeout=180000)  # the first batch is done
+            deadline = time.time() + 180  # ... and the first window row written (its temporary files exist)
+            while not list(predictions.glob("*/.scene-*_prob.tif.tmp")) and time.time() < deadline:
+                time.sleep(0.2)
+            assert list(predictions.glob("*/.scene-*_prob.tif.tmp")), "the prediction was not writing yet"
+            assert pg.get_by_text("buildings found").count() == 0  # still running
+            pg.get_by_role("button", name="Cancel").click()
+            pg.get_by_text("Prediction cancelled: nothing was saved.").wait_for(timeout=60000)
+            assert pg.get_by_text("buildings found").count() == 0
+            assert_clean(pg)
+            deadline = time.time() + 30  # the stopped run's clean-up happens in the server's script thread
+            while [p for p in predictions.rglob("*") if p.is_file()] and time.time() < deadline:
+                time.sleep(0.2)
+            assert [p for p in predictions.rglob("*") if p.is_file()] == []
+            shot(pg, "predict_cancelled")
+        finally:
+            pg.close()

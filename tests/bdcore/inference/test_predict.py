@@ -75,6 +75,7 @@ def test_window_starts_cover_and_weights_positive():
     for size in (513, 1024, 1500, 2000, 4001):
         s = P.window_starts(size, 512, 128)
         assert s[0] == 0 and s[-1] == size - 512 and all(b - a <= 384 for a, b in zip(s, s[1:]))
+        assert P.window_count(size, 512, 128) == len(s)
     w = P.ramp_weights(512, 128)
     assert w.min() > 0 and w[200] == 1.0 and w[0] < 0.01 and np.allclose(w, w[::-1])
 
@@ -118,6 +119,120 @@ def test_array_and_geotiff_go_through_one_blending(scene, tmp_path):
     assert in_memory.shape == (1, 1500, 2000) and np.array_equal(written, in_memory[0])
     one_window = pred.predict_array(img[:, :200, :300], window=512, overlap=128)
     assert 0.0 < float(np.abs(one_window[0] - written[:200, :300]).max())  # the blend did something: windows differ
+
+
+def test_column_bands_blend_exactly_like_one_pass(scene, tmp_path, monkeypatch):
+    """An image wider than a column band is predicted band by band (memory bounded in width) with the same result,
+    bit for bit, as in one pass: windows straddling a band edge are predicted for both bands and cropped."""
+    import functools
+
+    from bdcore.inference import predict as predict_mod
+
+    path, img, _ = scene
+    pred = _predictor(WindowPosition(), batch_size=3)
+    one_pass = pred.predict_array(img, window=512, overlap=128)
+    plan = P.WindowPlan(1500, 2000, 512, 128, strip_width=512)
+    assert [(x0, x1) for x0, x1, _ in plan.bands()] == [(0, 512), (512, 1024), (1024, 1536), (1536, 2000)]
+    assert plan.n_windows == 4 * (2 + 2 + 3 + 2) > len(plan.rows) * len(plan.cols) == 4 * 5  # straddlers twice
+    widths: list[int] = []
+    banded = np.zeros_like(one_pass)
+
+    def sink(top, left, block):
+        widths.append(block.shape[2])
+        banded[:, top : top + block.shape[1], left : left + block.shape[2]] = block
+
+    pred.predict_windows(P.ArraySource(img), NORM, plan, sink)
+    assert max(widths) == 512 and np.array_equal(banded, one_pass)
+    monkeypatch.setattr(predict_mod, "WindowPlan", functools.partial(P.WindowPlan, strip_width=512))
+    res = predict_geotiff(pred, path, tmp_path, window=512, overlap=128, prob_dtype="float32", polygons=False)
+    with rasterio.open(res["prob"]) as p:
+        assert np.array_equal(p.read(1), one_pass[0])  # the writer puts each band's blocks in their place
+
+
+def _small_scene(tmp_path):
+    img = np.full((3, 300, 700), 1800, np.uint16)
+    return write_geotiff(tmp_path / "in" / "small.tif", img, crs=UTM, transform=UTM_T)
+
+
+def _fail_on_call(n: int, exc: BaseException):
+    calls = {"n": 0}
+
+    def check():
+        calls["n"] += 1
+        if calls["n"] >= n:
+            raise exc
+    return check
+
+
+@pytest.mark.parametrize("stage", ["windows-error", "windows-ctrl-c", "should-stop", "polygons-ctrl-c"])
+def test_interrupted_prediction_leaves_no_tmp_and_keeps_earlier_outputs(stage, tmp_path, monkeypatch):
+    """An error, Ctrl-C or a cancel in the middle of the windows or of the polygon stage: no ``*.tmp*`` file is
+    left, no new output appears, and the outputs of an earlier complete run are untouched."""
+    from bdcore.inference import predict as predict_mod
+
+    path, out = _small_scene(tmp_path), tmp_path / "out"
+    pred = _predictor(Constant(0.7), batch_size=1)
+    first = predict_geotiff(pred, path, out, window=256, overlap=32)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert sorted(before) == ["small_buildings.geojson", "small_mask.tif", "small_prob.tif", "small_spacenet.csv"]
+    seen_tmp: list[str] = []
+    kw = {}
+    # 2 window rows × 3 columns, one window per batch: the outputs are opened at the first flush, after window 3
+    if stage == "should-stop":
+        calls: list[int] = []
+
+        def stop() -> bool:
+            seen_tmp.extend(p.name for p in out.glob(".*.tmp"))
+            calls.append(1)
+            return len(calls) >= 5
+        kw["should_stop"] = stop
+        expected = P.PredictionCancelled
+    elif stage.startswith("windows"):
+        expected = RuntimeError if stage == "windows-error" else KeyboardInterrupt
+        real = pred.predict_batch
+        fail = _fail_on_call(5, expected("window 5 failed"))
+
+        def batch(b, tta=False):
+            seen_tmp.extend(p.name for p in out.glob(".*.tmp"))
+            fail()
+            return real(b, tta)
+        monkeypatch.setattr(pred, "predict_batch", batch)
+    else:
+        expected = KeyboardInterrupt
+
+        def vectors(polys, transform, crs, image_id, geojson_path, csv_path):
+            seen_tmp.extend(p.name for p in out.glob(".*.tmp"))
+            geojson_path.write_text("{}")  # half the vector outputs written, then Ctrl-C
+            raise KeyboardInterrupt
+        monkeypatch.setattr(predict_mod, "write_vectors", vectors)
+    with pytest.raises(expected):
+        predict_geotiff(pred, path, out, window=256, overlap=32, **kw)
+    assert ".small_prob.tif.tmp" in seen_tmp  # it was interrupted mid-way, temporary files present
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # no *.tmp left, earlier outputs unchanged
+    assert first["windows"] == 2 * 3
+
+
+def test_pixel_budget_is_checked_from_the_header_before_the_model_loads(tmp_path):
+    """A small sparse file declaring 40,000 × 30,000 px is refused (before the checkpoint is even opened: it does not
+    exist); ``max_pixels`` moves the budget, and the refusal names the value to pass."""
+    from bdcore.data.imagery import MAX_PIXELS, PixelBudgetError
+
+    big = tmp_path / "big.tif"
+    with rasterio.open(big, "w", driver="GTiff", width=40_000, height=30_000, count=3, dtype="uint8", tiled=True,
+                       blockxsize=512, blockysize=512, compress="deflate", sparse_ok=True, crs=UTM, transform=UTM_T):
+        pass
+    assert big.stat().st_size < 200_000
+    with pytest.raises(PixelBudgetError) as err:
+        predict_geotiff(tmp_path / "missing.pt", big, tmp_path / "out", window=1024, overlap=128)
+    e = err.value
+    assert (e.pixels, e.max_pixels, e.bands) == (1_200_000_000, MAX_PIXELS, 3) and e.windows == 34 * 45
+    assert str(e) == (f"{big}: 40,000 × 30,000 px × 3 band(s) (1.2 gigapixels) is over the budget of 1.0 gigapixels "
+                      "(width × height); pass --max-pixels 1200000000 to predict it anyway (it needs ~1,530 windows)")
+    assert not (tmp_path / "out").exists()
+    small = write_geotiff(tmp_path / "s.tif", np.full((3, 64, 64), 900, np.uint16), crs=UTM, transform=UTM_T)
+    with pytest.raises(PixelBudgetError, match="4,096 px.*budget of 4,095 px.*--max-pixels 4096"):
+        predict_geotiff(_predictor(Constant(0.7)), small, tmp_path / "out", max_pixels=4095)
+    assert predict_geotiff(_predictor(Constant(0.7)), small, tmp_path / "out", max_pixels=4096)["n_buildings"] == 1
 
 
 def test_vector_outputs_geojson_and_csv(scene, tmp_path):
