@@ -180,6 +180,7 @@ class _Live:
     since: float            # launch time of the current trainer: its metrics records are newer
     resumed_from: int = 0   # checkpoint step the current trainer started from
     startup_s: float = 5.0  # launch -> first step, measured at each resume; start-up kills land inside it
+    max_steps_per_kill: Optional[int] = None  # random-step kills land 1..this many steps past the resume point
 
 
 def _plan(trials: int, rng: random.Random, srng: random.Random, checkpoint_trials: Optional[int],
@@ -204,7 +205,8 @@ def _kill(live: _Live, kind: str, n_ck_before: int, rng: random.Random, srng: ra
         return _kill_in_checkpoint_write(live.run_dir, live.pid, temp_files(live.run_dir), rng, live.timeout, names)
     # resume points are epoch ends (kill -9 never lets a mid-epoch checkpoint happen), so this stays at least one
     # step past the resume point and short of the run's last step
-    target = min(live.resumed_from + rng.randint(1, 2 * live.steps_per_epoch - 1), live.total_steps - 1)
+    target = min(live.resumed_from + rng.randint(1, live.max_steps_per_kill or 2 * live.steps_per_epoch - 1),
+                 live.total_steps - 1)
     step_s = 0.3  # the random part of a random-step kill: up to about one CPU step past the target step
     return _kill_at_step(live.run_dir, live.pid, live.since, target, step_s, rng, live.timeout)
 
@@ -324,7 +326,7 @@ def run_campaign(workdir: str | os.PathLike, trials: int = 10, seed: int = 0, ch
                  checkpoint_trial_ids: Optional[list[int]] = None, startup_trials: int = 0,
                  epochs: Optional[int] = None, steps_per_epoch: int = 4, n_tiles: int = 6,
                  timeout: float = 300.0, reference: bool = False, log: Callable[[str], None] = lambda s: None,
-                 **overrides: Any) -> dict:
+                 max_steps_per_kill: Optional[int] = None, **overrides: Any) -> dict:
     """Run the campaign in ``workdir`` (demo AOI + run folder go there); returns the report dict.
 
     ``checkpoint_trials`` (default max(3, 30 % of trials), at most ``trials``; or the 0-based
@@ -351,7 +353,7 @@ def run_campaign(workdir: str | os.PathLike, trials: int = 10, seed: int = 0, ch
     log(f"run {run_dir} ({epochs} epochs x {steps_per_epoch} steps), {trials} trials, "
         f"{len(ck_trials)} during last.pt writes")
     live = _Live(run_dir, cfg, steps_per_epoch, epochs * steps_per_epoch, timeout, pid=runs.launch(run_dir),
-                 since=time.time() - 1.0)
+                 since=time.time() - 1.0, max_steps_per_kill=max_steps_per_kill)
     report_trials: list[dict] = []
     for i in range(trials):
         kind = "checkpoint-write" if i in ck_trials else ("start-up" if i in startup_ids else "random-step")
@@ -434,6 +436,8 @@ def main(argv: Optional[list[str]] = None) -> dict:
     p.add_argument("--steps-per-epoch", type=int, default=4)
     p.add_argument("--tiles", type=int, default=6)
     p.add_argument("--encoder", default="resnet18")
+    p.add_argument("--max-steps-per-kill", type=int, default=None,
+                   help="random-step kills land 1..N steps past the resume point (default 2 epochs - 1)")
     p.add_argument("--checkpoint-minutes", type=float, default=None,
                    help="RunConfig.checkpoint_minutes (time-based last.pt inside an epoch); default: the config's")
     p.add_argument("--workdir", type=Path, default=None, help="default: a temp folder, removed unless --keep")
@@ -454,7 +458,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
         report = run_campaign(workdir, trials=a.trials, seed=a.seed, checkpoint_trials=a.checkpoint_trials,
                               epochs=a.epochs, steps_per_epoch=a.steps_per_epoch, n_tiles=a.tiles, log=say,
                               reference=a.reference, startup_trials=a.startup_trials,
-                              encoder=a.encoder, **({} if a.checkpoint_minutes is None else
+                              encoder=a.encoder, max_steps_per_kill=a.max_steps_per_kill, **({} if a.checkpoint_minutes is None else
                                                     {"checkpoint_minutes": a.checkpoint_minutes}))
     finally:
         if a.workdir is None and not a.keep:
