@@ -10,6 +10,7 @@ from bdcore.progress import format_eta
 from bdcore.data.catalog import describe_label_problems, label_problems, tiles_with_bad_labels
 from bdcore.data.products import DEFAULT_PRODUCT, PRODUCT_BANDS
 from bdcore.engine.config import ARCH_NAMES
+from bdcore.engine.queue import gpu_count
 from bdcore.engine.rundir import read_metrics
 from appkit import USER_ERRORS, current_root, get_catalog, rerun_fragment, root_label, through_app_navigation
 
@@ -88,6 +89,10 @@ with st.form("run_form"):
         workers = c[2].number_input("Data workers", 0, 32, 2, key="f_workers")
         boundary = c[3].checkbox("Boundary channel", key="f_boundary")
         name = st.text_input("Run name (optional)", key="f_name")
+    n_gpus = gpu_count()
+    gpus = st.number_input(f"GPUs (this machine has {n_gpus})", 1, n_gpus, 1, key="f_gpus",
+                           help="more than 1: one process per GPU under torchrun (DDP); the run queue counts GPUs") \
+        if n_gpus > 1 else 1
     exclude_bad = bool(bad_labels) and st.checkbox(
         EXCLUDE_LABEL, key="f_exclude_bad",
         help=f"train without the {len(tiles_with_bad_labels(catalog))} tile(s) whose labels file is listed above; "
@@ -113,7 +118,7 @@ if submitted:
             data_root="demo" if root == "demo" else root, product=product, arch=arch, encoder=encoder,
             encoder_weights=chosen_weights, epochs=int(epochs), batch_size=int(batch),
             crop_size=None if crop == "full tile" else int(crop), lr=float(lr), val_fraction=float(val_fraction),
-            split=split, seed=int(seed), device=device, steps_per_epoch=int(steps_per_epoch) or None,
+            split=split, seed=int(seed), device=device, gpus=int(gpus), steps_per_epoch=int(steps_per_epoch) or None,
             log_every=int(log_every), workers=int(workers), boundary=bool(boundary), exclude_bad_labels=exclude_bad,
         )
         # an unlabelled folder or a bad labels file is refused now, not in the detached trainer

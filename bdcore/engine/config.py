@@ -99,6 +99,8 @@ class RunConfig(BaseModel):
     # run
     seed: int = 0
     device: str = "auto"
+    gpus: int = Field(1, ge=1, le=64, description="processes, one per GPU: > 1 launches the run under torchrun "
+                      "--standalone (DDP; gloo processes on a CPU-only machine)")
     workers: int = Field(2, ge=0)
     eval_every: int = Field(1, ge=1)
     log_every: int = Field(10, ge=1)

@@ -462,6 +462,16 @@ def _acquire_lock(run_dir: Path) -> int:
     return fd
 
 
+def trainer_command(run_dir: Path, resume: bool = False, module: str | None = None) -> list[str]:
+    """The trainer's command line: ``python -m bdcore.engine.train --run-dir RUN``, under
+    ``torchrun --standalone --nproc_per_node=N`` (one process per GPU, DDP; gloo processes on a CPU machine) when
+    the run's config asks for ``gpus`` > 1."""
+    gpus = max(1, int(read_config(run_dir).get("gpus") or 1))
+    launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}"] if gpus > 1 else []
+    return [sys.executable, *launcher, "-m", module or TRAIN_MODULE, "--run-dir", str(run_dir),
+            *(["--resume"] if resume else [])]
+
+
 def launch(run_dir: str | os.PathLike, resume: bool = False, module: str | None = None,
            extra_env: dict | None = None) -> int:
     """Start the trainer as a detached process (own session, output to ``train.log``); returns its pid.
@@ -479,9 +489,7 @@ def launch(run_dir: str | os.PathLike, resume: bool = False, module: str | None 
         raise RunError(f"run {run_dir.name} is already running (pid {st.get('pid')}): stop it first")
     fd = _acquire_lock(run_dir)
     try:
-        cmd = [sys.executable, "-m", module or TRAIN_MODULE, "--run-dir", str(run_dir)]
-        if resume:
-            cmd.append("--resume")
+        cmd = trainer_command(run_dir, resume, module)
         env = {k: v for k, v in os.environ.items() if k not in DIST_ENV and not k.startswith(DIST_ENV_PREFIXES)}
         env.setdefault("PYTHONUNBUFFERED", "1")
         env["BDCORE_RUN_LOCK_FD"] = str(fd)

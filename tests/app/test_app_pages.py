@@ -139,6 +139,29 @@ def test_train_page_device_and_bad_config(empty_runs):
     assert not empty_runs.exists() or not any(empty_runs.iterdir())
 
 
+def test_train_page_offers_gpus_on_a_multi_gpu_machine(empty_runs, monkeypatch):
+    """With more than one GPU the form has a GPUs field; 2 makes a torchrun launch of 2 processes."""
+    from bdcore.engine import queue, runs
+
+    monkeypatch.setattr(queue, "gpu_count", lambda: 4)
+    launched: list[list[str]] = []
+
+    def fake_launch(run_dir, resume=False, module=None):
+        launched.append(runs.trainer_command(run_dir, resume, module))
+        return 12345
+
+    monkeypatch.setattr(runs, "launch", fake_launch)
+    at = page("pages/train.py", "demo").run()
+    assert not at.exception
+    at.selectbox(key="f_weights").set_value("none").run()
+    at.number_input(key="f_gpus").set_value(2)
+    at.text_input(key="f_name").input("two-gpus")
+    at.button[0].click().run()
+    assert not at.exception, at.exception
+    assert json.loads((empty_runs / "two-gpus" / "config.json").read_text())["gpus"] == 2
+    assert launched and "--nproc_per_node=2" in launched[0] and "torch.distributed.run" in launched[0]
+
+
 def test_train_page_lists_and_deletes_run(empty_runs):
     from bdcore.engine import runs
     from bdcore.engine.config import RunConfig

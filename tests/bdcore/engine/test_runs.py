@@ -275,6 +275,31 @@ def test_queue_survives_a_kill_9_of_the_process_that_would_start_the_next(tmp_pa
     assert queue.entries(root) == []
 
 
+def test_queue_counts_gpus_first_in_first_out(tmp_path, monkeypatch):
+    """3 GPUs: a 2-GPU run runs; a queued 2-GPU run waits for 2 free GPUs and the 1-GPU run behind it waits too
+    (strict order, so a big run is not starved); when the first ends, both start."""
+    monkeypatch.setenv("BDCORE_MAX_RUNS", "3")
+    root = tmp_path / "runs"
+    alive: set[str] = set()
+    monkeypatch.setattr(runs, "is_alive", lambda d: Path(d).name in alive)
+
+    def fake_launch(run_dir, resume=False, module=None):
+        alive.add(Path(run_dir).name)
+        runs.update_status(run_dir, state="running")
+        return 1
+
+    monkeypatch.setattr(runs, "launch", fake_launch)
+    a = runs.create_run(_cfg(gpus=2), name="a", root=root)
+    b = runs.create_run(_cfg(gpus=2), name="b", root=root)
+    c = runs.create_run(_cfg(gpus=1), name="c", root=root)
+    assert [runs.submit(d) for d in (a, b, c)] == [None, None, None]  # is_alive is faked: no pid to report
+    assert alive == {"a"} and [e["run"] for e in queue.entries(root)] == ["b", "c"]
+    assert queue.need(a) == 2 and queue.position(c) == 2
+    alive.discard("a")
+    assert queue.pump(root) == ["b", "c"]
+    assert alive == {"b", "c"} and queue.entries(root) == []
+
+
 def test_cancel_a_queued_run(tmp_path, fake_trainer, monkeypatch, capsys):
     monkeypatch.setenv("BDCORE_MAX_RUNS", "1")
     monkeypatch.setenv("FAKE_STEP_S", "0.2")

@@ -316,17 +316,22 @@ def test_sigterm_stops_cleanly_and_resume_continues(tiny_aoi, tmp_path):
 
 
 @pytest.mark.slow
-def test_ddp_two_gloo_processes_write_one_set_of_files(tiny_aoi, tmp_path):
-    run = tmp_path / "run"
-    cfg = _tiny_cfg(tiny_aoi, epochs=2, steps_per_epoch=None, batch_size=2)
-    run.mkdir()
-    cfg.save(run / "config.json")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "bdcore.engine.train", "--run-dir", str(run)]
-    proc = subprocess.run(cmd, cwd=PROJECT_ROOT, env=_env(), capture_output=True, timeout=500)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr).decode()[-4000:]
-    names = sorted(p.name for p in run.iterdir())
-    assert names == ["best.pt", "config.json", "last.pt", "metrics.jsonl", "status.json"]
+def test_ddp_two_gloo_processes_write_one_set_of_files(tiny_aoi, tmp_path, monkeypatch):
+    """``gpus: 2`` through the app's launcher (runs.start_run): torchrun --standalone with 2 processes (gloo on
+    CPU), one set of files, every step once."""
+    from bdcore.engine import runs
+
+    for k, v in _env().items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("BDCORE_MAX_RUNS", "2")  # the queue counts the run as 2 slots
+    cfg = _tiny_cfg(tiny_aoi, epochs=2, steps_per_epoch=None, batch_size=2, gpus=2)
+    res = runs.start_run(cfg, name="run", root=tmp_path)
+    assert res.pid is not None
+    run = res.run_dir
+    assert "torch.distributed.run" in json.loads((run / "launch.json").read_text())["cmd"]
+    assert runs.wait_run(run, timeout=500) == "finished", (run / "train.log").read_text()[-4000:]
+    names = sorted(p.name for p in run.iterdir() if p.suffix in (".pt", ".json", ".jsonl"))
+    assert names == ["best.pt", "config.json", "last.pt", "launch.json", "metrics.jsonl", "status.json"]
     status = json.loads((run / "status.json").read_text())
     assert status["state"] == "finished" and status["world_size"] == 2
     # 4 train tiles split over 2 ranks, batch 2 per rank -> 1 step per epoch; each step logged once
