@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import math
 
 import numpy as np
@@ -9,8 +10,6 @@ import pandas as pd
 import pytest
 import shapely
 from shapely.geometry import Polygon, box
-
-import argparse
 
 from bdcore.cli import metrics as cli_metrics
 from bdcore.metrics.scoring import (
