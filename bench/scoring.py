@@ -13,8 +13,9 @@ channel, watershed) on a blurry 1280x1280 map of ~1000 buildings. Prints one JSO
 (``../shared/bench/solaris_eval``, run in a subprocess: it is never imported into or copied into the project); both
 must give the same TP/FP/FN per image. Without ``../shared`` the JSON says ``"solaris": {"skipped": ...}``.
 
-``--overlap N``: N near-identical truth and N near-identical proposal polygons in one image (every pair overlaps),
-scored from CSVs in a fresh subprocess: seconds and peak RSS (VmHWM).
+``--overlap N``: N stacked truth and N stacked proposal squares in one image (every pair overlaps), exact duplicates
+and near-identical ones (jittered < 1 px), each scored from its CSVs in a fresh subprocess: seconds and peak RSS
+(VmHWM).
 """
 
 from __future__ import annotations
@@ -202,12 +203,13 @@ def _time(fn) -> float:
     return time.perf_counter() - t0
 
 
-def overlap_csvs(n: int, dest: Path, seed: int = 0) -> tuple[Path, Path]:
-    """n near-identical truth and n near-identical proposal squares (40 px, jittered by < 1 px) in one image."""
+def overlap_csvs(n: int, dest: Path, seed: int = 0, jitter: float = 1.0) -> tuple[Path, Path]:
+    """n near-identical truth and n near-identical proposal squares (40 px, corners jittered by up to ``jitter`` px;
+    0: exact duplicates) in one image."""
     rng = np.random.default_rng(seed)
 
     def rows(k0: int) -> list[tuple]:
-        x, y = 300 + rng.uniform(-0.5, 0.5, size=(2, n))
+        x, y = 300 + jitter * rng.uniform(-0.5, 0.5, size=(2, n))
         return [("AOI_9_Overlap_img1", k0 + i, box(x[i], y[i], x[i] + 40, y[i] + 40), float(c))
                 for i, c in enumerate(rng.random(n))]
 
@@ -217,10 +219,10 @@ def overlap_csvs(n: int, dest: Path, seed: int = 0) -> tuple[Path, Path]:
     return truth_csv, prop_csv
 
 
-def overlap_bench(n: int = 4000, seed: int = 0, timeout: float = 1200) -> dict:
+def overlap_bench(n: int = 4000, seed: int = 0, jitter: float = 1.0, timeout: float = 1200) -> dict:
     """The stacked-polygons case (issue 13.6) scored from its CSVs in a fresh process: seconds and peak RSS."""
     with tempfile.TemporaryDirectory() as tmp:
-        truth_csv, prop_csv = overlap_csvs(n, Path(tmp), seed)
+        truth_csv, prop_csv = overlap_csvs(n, Path(tmp), seed, jitter)
         csv_kb = round(truth_csv.stat().st_size / 1024)
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         proc = subprocess.run([sys.executable, "-c", _OVERLAP_DRIVER, str(truth_csv), str(prop_csv)],
@@ -228,7 +230,7 @@ def overlap_bench(n: int = 4000, seed: int = 0, timeout: float = 1200) -> dict:
     if proc.returncode != 0:
         return {"polygons": n, "error": proc.stderr[-1500:]}
     out = _last_json(proc.stdout)
-    return {"polygons_each": n, "csv_kb_each": csv_kb, "pairs": n * n, "seconds": round(out["seconds"], 2),
+    return {"polygons_each": n, "jitter_px": jitter, "csv_kb_each": csv_kb, "pairs": n * n, "seconds": round(out["seconds"], 2),
             "peak_rss_mb": out["peak_rss_mb"], "tp": out["tp"], "fp": out["fp"], "fn": out["fn"]}
 
 
@@ -268,7 +270,8 @@ def main() -> None:
         **polygonize_bench(),
         **({"solaris": solaris_bench(args.solaris_images, args.solaris_buildings, args.seed, args.repeat)}
            if args.solaris else {}),
-        **({"overlap": overlap_bench(args.overlap, args.seed)} if args.overlap else {}),
+        **({"overlap_duplicates": overlap_bench(args.overlap, args.seed, jitter=0.0),
+            "overlap_near_identical": overlap_bench(args.overlap, args.seed)} if args.overlap else {}),
     }, indent=2))
 
 
