@@ -317,7 +317,9 @@ def render_markdown(report: dict) -> str:
     lines += ["## Benchmarks run", "", "| benchmark | status | wall s | load avg start → end | command |",
               "|---|---|---|---|---|"]
     for name, r in report["benchmarks"].items():
-        lines.append(f"| {name} | {r.get('status')} | {_fmt(r.get('wall_s'))} | {r.get('load_avg_start')} → "
+        rerun = r.get("rerun")  # a benchmark rerun later and merged into this report
+        status = r.get("status") + (f" (rerun {rerun['date']}, commit {rerun['commit']})" if rerun else "")
+        lines.append(f"| {name} | {status} | {_fmt(r.get('wall_s'))} | {r.get('load_avg_start')} → "
                      f"{r.get('load_avg_end', '–')} | `{r.get('command')}` |")
     lines += [""]
     if m.get("gpu", "none") == "none":

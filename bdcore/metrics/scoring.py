@@ -15,6 +15,11 @@ SpaceNet rules, as the reference scorer applies them (checked against its golden
   invalid proposals are repaired with ``buffer(0)``, invalid truth polygons never match;
 * per image: TP = matched proposals, FP = other proposals, FN = unmatched truth with area > 0;
   P, R, F1 are 0 (not NaN) when undefined; per AOI the counts are summed before P/R/F1.
+
+Beyond the reference (which would crash, or silently drop the row): a proposal whose area is not finite
+(coordinates like 1e308 overflow it) is a false positive, a truth polygon like that is refused; ImageIds are
+stripped of stray spaces; an image with more than ``max_pairs`` overlapping proposal/truth pairs is refused.
+Memory is bounded (candidate pairs are processed ``chunk_pairs`` at a time), never O(pairs).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import io
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -149,7 +155,8 @@ DEFAULT_MAX_PAIRS = 50_000_000
 """Candidate pairs (proposal and truth bounding boxes overlap) one image may have before scoring refuses it: past
 this, the file is almost surely broken (thousands of stacked duplicates), and scoring it would take hours."""
 DEFAULT_CHUNK_PAIRS = 500_000
-"""Candidate pairs whose IoU is computed at once; bounds the scorer's memory (~100 MB) whatever the overlap."""
+"""Candidate pairs whose IoU is computed at once: bounds the scorer's working memory (a few hundred MB at most at
+this default; 445 MB peak RSS for 4,000 x 4,000 stacked polygons, bench/scoring.py --overlap) whatever the overlap."""
 _BOUND_SLACK = 1e-9  # rounding margin of the bounding-box IoU bound, so no pair that could match is skipped
 
 
@@ -205,7 +212,7 @@ def _greedy(pi: np.ndarray, ti: np.ndarray, iou: np.ndarray, taken: np.ndarray) 
         return list(zip(pi[first].tolist(), ti[first].tolist(), iou[first].tolist()))
     out = []
     starts = np.flatnonzero(np.r_[True, pi[1:] != pi[:-1], True])
-    for a, b in zip(starts[:-1], starts[1:]):
+    for a, b in pairwise(starts.tolist()):
         vals = np.where(taken[ti[a:b]], -1.0, iou[a:b])
         j = int(np.argmax(vals))
         if vals[j] >= 0:  # every pair here is above the threshold; -1 marks a taken truth
@@ -283,7 +290,8 @@ def match_buildings(truth_polys: Sequence[Any], prop_polys: Sequence[Any], confi
     ``matches`` is a list of ``(proposal_index, truth_index, iou)`` into the given sequences; ``false_positives`` /
     ``false_negatives`` are the indices of the scored proposals / truth polygons left unmatched (polygons under
     ``min_area`` are not scored, so they are in neither). Without ``confidences`` (given, or as the second item of
-    ``(polygon, confidence)`` proposals) the proposals are taken in the given order.
+    ``(polygon, confidence)`` proposals) the proposals are taken in the given order. A proposal of non-finite area
+    is a false positive; a truth polygon of non-finite area raises :class:`ScoringError`.
     """
     truth = _as_geoms(truth_polys)
     props = _as_geoms(prop_polys)
