@@ -524,6 +524,9 @@ def score_spacenet(truth_df: pd.DataFrame | str | Path, prop_df: pd.DataFrame | 
     row: the score would be meaningless without it), a proposal is kept as a false positive (it is a wrong
     detection, and dropping it would flatter the score) with one warning naming the rows.
     """
+    if max_pairs < 1 or chunk_pairs < 1:
+        raise ScoringError(f"max_pairs ({max_pairs}) and chunk_pairs ({chunk_pairs}) must be at least 1; "
+                           "--max-pairs takes a positive count")
     truth_df, prop_df = _ensure_frame(truth_df), _ensure_frame(prop_df)
     bad = _nonfinite_rows(truth_df)
     if len(bad):

@@ -258,18 +258,37 @@ def test_stacked_identical_polygons_match_one_to_one_in_small_chunks():
         assert [(p, t) for p, t, _ in small.matches] == [(k, k) for k in range(want[0])]
 
 
-def test_chunked_scores_equal_unchunked_on_stacked_and_ordinary_images():
-    from bench.scoring import synth
+def _dense(n: int, seed: int, image_id: str) -> pd.DataFrame:
+    """n random overlapping boxes (10-30 px) crowded into 80 x 80 px: many proposals want the same truth."""
+    rng = np.random.default_rng(seed)
+    x, y = rng.uniform(0, 80, size=(2, n))
+    w, h = rng.uniform(10, 30, size=(2, n))
+    return pd.DataFrame({"ImageId": image_id, "geometry": [box(*r) for r in zip(x, y, x + w, y + h)],
+                         "Confidence": rng.random(n)})
 
-    t_ord, p_ord = synth(4, 30, seed=1)
-    truth = pd.concat([_stack(60, 0), t_ord.assign(Confidence=1.0)], ignore_index=True)
-    props = pd.concat([_stack(50, 1), p_ord], ignore_index=True)
+
+def _naive_counts(truth: list, props: list, conf: np.ndarray) -> tuple[int, int, int]:
+    """SpaceNet greedy one pair at a time: by decreasing confidence, the free truth of highest IoU (first on ties)."""
+    free, tp = list(range(len(truth))), 0
+    for k in np.argsort(-conf, kind="stable"):
+        ious = [(truth[j].intersection(props[k]).area / truth[j].union(props[k]).area, -j) for j in free]
+        if ious and max(ious)[0] > 0.5:
+            free.remove(-max(ious)[1])
+            tp += 1
+    return tp, len(props) - tp, len(free)
+
+
+def test_chunked_scores_equal_unchunked_and_a_pair_by_pair_greedy():
+    truth = pd.concat([_stack(40, 0), _dense(60, 1, "AOI_9_Dense_img2")], ignore_index=True)
+    props = pd.concat([_stack(30, 2), _dense(80, 3, "AOI_9_Dense_img2")], ignore_index=True)
     _, whole = score_spacenet(truth, props)
     _, chunked = score_spacenet(truth, props, chunk_pairs=7)
     pd.testing.assert_frame_equal(chunked, whole)
-    stack = whole.set_index("imageID").loc["AOI_9_Stack_img1"]
-    assert (stack.TruePos, stack.FalsePos, stack.FalseNeg) == (100, 0, 20)
-    assert whole["TruePos"].sum() > 100  # the ordinary images matched too
+    got = {r.imageID: (r.TruePos, r.FalsePos, r.FalseNeg) for r in whole.itertuples()}
+    assert got["AOI_9_Stack_img1"] == (60, 0, 20)
+    t, p = truth[truth.ImageId == "AOI_9_Dense_img2"], props[props.ImageId == "AOI_9_Dense_img2"]
+    want = _naive_counts(list(t.geometry), list(p.geometry), p.Confidence.to_numpy())
+    assert got["AOI_9_Dense_img2"] == want and 5 < want[0] < 60  # a crowd: some matched, some not
 
 
 def test_too_many_candidate_pairs_is_refused_naming_image_and_limit():
@@ -279,6 +298,8 @@ def test_too_many_candidate_pairs_is_refused_naming_image_and_limit():
         score_spacenet(truth, props, max_pairs=899, chunk_pairs=100)
     _, per_image = score_spacenet(truth, props, max_pairs=900)
     assert per_image["TruePos"].tolist() == [30]
+    with pytest.raises(ScoringError, match=r"max_pairs \(0\) .* must be at least 1"):
+        score_spacenet(truth, props, max_pairs=0)
 
 
 def test_non_finite_area_proposal_is_a_false_positive_and_truth_is_refused(caplog):
