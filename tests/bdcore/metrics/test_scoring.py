@@ -19,6 +19,7 @@ from bdcore.metrics.scoring import (
     ScoringError,
     TileScore,
     _match_arrays,
+    _rectangles,
     match_buildings,
     pixel_metrics,
     precision_recall_f1,
@@ -289,6 +290,24 @@ def test_chunked_scores_equal_unchunked_and_a_pair_by_pair_greedy():
     t, p = truth[truth.ImageId == "AOI_9_Dense_img2"], props[props.ImageId == "AOI_9_Dense_img2"]
     want = _naive_counts(list(t.geometry), list(p.geometry), p.Confidence.to_numpy())
     assert got["AOI_9_Dense_img2"] == want and 5 < want[0] < 60  # a crowd: some matched, some not
+
+
+def test_rectangle_shortcut_only_for_axis_aligned_rectangles_and_gives_geos_ious():
+    from shapely.affinity import rotate
+
+    shapes = [box(0, 0, 10, 5), Polygon([(10, 5), (0, 5), (0, 0), (10, 0)]), rotate(box(0, 0, 10, 5), 10),
+              Polygon([(0, 0), (10, 10), (0, 10), (10, 0)]),  # bow-tie on the box's corners
+              Polygon([(0, 0), (10, 0), (10, 5), (5, 5), (5, 10), (0, 10)]),  # L shape
+              box(0, 0, 10, 10).difference(box(2, 2, 4, 4)), Polygon()]
+    geoms = np.array(shapes, dtype=object)
+    got = _rectangles(geoms, shapely.area(geoms), shapely.bounds(geoms))
+    assert got.tolist() == [True, True, False, False, False, False, False]
+    dense_t, dense_p = _dense(40, 5, "x"), _dense(40, 6, "x")
+    r = match_buildings(list(dense_t.geometry), list(dense_p.geometry), dense_p.Confidence.tolist())
+    assert r["matches"]
+    for p, t, iou in r["matches"]:
+        a, b = dense_p.geometry.iloc[p], dense_t.geometry.iloc[t]
+        assert iou == pytest.approx(a.intersection(b).area / a.union(b).area, rel=1e-12)
 
 
 def test_too_many_candidate_pairs_is_refused_naming_image_and_limit():
