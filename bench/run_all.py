@@ -34,7 +34,7 @@ BENCHES: dict[str, tuple[str, list[str], list[str], int]] = {
     "train": ("train.py", ["--steps", "12", "--warmup", "3", "--workers", "0"],
               ["--steps", "4", "--warmup", "1", "--batch", "4", "--crop", "96", "--encoder", "resnet18"], 300),
     "inference": ("inference.py", ["--tiles", "8", "--big"], ["--tiles", "2", "--size", "2000"], 420),
-    # --solaris: solaris's scorer takes 12-90 s on 10,000 buildings; --overlap 4000: ~3 min of GEOS overlays.
+    # --solaris: solaris's scorer takes 12-90 s on 10,000 buildings; --overlap 4000: ~35 s (118 s in all, loaded).
     "scoring": ("scoring.py", ["--images", "100", "--buildings", "100", "--solaris", "--overlap", "4000"],
                 ["--images", "10", "--buildings", "100", "--solaris", "--solaris-images", "25", "--overlap", "500"],
                 900),
