@@ -161,17 +161,16 @@ _BOUND_SLACK = 1e-9  # rounding margin of the bounding-box IoU bound, so no pair
 
 
 def _rectangles(geoms: np.ndarray, area: np.ndarray, bounds: np.ndarray) -> np.ndarray:
-    """Which geometries are axis-aligned rectangles: one ring of 4 corners, every edge horizontal or vertical, and the
-    area of the bounding box (so the polygon is its bounding box)."""
+    """Which geometries are axis-aligned rectangles (so equal to their bounding box): one ring of 4 corners, every
+    edge horizontal or vertical. The area test first: it rules out most other shapes without a GEOS call."""
     out = np.zeros(len(geoms), dtype=bool)
-    cand = np.flatnonzero((shapely.get_type_id(geoms) == 3) & (shapely.get_num_coordinates(geoms) == 5)
-                          & (shapely.get_num_interior_rings(geoms) == 0))
+    box_area = (bounds[:, 2] - bounds[:, 0]) * (bounds[:, 3] - bounds[:, 1])
+    cand = np.flatnonzero(np.abs(area - box_area) <= 1e-6 * box_area)
+    cand = cand[(shapely.get_type_id(geoms[cand]) == 3) & (shapely.get_num_coordinates(geoms[cand]) == 5)
+                & (shapely.get_num_interior_rings(geoms[cand]) == 0)]
     if len(cand):
         d = np.diff(shapely.get_coordinates(geoms[cand]).reshape(-1, 5, 2), axis=1)
-        axis_parallel = ((d[..., 0] == 0) != (d[..., 1] == 0)).all(axis=1)
-        b = bounds[cand]
-        box_area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-        out[cand] = axis_parallel & (np.abs(area[cand] - box_area) <= 1e-9 * box_area)
+        out[cand] = ((d[..., 0] == 0) != (d[..., 1] == 0)).all(axis=1)
     return out
 
 
@@ -298,10 +297,15 @@ def _match_arrays(truth: np.ndarray, props: np.ndarray, conf: np.ndarray | None,
             qi, qt = tree.query(pg[s : s + step])
             free = ~taken[qt]
             pi, ti, iou = _pair_ious(pg, tg, pa, ta, *boxes, *rects, qi[free] + s, qt[free], iou_threshold)
-            matches += [(int(p_keep[k]), int(t_use[j]), v) for k, j, v in _greedy(pi, ti, iou, taken)]
-    matched_p, matched_t = {p for p, _, _ in matches}, {t for _, t, _ in matches}
-    fps = sorted([int(p) for p in p_keep if p not in matched_p] + [int(p) for p in p_unscorable])
-    return _Match(matches, fps, [int(t) for t in t_keep if t_area[t] > 0 and t not in matched_t])
+            found = _greedy(pi, ti, iou, taken)
+            if found:
+                k, j, v = (np.asarray(x) for x in zip(*found))
+                matches += zip(p_keep[k].tolist(), t_use[j].tolist(), v.tolist())
+    matched_p = np.fromiter((m[0] for m in matches), dtype=np.intp, count=len(matches))
+    matched_t = np.fromiter((m[1] for m in matches), dtype=np.intp, count=len(matches))
+    fps = np.sort(np.concatenate([p_keep[~np.isin(p_keep, matched_p)], p_unscorable]))
+    fns = t_keep[(t_area[t_keep] > 0) & ~np.isin(t_keep, matched_t)]
+    return _Match(matches, fps.tolist(), fns.tolist())
 
 
 def match_buildings(truth_polys: Sequence[Any], prop_polys: Sequence[Any], confidences: Sequence[float] | None = None,
