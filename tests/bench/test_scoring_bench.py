@@ -14,7 +14,7 @@ def test_solaris_part_agrees_on_totals():
     assert result["agree_per_image"] and result["truth_buildings"] == 48
     assert result["tp"] + result["fn"] == 48 and result["tp"] + result["fp"] == result["proposals"]
     assert min(result["tp"], result["fp"], result["fn"]) > 0  # a case where all three counts matter
-    assert result["solaris_s"] > 0 and result["bdcore_s"] > 0
+    assert result["solaris_s"] > 0 and result["bdcore_s"] > 0 and result["speedup_cpu"] > 0
 
 
 def test_solaris_part_says_when_it_is_skipped(tmp_path):
@@ -23,5 +23,5 @@ def test_solaris_part_says_when_it_is_skipped(tmp_path):
 
 def test_overlap_case_scores_every_stacked_polygon(tmp_path):
     truth_csv, prop_csv = scoring.overlap_csvs(25, tmp_path)
-    _, per_image = scoring.score_csvs_bdcore(truth_csv, prop_csv)
+    _, _, per_image = scoring.score_csvs_bdcore(truth_csv, prop_csv)
     assert per_image == {"AOI_9_Overlap_img1": (25, 0, 0)}
