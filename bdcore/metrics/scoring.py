@@ -242,12 +242,6 @@ def _greedy(pi: np.ndarray, ti: np.ndarray, iou: np.ndarray, taken: np.ndarray) 
     return out
 
 
-def _count_pairs(tree: shapely.STRtree, pg: np.ndarray, n_truth: int, chunk_pairs: int) -> int:
-    """Proposal/truth pairs whose bounding boxes overlap, counted a chunk of proposals at a time (O(chunk) memory)."""
-    step = max(1, chunk_pairs // max(1, n_truth))
-    return sum(int(tree.query(pg[s : s + step]).shape[1]) for s in range(0, len(pg), step))
-
-
 def _refuse_pairs(n_pairs: int, max_pairs: int, image_id: str | None) -> ScoringError:
     where = f"image {image_id!r}" if image_id is not None else "these polygons"
     return ScoringError(f"{where}: {n_pairs:,} overlapping proposal/truth pairs, more than the limit of "
@@ -255,16 +249,42 @@ def _refuse_pairs(n_pairs: int, max_pairs: int, image_id: str | None) -> Scoring
                         f"CSVs, or raise the limit with --max-pairs (score_spacenet(max_pairs=...))")
 
 
+def _image_boxes(bounds: np.ndarray, image: np.ndarray, span: float) -> np.ndarray:
+    """Bounding boxes shifted along x by ``image * span``: one STRtree of them pairs polygons of one image only."""
+    shift = image * span
+    return shapely.box(bounds[:, 0] + shift, bounds[:, 1], bounds[:, 2] + shift, bounds[:, 3])
+
+
+def _check_pairs(tree: shapely.STRtree, p_boxes: np.ndarray, p_img: np.ndarray, t_img: np.ndarray,
+                 max_pairs: int, chunk_pairs: int, names: Sequence[str] | None) -> None:
+    """Refuse (:class:`ScoringError`) an image with more than ``max_pairs`` candidate pairs. Only images where
+    #proposals x #truth exceeds the limit are counted, a chunk of proposals at a time (O(chunk) memory)."""
+    n = int(max(p_img.max(initial=-1), t_img.max(initial=-1))) + 1
+    n_p, n_t = np.bincount(p_img, minlength=n), np.bincount(t_img, minlength=n)
+    for image in np.flatnonzero(n_p * n_t > max_pairs):
+        rows = np.flatnonzero(p_img == image)
+        step = max(1, chunk_pairs // int(n_t[image]))
+        n_pairs = sum(int(tree.query(p_boxes[rows[s : s + step]]).shape[1]) for s in range(0, len(rows), step))
+        if n_pairs > max_pairs:
+            raise _refuse_pairs(n_pairs, max_pairs, None if names is None else str(names[image]))
+
+
 def _match_arrays(truth: np.ndarray, props: np.ndarray, conf: np.ndarray | None, iou_threshold: float,
                   min_area: float, max_pairs: int = DEFAULT_MAX_PAIRS, chunk_pairs: int = DEFAULT_CHUNK_PAIRS,
-                  image_id: str | None = None) -> _Match:
-    """Greedy SpaceNet matching of one image (proposals by decreasing confidence, each to its best free truth).
+                  t_img: np.ndarray | None = None, p_img: np.ndarray | None = None,
+                  names: Sequence[str] | None = None) -> _Match:
+    """Greedy SpaceNet matching (proposals by decreasing confidence, each to its best free truth of its image).
 
-    Proposals are matched a chunk at a time, in matching order, so the IoUs held at once are about ``chunk_pairs``
-    whatever the overlap (each decision needs only its own candidates and the truth already taken). More than
-    ``max_pairs`` candidate pairs is refused (:class:`ScoringError`). A proposal of non-finite area (coordinates
-    like 1e308 overflow it) is a false positive; a truth polygon of non-finite area is refused.
+    ``t_img``/``p_img``: image number of each polygon (default: all one image; ``names[i]`` names image ``i`` in
+    errors). All images are matched in one pass (one STRtree, a few vectorised overlays), which is what makes
+    thousands of small images fast. Proposals are matched a chunk at a time, in matching order, so the IoUs held at
+    once are about ``chunk_pairs`` whatever the overlap (each decision needs only its own candidates and the truth
+    already taken). An image with more than ``max_pairs`` candidate pairs is refused (:class:`ScoringError`). A
+    proposal of non-finite area (coordinates like 1e308 overflow it) is a false positive; a truth polygon of
+    non-finite area is refused.
     """
+    t_img = np.zeros(len(truth), dtype=np.intp) if t_img is None else np.asarray(t_img, dtype=np.intp)
+    p_img = np.zeros(len(props), dtype=np.intp) if p_img is None else np.asarray(p_img, dtype=np.intp)
     with np.errstate(over="ignore", invalid="ignore"):  # non-finite areas are handled below
         t_area = shapely.area(truth) if len(truth) else np.zeros(0)
         p_area = shapely.area(props) if len(props) else np.zeros(0)
@@ -275,10 +295,11 @@ def _match_arrays(truth: np.ndarray, props: np.ndarray, conf: np.ndarray | None,
     p_unscorable = np.flatnonzero(~np.isfinite(p_area))  # counted as false positives, never matched
     t_keep = np.flatnonzero(t_area >= min_area)
     p_keep = np.flatnonzero(np.isfinite(p_area) & (p_area > min_area))
-    if conf is not None and len(p_keep):
-        p_keep = p_keep[np.argsort(-np.asarray(conf, dtype=float)[p_keep], kind="stable")]
+    key = () if conf is None else (-np.asarray(conf, dtype=float)[p_keep],)
+    p_keep = p_keep[np.lexsort((*key, p_img[p_keep]))]  # by image, then confidence; stable: file order on ties
     matches: list[tuple[int, int, float]] = []
-    t_use = t_keep[shapely.is_valid(truth[t_keep])] if len(t_keep) else t_keep  # invalid truth never matches
+    # invalid truth never matches; empty truth (min_area 0) has no box
+    t_use = t_keep[shapely.is_valid(truth[t_keep]) & ~shapely.is_empty(truth[t_keep])] if len(t_keep) else t_keep
     if len(t_use) and len(p_keep):
         pg = props[p_keep]
         bad = ~shapely.is_valid(pg)
@@ -288,21 +309,27 @@ def _match_arrays(truth: np.ndarray, props: np.ndarray, conf: np.ndarray | None,
         tg, pa, ta = truth[t_use], shapely.area(pg), t_area[t_use]
         boxes = shapely.bounds(pg), shapely.bounds(tg)
         rects = _rectangles(pg, pa, boxes[0]), _rectangles(tg, ta, boxes[1])
-        tree = shapely.STRtree(tg)
-        if len(tg) * len(pg) > max_pairs:
-            n_pairs = _count_pairs(tree, pg, len(tg), chunk_pairs)
-            if n_pairs > max_pairs:
-                raise _refuse_pairs(n_pairs, max_pairs, image_id)
+        pim, tim = p_img[p_keep], t_img[t_use]
+        span = float(max(boxes[0][:, 2].max(), boxes[1][:, 2].max()) - min(boxes[0][:, 0].min(), boxes[1][:, 0].min()))
+        span = 2.0 * span + 1.0  # images never touch once shifted
+        p_boxes = _image_boxes(boxes[0], pim, span)
+        tree = shapely.STRtree(_image_boxes(boxes[1], tim, span))
+        _check_pairs(tree, p_boxes, pim, tim, max_pairs, chunk_pairs, names)
         taken = np.zeros(len(tg), dtype=bool)
-        step = max(1, chunk_pairs // len(tg))
-        for s in range(0, len(pg), step):
-            qi, qt = tree.query(pg[s : s + step])
-            free = ~taken[qt]
-            pi, ti, iou = _pair_ious(pg, tg, pa, ta, *boxes, *rects, qi[free] + s, qt[free], iou_threshold)
+        per_prop = np.cumsum(np.bincount(tim, minlength=int(pim.max()) + 1)[pim])  # pairs bound, cumulated
+        s = 0
+        while s < len(pg):
+            base = per_prop[s - 1] if s else 0
+            e = max(s + 1, int(np.searchsorted(per_prop, base + chunk_pairs, side="right")))
+            qi, qt = tree.query(p_boxes[s:e])
+            qi = qi + s
+            ok = (pim[qi] == tim[qt]) & ~taken[qt]
+            pi, ti, iou = _pair_ious(pg, tg, pa, ta, *boxes, *rects, qi[ok], qt[ok], iou_threshold)
             found = _greedy(pi, ti, iou, taken)
             if found:
                 k, j, v = (np.asarray(x) for x in zip(*found))
                 matches += zip(p_keep[k].tolist(), t_use[j].tolist(), v.tolist())
+            s = e
     matched_p = np.fromiter((m[0] for m in matches), dtype=np.intp, count=len(matches))
     matched_t = np.fromiter((m[1] for m in matches), dtype=np.intp, count=len(matches))
     fps = np.sort(np.concatenate([p_keep[~np.isin(p_keep, matched_p)], p_unscorable]))
@@ -563,18 +590,18 @@ def score_spacenet(truth_df: pd.DataFrame | str | Path, prop_df: pd.DataFrame | 
     if len(bad):
         log.warning("proposals %s: polygon area is not finite (coordinates too large?); scored as false "
                     "positive(s)", _rows_text(prop_df, bad))
-    t_groups = {k: v for k, v in truth_df.groupby("ImageId", sort=False).indices.items()}
-    p_groups = {k: v for k, v in prop_df.groupby("ImageId", sort=False).indices.items()}
-    t_geom = truth_df["geometry"].to_numpy()
-    p_geom = prop_df["geometry"].to_numpy()
+    names = sorted(set(truth_df["ImageId"]) | set(prop_df["ImageId"]))
+    t_img = pd.Categorical(truth_df["ImageId"], categories=names).codes.astype(np.intp)
+    p_img = pd.Categorical(prop_df["ImageId"], categories=names).codes.astype(np.intp)
     p_conf = prop_df["Confidence"].to_numpy(dtype=float) if "Confidence" in prop_df else np.ones(len(prop_df))
-    empty = np.zeros(0, dtype=np.intp)
+    m = _match_arrays(truth_df["geometry"].to_numpy(), prop_df["geometry"].to_numpy(), p_conf, iou_threshold,
+                      min_area, max_pairs, chunk_pairs, t_img, p_img, names)
+    n = len(names)
+    tps = np.bincount(p_img[[p for p, _, _ in m.matches]], minlength=n)
+    fps = np.bincount(p_img[m.false_positives], minlength=n)
+    fns = np.bincount(t_img[m.false_negatives], minlength=n)
     rows = []
-    for image_id in sorted(set(t_groups) | set(p_groups)):
-        ti, pi = t_groups.get(image_id, empty), p_groups.get(image_id, empty)
-        m = _match_arrays(t_geom[ti], p_geom[pi], p_conf[pi], iou_threshold, min_area, max_pairs, chunk_pairs,
-                          image_id)
-        tp, fp, fn = len(m.matches), len(m.false_positives), len(m.false_negatives)
+    for image_id, tp, fp, fn in zip(names, tps.tolist(), fps.tolist(), fns.tolist()):
         precision, recall, f1 = precision_recall_f1(tp, fp, fn)
         rows.append({"F1Score": f1, "FalseNeg": fn, "FalsePos": fp, "Precision": precision,
                      "Recall": recall, "TruePos": tp, "imageID": image_id, "iou_field": "iou_score",

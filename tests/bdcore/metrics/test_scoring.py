@@ -292,6 +292,21 @@ def test_chunked_scores_equal_unchunked_and_a_pair_by_pair_greedy():
     assert got["AOI_9_Dense_img2"] == want and 5 < want[0] < 60  # a crowd: some matched, some not
 
 
+def test_chunks_spanning_several_images_match_each_image_on_its_own():
+    # all images are matched in one pass; a chunk (here 3 proposals of 40 an image) may hold the end of one image
+    # and the start of the next, and proposals must still only ever meet their own image's truth (same pixels)
+    truth = pd.concat([_dense(30, i, f"AOI_9_Dense_img{i}") for i in range(5)], ignore_index=True)
+    props = pd.concat([_dense(40, 10 + i, f"AOI_9_Dense_img{i}") for i in range(5)], ignore_index=True)
+    _, whole = score_spacenet(truth, props)
+    _, chunked = score_spacenet(truth, props, chunk_pairs=90)
+    pd.testing.assert_frame_equal(chunked, whole)
+    for r in whole.itertuples():
+        t, p = truth[truth.ImageId == r.imageID], props[props.ImageId == r.imageID]
+        want = _naive_counts(list(t.geometry), list(p.geometry), p.Confidence.to_numpy())
+        assert (r.TruePos, r.FalsePos, r.FalseNeg) == want, r.imageID
+    assert whole["TruePos"].sum() > 5
+
+
 def test_rectangle_shortcut_only_for_axis_aligned_rectangles_and_gives_geos_ious():
     from shapely.affinity import rotate
 
