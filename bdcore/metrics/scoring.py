@@ -223,22 +223,33 @@ def _pair_ious(pg: np.ndarray, tg: np.ndarray, p_area: np.ndarray, t_area: np.nd
 
 def _greedy(pi: np.ndarray, ti: np.ndarray, iou: np.ndarray, taken: np.ndarray) -> list[tuple[int, int, float]]:
     """Greedy matching of candidate pairs above the threshold, sorted by proposal (= matching order) then truth:
-    each proposal takes its best free truth (the first on ties). Marks ``taken``; returns (proposal, truth, IoU)."""
+    each proposal takes its best free truth (the first on ties). Marks ``taken``; returns (proposal, truth, IoU),
+    in matching order."""
     if not len(pi):
         return []
-    if len(np.unique(ti)) == len(ti):  # no truth wanted by two proposals (the usual case): no order effects
-        order = np.lexsort((ti, -iou, pi))
-        first = order[np.unique(pi[order], return_index=True)[1]]
-        taken[ti[first]] = True
-        return list(zip(pi[first].tolist(), ti[first].tolist(), iou[first].tolist()))
+    # A proposal none of whose candidates is wanted by another (the usual case) takes its best one whatever the
+    # order: those are decided at once; the others one at a time, in order.
+    shared = np.bincount(ti)[ti] > 1
+    contested = np.zeros(int(pi.max()) + 1, dtype=bool)
+    contested[pi[shared]] = True
+    alone = ~contested[pi]
     out = []
-    starts = np.flatnonzero(np.r_[True, pi[1:] != pi[:-1], True])
-    for a, b in pairwise(starts.tolist()):
-        vals = np.where(taken[ti[a:b]], -1.0, iou[a:b])
-        j = int(np.argmax(vals))
-        if vals[j] >= 0:  # every pair here is above the threshold; -1 marks a taken truth
-            taken[ti[a + j]] = True
-            out.append((int(pi[a]), int(ti[a + j]), float(vals[j])))
+    if alone.any():
+        a_pi, a_ti, a_iou = pi[alone], ti[alone], iou[alone]
+        order = np.lexsort((a_ti, -a_iou, a_pi))
+        first = order[np.unique(a_pi[order], return_index=True)[1]]
+        taken[a_ti[first]] = True
+        out = list(zip(a_pi[first].tolist(), a_ti[first].tolist(), a_iou[first].tolist()))
+    if not alone.all():
+        c_pi, c_ti, c_iou = pi[~alone], ti[~alone], iou[~alone]
+        starts = np.flatnonzero(np.r_[True, c_pi[1:] != c_pi[:-1], True])
+        for a, b in pairwise(starts.tolist()):
+            vals = np.where(taken[c_ti[a:b]], -1.0, c_iou[a:b])
+            j = int(np.argmax(vals))
+            if vals[j] >= 0:  # every pair here is above the threshold; -1 marks a taken truth
+                taken[c_ti[a + j]] = True
+                out.append((int(c_pi[a]), int(c_ti[a + j]), float(vals[j])))
+        out.sort()  # matching order (proposal order) across both groups
     return out
 
 
@@ -590,7 +601,7 @@ def score_spacenet(truth_df: pd.DataFrame | str | Path, prop_df: pd.DataFrame | 
     if len(bad):
         log.warning("proposals %s: polygon area is not finite (coordinates too large?); scored as false "
                     "positive(s)", _rows_text(prop_df, bad))
-    names = sorted(set(truth_df["ImageId"]) | set(prop_df["ImageId"]))
+    names = sorted(set(truth_df["ImageId"].unique().tolist()) | set(prop_df["ImageId"].unique().tolist()))
     t_img = pd.Categorical(truth_df["ImageId"], categories=names).codes.astype(np.intp)
     p_img = pd.Categorical(prop_df["ImageId"], categories=names).codes.astype(np.intp)
     p_conf = prop_df["Confidence"].to_numpy(dtype=float) if "Confidence" in prop_df else np.ones(len(prop_df))
