@@ -843,6 +843,79 @@ def test_score_unparsable_wkt(tmp_path, capsys):
     assert tree_hash(truth, out) == before
 
 
+_SQUARE = '"POLYGON ((0 0, 40 0, 40 40, 0 40, 0 0))"'
+_HUGE = '"POLYGON ((0 0, 1e308 0, 1e308 1e308, 0 1e308, 0 0))"'
+
+
+def _score_csv(path: Path, rows: list[tuple[str, str]]) -> Path:
+    """A SpaceNet CSV of (ImageId, WKT) rows, confidences falling in file order."""
+    lines = [f"{image_id},{i},{wkt},{1 - i / 1000}" for i, (image_id, wkt) in enumerate(rows)]
+    path.write_text("ImageId,BuildingId,PolygonWKT_Pix,Confidence\n" + "\n".join(lines) + "\n")
+    return path
+
+
+def test_score_stacked_polygons_past_max_pairs(tmp_path, capsys):
+    """Thousands of stacked polygons in one image: memory stays bounded (chunks), and past --max-pairs candidate
+    pairs the image is refused by name instead of running for hours."""
+    truth = _score_csv(tmp_path / "truth.csv", [("AOI_2_Vegas_img1", _SQUARE)] * 30)
+    props = _score_csv(tmp_path / "proposals.csv", [("AOI_2_Vegas_img1", _SQUARE)] * 30)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "results.csv").write_text("previous results\n")
+    before = tree_hash(truth, props, out)
+    line = cli_error(capsys, "score", "--truth", truth, "--proposals", props, "--out", out, "--max-pairs", "100",
+                     contains=("image 'AOI_2_Vegas_img1'", "900 overlapping proposal/truth pairs",
+                               "limit of 100", "--max-pairs"))
+    record("Stacked polygons past --max-pairs (30 x 30 copies here; 4,000 x 4,000 in the issue)", "CLI score",
+           "", line)
+    assert tree_hash(truth, props, out) == before
+    rc, stdout, _ = cli(capsys, "score", "--truth", truth, "--proposals", props)  # default limit: scored
+    assert rc == 0 and "TP 30  FP 0  FN 0" in stdout
+
+
+def test_score_coordinates_of_1e308(tmp_path, capsys, caplog):
+    """Areas overflow to inf/NaN: a proposal is scored as a false positive (with a warning naming the row), a truth
+    row is refused naming file and row (before, both were silently dropped)."""
+    import logging
+
+    caplog.set_level(logging.WARNING)
+    truth = _score_csv(tmp_path / "truth.csv", [("AOI_2_Vegas_img1", _SQUARE)])
+    props = _score_csv(tmp_path / "proposals.csv", [("AOI_2_Vegas_img1", _SQUARE), ("AOI_2_Vegas_img1", _HUGE)])
+    rc, stdout, err = cli(capsys, "score", "--truth", truth, "--proposals", props)
+    assert rc == 0 and "Traceback" not in err and "TP 1  FP 1  FN 0" in stdout
+    warn = next(r.getMessage() for r in caplog.records if "not finite" in r.getMessage())
+    assert "proposals.csv: row 3" in warn and "false positive" in warn
+    record("Proposal with coordinates of 1e308 (area overflows)", "CLI score", "", f"(scored as a false positive, "
+           f"warning) {warn}")
+    bad_truth = _score_csv(tmp_path / "bad_truth.csv", [("AOI_2_Vegas_img1", _SQUARE), ("AOI_2_Vegas_img1", _HUGE)])
+    line = cli_error(capsys, "score", "--truth", bad_truth, "--proposals", props,
+                     contains=("bad_truth.csv: row 3", "not finite", "fix or remove that row"))
+    record("Truth with coordinates of 1e308 (area overflows)", "CLI score", "", line)
+
+
+def test_score_image_ids_with_stray_spaces(tmp_path, capsys, caplog):
+    """' AOI_2_Vegas_img1' was scored as another image (1 FN + 1 FP instead of 1 TP): now stripped, one warning."""
+    import logging
+
+    caplog.set_level(logging.WARNING)
+    truth = _score_csv(tmp_path / "truth.csv", [("AOI_2_Vegas_img1", _SQUARE)])
+    props = _score_csv(tmp_path / "proposals.csv", [(" AOI_2_Vegas_img1 ", _SQUARE)])
+    rc, stdout, err = cli(capsys, "score", "--truth", truth, "--proposals", props)
+    assert rc == 0 and "Traceback" not in err and "TP 1  FP 0  FN 0  (1 images)" in stdout, stdout
+    warns = [r.getMessage() for r in caplog.records if "stripped spaces" in r.getMessage()]
+    assert len(warns) == 1 and "1 ImageId(s)" in warns[0] and "row 2" in warns[0]
+    record("ImageId with stray spaces (score CSV)", "CLI score", "", f"(stripped, warning) {warns[0]}")
+
+
+def test_score_csv_not_utf8(tmp_path, capsys):
+    truth = _score_csv(tmp_path / "truth.csv", [("AOI_2_Vegas_img1", _SQUARE)])
+    props = tmp_path / "proposals.csv"
+    props.write_bytes(truth.read_bytes() + b"AOI_2_Vegas_img2,1," + _SQUARE.encode() + b",0.5 \xe9t\xe9\n")
+    line = cli_error(capsys, "score", "--truth", truth, "--proposals", props,
+                     contains=("proposals.csv: not UTF-8 text (byte 0xe9 at row 3); save it as UTF-8",))
+    record("Score CSV that is not UTF-8 (Latin-1)", "CLI score", "", line)
+
+
 # ------------------------------------------------------------------------------------------------ disk and folders
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import math
 
 import numpy as np
@@ -10,8 +11,6 @@ import pytest
 import shapely
 from shapely.geometry import Polygon, box
 
-import argparse
-
 from bdcore.cli import metrics as cli_metrics
 from bdcore.metrics.scoring import (
     PER_AOI_COLUMNS,
@@ -19,6 +18,8 @@ from bdcore.metrics.scoring import (
     PixelCounts,
     ScoringError,
     TileScore,
+    _match_arrays,
+    _rectangles,
     match_buildings,
     pixel_metrics,
     precision_recall_f1,
@@ -229,6 +230,158 @@ def test_score_spacenet_images_only_in_one_file():
     assert got.loc["AOI_1_X_img4"].tolist() == [0, 1, 0, 0.0]  # proposals only
     assert per_aoi.loc["AOI_1_X", ["TruePos", "FalsePos", "FalseNeg"]].tolist() == [1, 1, 1]
     assert per_aoi.loc["AOI_1_X", "F1Score"] == pytest.approx(0.5)
+
+
+# --------------------------------------------------------------------------- stacked polygons (issue 13.6)
+
+
+def _stack(n: int, seed: int, image_id: str = "AOI_9_Stack_img1") -> pd.DataFrame:
+    """n identical 40 px squares plus n near-identical ones (jittered < 1 px), random confidences, one image."""
+    rng = np.random.default_rng(seed)
+    x, y = 100 + rng.uniform(-0.5, 0.5, size=(2, n))
+    geoms = [box(100, 100, 140, 140)] * n + [box(a, b, a + 40, b + 40) for a, b in zip(x, y)]
+    return pd.DataFrame({"ImageId": image_id, "BuildingId": range(2 * n), "geometry": geoms,
+                         "Confidence": rng.random(2 * n)})
+
+
+def test_stacked_identical_polygons_match_one_to_one_in_small_chunks():
+    # 200 identical truth squares, 200 identical proposals: IoU 1 for every pair, and each truth can be matched once,
+    # so every proposal takes its own truth: TP 200, FP 0, FN 0; with 150 proposals, 50 truth are left (FN 50).
+    sq = box(0, 0, 40, 40)
+    truth = np.array([sq] * 200, dtype=object)
+    for n_props, want in ((200, (200, 0, 0)), (150, (150, 0, 50)), (260, (200, 60, 0))):
+        props = np.array([sq] * n_props, dtype=object)
+        conf = np.linspace(1, 0, n_props)
+        small = _match_arrays(truth, props, conf, 0.5, 20.0, chunk_pairs=500)  # 2 proposals per chunk
+        assert (len(small.matches), len(small.false_positives), len(small.false_negatives)) == want
+        assert small == _match_arrays(truth, props, conf, 0.5, 20.0)  # one chunk: same matches, same order
+        # greedy by confidence, first free truth on ties: proposal k takes truth k
+        assert [(p, t) for p, t, _ in small.matches] == [(k, k) for k in range(want[0])]
+
+
+def _dense(n: int, seed: int, image_id: str) -> pd.DataFrame:
+    """n random overlapping boxes (10-30 px) crowded into 80 x 80 px: many proposals want the same truth."""
+    rng = np.random.default_rng(seed)
+    x, y = rng.uniform(0, 80, size=(2, n))
+    w, h = rng.uniform(10, 30, size=(2, n))
+    return pd.DataFrame({"ImageId": image_id, "geometry": [box(*r) for r in zip(x, y, x + w, y + h)],
+                         "Confidence": rng.random(n)})
+
+
+def _naive_counts(truth: list, props: list, conf: np.ndarray) -> tuple[int, int, int]:
+    """SpaceNet greedy one pair at a time: by decreasing confidence, the free truth of highest IoU (first on ties)."""
+    free, tp = list(range(len(truth))), 0
+    for k in np.argsort(-conf, kind="stable"):
+        ious = [(truth[j].intersection(props[k]).area / truth[j].union(props[k]).area, -j) for j in free]
+        if ious and max(ious)[0] > 0.5:
+            free.remove(-max(ious)[1])
+            tp += 1
+    return tp, len(props) - tp, len(free)
+
+
+def test_chunked_scores_equal_unchunked_and_a_pair_by_pair_greedy():
+    truth = pd.concat([_stack(40, 0), _dense(60, 1, "AOI_9_Dense_img2")], ignore_index=True)
+    props = pd.concat([_stack(30, 2), _dense(80, 3, "AOI_9_Dense_img2")], ignore_index=True)
+    _, whole = score_spacenet(truth, props)
+    _, chunked = score_spacenet(truth, props, chunk_pairs=7)
+    pd.testing.assert_frame_equal(chunked, whole)
+    got = {r.imageID: (r.TruePos, r.FalsePos, r.FalseNeg) for r in whole.itertuples()}
+    assert got["AOI_9_Stack_img1"] == (60, 0, 20)
+    t, p = truth[truth.ImageId == "AOI_9_Dense_img2"], props[props.ImageId == "AOI_9_Dense_img2"]
+    want = _naive_counts(list(t.geometry), list(p.geometry), p.Confidence.to_numpy())
+    assert got["AOI_9_Dense_img2"] == want and 5 < want[0] < 60  # a crowd: some matched, some not
+
+
+def test_chunks_spanning_several_images_match_each_image_on_its_own():
+    # all images are matched in one pass; a chunk (here 3 proposals of 40 an image) may hold the end of one image
+    # and the start of the next, and proposals must still only ever meet their own image's truth (same pixels)
+    truth = pd.concat([_dense(30, i, f"AOI_9_Dense_img{i}") for i in range(5)], ignore_index=True)
+    props = pd.concat([_dense(40, 10 + i, f"AOI_9_Dense_img{i}") for i in range(5)], ignore_index=True)
+    _, whole = score_spacenet(truth, props)
+    _, chunked = score_spacenet(truth, props, chunk_pairs=90)
+    pd.testing.assert_frame_equal(chunked, whole)
+    for r in whole.itertuples():
+        t, p = truth[truth.ImageId == r.imageID], props[props.ImageId == r.imageID]
+        want = _naive_counts(list(t.geometry), list(p.geometry), p.Confidence.to_numpy())
+        assert (r.TruePos, r.FalsePos, r.FalseNeg) == want, r.imageID
+    assert whole["TruePos"].sum() > 5
+
+
+def test_rectangle_shortcut_only_for_axis_aligned_rectangles_and_gives_geos_ious():
+    from shapely.affinity import rotate
+
+    shapes = [box(0, 0, 10, 5), Polygon([(10, 5), (0, 5), (0, 0), (10, 0)]), rotate(box(0, 0, 10, 5), 10),
+              Polygon([(0, 0), (10, 10), (0, 10), (10, 0)]),  # bow-tie on the box's corners
+              Polygon([(0, 0), (10, 0), (10, 5), (5, 5), (5, 10), (0, 10)]),  # L shape
+              box(0, 0, 10, 10).difference(box(2, 2, 4, 4)), Polygon()]
+    geoms = np.array(shapes, dtype=object)
+    got = _rectangles(geoms, shapely.area(geoms), shapely.bounds(geoms))
+    assert got.tolist() == [True, True, False, False, False, False, False]
+    dense_t, dense_p = _dense(40, 5, "x"), _dense(40, 6, "x")
+    r = match_buildings(list(dense_t.geometry), list(dense_p.geometry), dense_p.Confidence.tolist())
+    assert r["matches"]
+    for p, t, iou in r["matches"]:
+        a, b = dense_p.geometry.iloc[p], dense_t.geometry.iloc[t]
+        assert iou == pytest.approx(a.intersection(b).area / a.union(b).area, rel=1e-12)
+
+
+def test_too_many_candidate_pairs_is_refused_naming_image_and_limit():
+    truth, props = _stack(15, 0), _stack(15, 1)  # 30 x 30 = 900 overlapping pairs
+    with pytest.raises(ScoringError, match=r"image 'AOI_9_Stack_img1': 900 overlapping proposal/truth pairs, "
+                                           r"more than the limit of 899 .*--max-pairs"):
+        score_spacenet(truth, props, max_pairs=899, chunk_pairs=100)
+    _, per_image = score_spacenet(truth, props, max_pairs=900)
+    assert per_image["TruePos"].tolist() == [30]
+    with pytest.raises(ScoringError, match=r"max_pairs \(0\) .* must be at least 1"):
+        score_spacenet(truth, props, max_pairs=0)
+
+
+def test_non_finite_area_proposal_is_a_false_positive_and_truth_is_refused(caplog):
+    sq, huge = box(0, 0, 40, 40), shapely.from_wkt("POLYGON ((0 0, 1e308 0, 1e308 1e308, 0 1e308, 0 0))")
+    assert not math.isfinite(huge.area)
+    truth = pd.DataFrame({"ImageId": ["AOI_1_X_img1"], "geometry": [sq]})
+    props = pd.DataFrame({"ImageId": ["AOI_1_X_img1"] * 2, "geometry": [huge, sq], "Confidence": [0.9, 0.5]})
+    with caplog.at_level("WARNING", logger="bdcore.metrics.scoring"):
+        _, per_image = score_spacenet(truth, props)
+    assert per_image[["TruePos", "FalsePos", "FalseNeg"]].values.tolist() == [[1, 1, 0]]
+    assert "rows at positions 0: polygon area is not finite" in caplog.text
+    assert match_buildings([sq], [huge, sq])["false_positives"] == [0]
+    with pytest.raises(ScoringError, match=r"truth rows at positions 1: polygon area is not finite"):
+        score_spacenet(pd.DataFrame({"ImageId": ["AOI_1_X_img1"] * 2, "geometry": [sq, huge]}), props)
+    with pytest.raises(ScoringError, match="truth polygon 0 has a non-finite area"):
+        match_buildings([huge], [sq])
+
+
+def test_read_csv_strips_image_id_spaces_with_one_warning(tmp_path, caplog):
+    p = tmp_path / "props.csv"
+    p.write_text("ImageId,BuildingId,PolygonWKT_Pix,Confidence\n"
+                 'AOI_2_Vegas_img1,0,"POLYGON ((0 0, 10 0, 10 10, 0 10, 0 0))",1\n'
+                 ' AOI_2_Vegas_img1,1,"POLYGON ((0 0, 10 0, 10 10, 0 10, 0 0))",1\n'
+                 'AOI_2_Vegas_img1\t,2,"POLYGON ((0 0, 10 0, 10 10, 0 10, 0 0))",1\n')
+    with caplog.at_level("WARNING", logger="bdcore.metrics.scoring"):
+        df = read_spacenet_csv(p)
+    assert df["ImageId"].tolist() == ["AOI_2_Vegas_img1"] * 3
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1 and "stripped spaces around 2 ImageId(s) (first: row 3, ' AOI_2_Vegas_img1')" in \
+        warnings[0], warnings
+
+
+def test_read_csv_not_utf8_names_byte_and_row(tmp_path):
+    p = tmp_path / "props.csv"
+    p.write_bytes(b"ImageId,BuildingId,PolygonWKT_Pix,Confidence\n"
+                  b'AOI_2_Vegas_img1,0,"POLYGON ((0 0, 10 0, 10 10, 0 10, 0 0))",1\n'
+                  b'AOI_2_Vegas_caf\xe9_img2,1,"POLYGON ((0 0, 10 0, 10 10, 0 10, 0 0))",1\n')
+    with pytest.raises(ScoringError, match=r"props\.csv: not UTF-8 text \(byte 0xe9 at row 3\); save it as UTF-8"):
+        read_spacenet_csv(p)
+
+
+def test_read_csv_non_polygon_row_is_named(tmp_path):
+    p = tmp_path / "props.csv"
+    p.write_text("ImageId,BuildingId,PolygonWKT_Pix,Confidence\n"
+                 'AOI_2_Vegas_img1,0,"POLYGON ((0 0, 10 0, 10 10, 0 10, 0 0))",1\n'
+                 'AOI_2_Vegas_img1,1,"LINESTRING (0 0, 10 0)",1\n')
+    with pytest.raises(ScoringError, match=r"props\.csv: row 3: PolygonWKT_Pix is a LineString, expected a POLYGON"):
+        read_spacenet_csv(p)
 
 
 # --------------------------------------------------------------------------- CSV io
