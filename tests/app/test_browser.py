@@ -40,11 +40,11 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def _streamlit(runs_dir: Path, log_path: Path):
+def _streamlit(runs_dir: Path, log_path: Path, **extra_env: str):
     """``streamlit run app.py`` on a free port (a fresh server), yielding its URL."""
     port = _free_port()
     env = dict(os.environ, HF_HUB_OFFLINE="1", BDCORE_CACHE_DIR=os.environ["BDCORE_CACHE_DIR"],
-               BDCORE_RUNS_DIR=str(runs_dir))
+               BDCORE_RUNS_DIR=str(runs_dir), **extra_env)
     log = open(log_path, "wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), "--server.address",
@@ -364,6 +364,86 @@ def test_compare_two_tiny_runs_with_different_learning_rates(server, page):
     assert _traces_per_panel(page) == [2, 2, 2]
     assert_clean(page)
     shot(page, "compare_wall_time")
+
+
+def _start_tiny_run(pg, url: str, name: str) -> None:
+    pg.goto(f"{url}/train")
+    pg.get_by_text("New run").wait_for(timeout=90000)
+    _select(pg, "Encoder", "resnet18")
+    _select(pg, "Encoder weights", "none")
+    _select(pg, "Crop", "64")
+    _number(pg, "Epochs", 50)
+    _number(pg, "Batch size", 2)
+    pg.get_by_text("Advanced").click()
+    _number(pg, "Steps per epoch (0 = one pass)", 3)
+    _number(pg, "Log every (steps)", 1)
+    _number(pg, "Data workers", 0)
+    pg.get_by_label("Run name (optional)").fill(name)
+
+
+def _main_button(pg, name: str):
+    """A button of the page itself (not the header's Stop that Streamlit shows while a script runs)."""
+    return pg.get_by_test_id("stMainBlockContainer").get_by_role("button", name=name, exact=True)
+
+
+def _run_choices(pg) -> list[str]:
+    box = pg.locator('[data-testid="stSelectbox"]').filter(has_text="Run").last
+    box.click()
+    opts = [o.inner_text().strip() for o in pg.get_by_role("option").all()]
+    pg.keyboard.press("Escape")
+    return opts
+
+
+def test_two_users_start_stop_resume_and_review_at_once(_isolated_dirs, browser):
+    """Two browser sessions on one app (two slots): each starts, stops, resumes and reviews its own run at the same
+    time; each sees both runs, and neither run's log is corrupted (every step once, in order)."""
+    runs_dir = _isolated_dirs / "two-users-runs"
+    with _streamlit(runs_dir, _isolated_dirs / "two-users.log", BDCORE_MAX_RUNS="2") as url:
+        users = {n: browser.new_context(viewport={"width": 1400, "height": 1600}).new_page() for n in ("ua", "ub")}
+        for name, pg in users.items():
+            _start_tiny_run(pg, url, name)
+        for pg in users.values():  # both clicks before either waits
+            _main_button(pg, "Start training").click()
+        for name, pg in users.items():
+            pg.get_by_text(f"{name} — state running").wait_for(timeout=120000)
+        _wait(lambda: all(len(_steps(runs_dir / n)) >= 2 for n in users), 240, "steps of both runs")
+        for pg in users.values():  # each sees the other's run too (the Run picker lists every run)
+            assert set(users) <= set(_run_choices(pg))
+        for pg in users.values():
+            _main_button(pg, "Stop").click()
+        for name, pg in users.items():
+            pg.get_by_text(f"{name} — state stopped").wait_for(timeout=120000)
+        before = {n: _steps(runs_dir / n) for n in users}
+        for pg in users.values():
+            _main_button(pg, "Resume").click()
+        for name, pg in users.items():
+            pg.get_by_text(f"{name} — state running").wait_for(timeout=120000)
+        _wait(lambda: all(len(_steps(runs_dir / n)) > len(before[n]) + 1 for n in users), 240, "steps after resume")
+        for pg in users.values():
+            _main_button(pg, "Stop").click()
+        for name, pg in users.items():
+            pg.get_by_text(f"{name} — state stopped").wait_for(timeout=120000)
+            steps = _steps(runs_dir / name)
+            assert steps == list(range(1, len(steps) + 1)), (name, steps)  # each step once, none lost
+            assert_clean(pg)
+            shot(pg, f"two_users_{name}_train")
+        for name, pg in users.items():  # both review at once, each its own run
+            pg.goto(f"{url}/review")
+            pg.get_by_text("Per-tile scores").wait_for(timeout=240000)  # the newest run's first
+            _select(pg, "Run", name)
+        for name, pg in users.items():
+            pg.get_by_text("Per-tile scores").wait_for(timeout=240000)
+            _wait(lambda pg=pg: pg.locator('[data-testid="stStatusWidget"]').count() == 0, 240, "review to finish")
+            box = pg.locator('[data-testid="stSelectbox"]').filter(has_text="Run").first
+            box.click()
+            picked = pg.locator('[role="option"][aria-selected="true"]').first.inner_text()
+            pg.keyboard.press("Escape")
+            assert picked.strip() == name, picked  # each session keeps its own choice
+            pg.get_by_text("Per-tile scores").wait_for(timeout=240000)
+            assert_clean(pg)
+            shot(pg, f"two_users_{name}_review")
+        for pg in users.values():
+            pg.context.close()
 
 
 @pytest.mark.parametrize("path", ["review", "train"])
