@@ -33,6 +33,7 @@ from bdcore.inference.geotiff import (
     RasterSource,
     extract_polygons,
 )
+from bdcore.inference.modelfile import load_predictor
 from bdcore.inference.normalization import Normalization, PredictError
 from bdcore.inference.predictor import Predictor, WindowPlan
 from bdcore.progress import Progress
@@ -77,6 +78,9 @@ def predict_geotiff(
 ) -> dict[str, Any]:
     """Predict building footprints on a GeoTIFF of any size; returns the output paths and a few numbers.
 
+    ``checkpoint``: a bdcore checkpoint (``.pt``), an exported ``model.onnx`` (run with onnxruntime, its
+    ``model.json`` beside it: ``modelfile.load_predictor``) or a ready :class:`Predictor`.
+
     ``normalize``: ``"checkpoint"`` scales pixels with the training band statistics the checkpoint carries (what the
     model saw in training); ``"image"`` with this image's own 2-98 % percentiles (for imagery unlike the training
     data, e.g. 8-bit exports). With training statistics, the input is first compared with them
@@ -85,13 +89,13 @@ def predict_geotiff(
     Keys: ``prob``, ``mask``, ``geojson``, ``csv`` (Paths; the vector ones only with ``polygons``), plus
     ``image_id``, ``n_buildings``, ``width``, ``height``, ``windows``, ``seconds``, ``normalization`` (its source:
     "checkpoint", "stats" or "percentile"), ``channels``, ``input_check`` (``imagery.InputCheck`` or None when
-    normalising per image) and ``warning`` (its one-line message, or None).
+    normalising per image), ``warning`` (its one-line message, or None) and ``runtime`` (``Predictor.runtime``).
     ``progress(done, total)`` is called after each batch of windows."""
     t0 = time.perf_counter()
     input_path = Path(input_path)
     Normalization().for_mode(normalize)  # a bad mode fails before anything is read
     _open_raster(input_path).close()  # a bad input fails before the (slow) model load
-    predictor = checkpoint if isinstance(checkpoint, Predictor) else Predictor.from_checkpoint(
+    predictor = checkpoint if isinstance(checkpoint, Predictor) else load_predictor(
         checkpoint, device=device, batch_size=batch_size)
     if window % predictor.stride:
         raise PredictError(f"window {window} must be a multiple of {predictor.stride}")
@@ -115,7 +119,8 @@ def predict_geotiff(
     result: dict[str, Any] = {
         "prob": prob_path, "mask": mask_path, "image_id": image_id_for(input_path), "width": plan.width,
         "height": plan.height, "windows": plan.n_windows, "normalization": norm.source, "channels": channels,
-        "input_check": check, "warning": check.message() if check is not None and not check.ok else None}
+        "input_check": check, "warning": check.message() if check is not None and not check.ok else None,
+        "runtime": predictor.runtime}
     if polygons:
         polys = extract_polygons(prob_path, threshold=threshold, min_area=min_area)
         geojson_path, csv_path = out_dir / f"{stem}_buildings.geojson", out_dir / f"{stem}_spacenet.csv"
@@ -130,7 +135,7 @@ def predict_tiles(checkpoint: str | os.PathLike | Predictor, catalog: gpd.GeoDat
                   tta: bool = False, threshold: float = 0.5, device: str = "auto", progress: Progress | None = None,
                   normalize: str = "checkpoint") -> list[dict[str, Any]]:
     """:func:`predict_geotiff` on catalog tiles (default: all), one output set per tile in ``out_dir``."""
-    predictor = checkpoint if isinstance(checkpoint, Predictor) else Predictor.from_checkpoint(checkpoint, device)
+    predictor = checkpoint if isinstance(checkpoint, Predictor) else load_predictor(checkpoint, device)
     product = product or predictor.product or DEFAULT_PRODUCT
     ids = list(catalog.index if tile_ids is None else tile_ids)
     missing = [t for t in ids if t not in catalog.index]
