@@ -213,8 +213,8 @@ def _load_sidecar(onnx_path: Path) -> dict[str, Any]:
         raise ModelFileError(f"{side}: not valid JSON{where} (truncated or edited); {REEXPORT}") from None
     fmt = meta.get("format") if isinstance(meta, dict) else None
     if fmt != SIDECAR_FORMAT:
-        raise ModelFileError(f"{side}: not a bdcore model sidecar (format {fmt!r}, expected {SIDECAR_FORMAT!r}); "
-                             f"{REEXPORT}")
+        found = f"format {fmt!r}" if fmt is not None else "no format field"
+        raise ModelFileError(f"{side}: not a bdcore model sidecar ({found}, expected {SIDECAR_FORMAT!r}); {REEXPORT}")
     version = meta.get("format_version")
     if version != SIDECAR_VERSION:
         fix = "upgrade bdcore" if isinstance(version, int) and version > SIDECAR_VERSION else REEXPORT
@@ -305,7 +305,7 @@ def _session(data: bytes, onnx_path: Path, device: str) -> Any:
 
 def _check_session(meta: dict[str, Any], session: Any, onnx_path: Path) -> None:
     """The sidecar's bands/classes against the model's input and output channels."""
-    side = sidecar_path(onnx_path).name
+    side = sidecar_path(onnx_path)
     takes = session.get_inputs()[0].shape[1] if len(session.get_inputs()[0].shape) == 4 else None
     gives = session.get_outputs()[0].shape[1] if len(session.get_outputs()[0].shape) == 4 else None
     if takes != meta["bands"]:
