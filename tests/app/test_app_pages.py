@@ -259,9 +259,10 @@ def test_predict_page_warns_on_imagery_unlike_the_training_data(empty_runs, tmp_
 
 def test_review_exports_onnx_and_offers_the_pair(vegas_small, tmp_path, monkeypatch):
     """Export ONNX on Review: model.onnx + model.json written once per checkpoint, offered as one zip download."""
+    from synth import write_tiny_checkpoint
+
     from bdcore.engine import runs
     from bdcore.engine.config import RunConfig
-    from synth import write_tiny_checkpoint
 
     cfg = RunConfig(data_root=str(vegas_small), encoder="resnet18", encoder_weights=None, crop_size=64)
     run_dir = runs.create_run(cfg, name="exp", root=tmp_path / "runs")
