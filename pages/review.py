@@ -8,7 +8,7 @@ from streamlit_folium import st_folium
 from bdcore.data.catalog import load_catalog
 from bdcore.data.imagery import read_image
 from bdcore.engine import runs
-from bdcore.inference import evaluate, modelfile
+from bdcore.inference import evaluate
 from bdcore.viz import maps, overlays
 from appkit import USER_ERRORS, through_app_navigation
 
@@ -38,17 +38,22 @@ def _export_onnx(run_dir: str, which: str) -> None:
     session remembers it, and ``reuse`` keeps an export of the same checkpoint sha256 in <run>/export/<which>)."""
     made = st.session_state.setdefault("review_exports", {})
     key = (run_dir, which, evaluate.checkpoint_key(evaluate.checkpoint_path(run_dir, which)))
-    if st.button("Export ONNX", key="review_export", help="model.onnx + model.json, for onnxruntime "
-                 "(python -m bdcore predict --model model.onnx)") and key not in made:
+    if not st.button("Export ONNX", key="review_export", help="model.onnx + model.json, for onnxruntime "
+                     "(python -m bdcore predict --model model.onnx)") and key not in made:
+        return
+    # torch + smp: 2-7 s to import (measured on 2 shared cores); only an export needs them here (the page's scores
+    # may all come from cached predictions)
+    from bdcore.inference import modelfile
+
+    if key not in made:
         with st.spinner(f"Exporting {which}.pt to ONNX…"):
             made[key] = modelfile.export_run(run_dir, which, reuse=True)
-    if key in made:
-        exported = made[key]
-        st.download_button(f"Download {exported.onnx.name} + {exported.sidecar.name} (zip)",
-                           lambda: modelfile.bundle_zip(exported), file_name=f"{run_id}-{which}-onnx.zip",
-                           mime="application/zip", key="review_export_download")
-        st.caption(f"Exported to {exported.onnx.parent} ({exported.meta['onnx_bytes'] / 2**20:.1f} MiB; onnxruntime "
-                   f"matches torch within {exported.meta['verified']['max_abs_diff']:.1e})")
+    exported = made[key]
+    st.download_button(f"Download {exported.onnx.name} + {exported.sidecar.name} (zip)",
+                       lambda: modelfile.bundle_zip(exported), file_name=f"{run_id}-{which}-onnx.zip",
+                       mime="application/zip", key="review_export_download")
+    st.caption(f"Exported to {exported.onnx.parent} ({exported.meta['onnx_bytes'] / 2**20:.1f} MiB; onnxruntime "
+               f"matches torch within {exported.meta['verified']['max_abs_diff']:.1e})")
 
 
 try:
