@@ -131,7 +131,8 @@ def _band_stats(norm: Normalization) -> dict[str, Any]:
 
 def export_onnx(checkpoint: str | os.PathLike, out_dir: str | os.PathLike) -> Exported:
     """Export a bdcore checkpoint to ``out_dir/model.onnx`` + ``model.json`` (each written atomically; the sidecar
-    last, and it carries the onnx file's sha256, so an interrupted export is detected on load)."""
+    last, and it carries the onnx file's sha256, so an interrupted export is detected on load). The same
+    checkpoint exports to the same bytes, so two concurrent exports of it cannot leave a mismatched pair."""
     t0 = time.perf_counter()
     checkpoint, out_dir = Path(checkpoint), Path(out_dir)
     if not checkpoint.is_file():

@@ -108,6 +108,8 @@ def test_export_is_reused_only_for_the_same_checkpoint(run, exported, tmp_path):
     fresh = modelfile.export_run(run, "best", out_dir=tmp_path, reuse=True)
     assert not fresh.reused and fresh.meta["checkpoint"]["sha256"] == exported.meta["checkpoint"]["sha256"]
     assert json.loads((tmp_path / "model.json").read_text()) == fresh.meta
+    # the same checkpoint exports to the same bytes (two concurrent exports of it cannot leave a mismatched pair)
+    assert fresh.meta["onnx_sha256"] == exported.meta["onnx_sha256"]
 
 
 def test_onnx_probabilities_equal_the_checkpoints_on_the_vegas_tiles(run, exported, vegas_small):
