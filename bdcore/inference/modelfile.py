@@ -286,7 +286,7 @@ class OnnxBackend:
 
     @property
     def runtime(self) -> str:
-        return f"onnxruntime ({self.provider})"
+        return f"onnxruntime on {self.provider}"
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         batch = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
@@ -332,7 +332,7 @@ def onnx_predictor(onnx_path: str | os.PathLike, device: str = "auto", batch_siz
     norm = Normalization.from_stats(stats, stats.get("source") or "checkpoint") or Normalization()
     predictor = Predictor(OnnxBackend(session), in_channels=meta["bands"], normalization=norm, device="cpu",
                           product=meta["product"], batch_size=batch_size, stride=meta["input_multiple"])
-    log.info("%s: %s", onnx_path.name, predictor.runtime)
+    log.debug("%s: %s", onnx_path.name, predictor.runtime)
     return predictor
 
 

@@ -186,8 +186,8 @@ class Predictor:
 
     @property
     def runtime(self) -> str:
-        """What runs the network, for the CLI and logs: "torch (cpu)", "onnxruntime (CPUExecutionProvider)"."""
-        return getattr(self.backend, "runtime", None) or f"torch ({self.device})"
+        """What runs the network, for the CLI and logs: "torch on cpu", "onnxruntime on CPUExecutionProvider"."""
+        return getattr(self.backend, "runtime", None) or f"torch on {self.device}"
 
     def check_bands(self, count: int, source: str | os.PathLike = "input") -> None:
         if count == self.in_channels:

@@ -115,7 +115,7 @@ def test_export_is_reused_only_for_the_same_checkpoint(run, exported, tmp_path):
 def test_onnx_probabilities_equal_the_checkpoints_on_the_vegas_tiles(run, exported, vegas_small):
     torch_p = Predictor.from_checkpoint(run / "best.pt", device="cpu")
     onnx_p = modelfile.load_predictor(exported.onnx, device="auto")
-    assert onnx_p.runtime == "onnxruntime (CPUExecutionProvider)" and torch_p.runtime == "torch (cpu)"
+    assert onnx_p.runtime == "onnxruntime on CPUExecutionProvider" and torch_p.runtime == "torch on cpu"
     assert (onnx_p.in_channels, onnx_p.product, onnx_p.stride) == (3, "PS-RGB", 32)
     np.testing.assert_array_equal(onnx_p.normalization.lo, torch_p.normalization.lo)
     # the whole 650 px tile in 4 blended 384 px windows (padded to 384 and to 288 at the edges)
@@ -144,8 +144,8 @@ def test_cli_export_then_predict_model_gives_the_checkpoints_buildings(run, vega
         dest = tmp_path / flag.strip("-")
         assert main(["predict", flag, str(model), "--input", str(tile), "--out", str(dest), "--device", "cpu"]) == 0
         results[flag] = capsys.readouterr().out, dest
-    assert "(onnxruntime (CPUExecutionProvider))" in results["--model"][0]
-    assert "(torch (cpu))" in results["--checkpoint"][0]
+    assert "(onnxruntime on CPUExecutionProvider)" in results["--model"][0]
+    assert "(torch on cpu)" in results["--checkpoint"][0]
     count = {f: len(json.loads(next(d.glob("*.geojson")).read_text())["features"]) for f, (_, d) in results.items()}
     assert count["--model"] == count["--checkpoint"] > 50
     probs = {}
