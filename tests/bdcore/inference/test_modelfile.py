@@ -166,3 +166,18 @@ def test_onnx_providers(monkeypatch):
         modelfile.providers("mps")
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
     assert modelfile.providers("auto") == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+def test_a_model_without_band_statistics_stretches_each_image(exported, vegas_small, tmp_path):
+    """A checkpoint with no band statistics (none stored, training data absent) exports ``lo``/``hi`` null: the
+    exported model then normalises per image (2-98 % stretch), like the checkpoint would."""
+    stats = modelfile._band_stats(Normalization())  # what export_onnx writes for such a checkpoint
+    assert stats == {"source": "percentile", "lo": None, "hi": None, "p_lo": 2.0, "p_hi": 98.0}
+    meta = dict(exported.meta, band_stats=stats)
+    (tmp_path / "model.onnx").write_bytes(exported.onnx.read_bytes())
+    (tmp_path / "model.json").write_text(json.dumps(meta))
+    pred = modelfile.onnx_predictor(tmp_path / "model.onnx", device="cpu")
+    assert pred.normalization.source == "percentile" and pred.normalization.lo is None
+    image = read_image(_tile(vegas_small, "img246"))
+    prob = pred.predict_array(image)
+    assert prob.shape == (2, 128, 128) and np.isfinite(prob).all()
