@@ -40,6 +40,7 @@ BENCHES: dict[str, tuple[str, list[str], list[str], int]] = {
                 900),
     "map_render": ("map_render.py", ["--repeat", "3"], ["--repeat", "1"], 180),
     "app_start": ("app_start.py", [], [], 300),
+    "onnx": ("export_onnx.py", ["--tiles", "10"], ["--tiles", "2", "--encoder", "resnet18"], 420),
 }
 CHROMIUM = Path("/usr/bin/chromium")
 
@@ -208,6 +209,14 @@ def summary_rows(report: dict) -> list[tuple[str, str, str, str]]:
                          f"{m['image_float32_mb']:,} MB for the image as float32; {m['seconds']} s",
                          "bounded (< image as float32; judged at 10,000²)",
                          _met(m["peak_rss_growth_mb"] < m["image_float32_mb"]) if m["image_float32_mb"] > 1000 else "–"))
+    o = res("onnx")
+    if o:
+        s, e = o["speed"], o["export"]
+        rows.append((f"ONNX export ({o['model']}), then onnxruntime vs torch on {s['tiles']} Vegas {s['tile']} tiles "
+                     f"(CPU, the same Predictor windows and blending)",
+                     f"export **{e['seconds']} s** ({e['onnx_mb']} MB); {s['onnxruntime_ms_per_tile']} vs "
+                     f"{s['torch_ms_per_tile']} ms/tile = **{s['onnxruntime_speedup']}x**; "
+                     f"max |Δp| {s['max_abs_prob_diff']:.1e}", "|Δp| < 1e-4", _met(s["max_abs_prob_diff"] < 1e-4)))
     s = res("scoring")
     if s:
         rows.append((f"SpaceNet scorer vs naive per-pair scorer, {s['truth_buildings']:,} buildings / "

@@ -33,6 +33,35 @@ if info.weights:  # what the encoder started from: pretrained or random init mak
     (st.warning if info.weights_source == "random" else st.caption)(f"Encoder weights of this run: {info.weights}")
 
 
+def _export_onnx(run_dir: str, which: str) -> None:
+    """Export ONNX, then a download of model.onnx + model.json as one zip (exported once per checkpoint: the
+    session remembers it, and ``reuse`` keeps an export of the same checkpoint sha256 in <run>/export/<which>)."""
+    made = st.session_state.setdefault("review_exports", {})
+    key = (run_dir, which, evaluate.checkpoint_key(evaluate.checkpoint_path(run_dir, which)))
+    if not st.button("Export ONNX", key="review_export", help="model.onnx + model.json, for onnxruntime "
+                     "(python -m bdcore predict --model model.onnx)") and key not in made:
+        return
+    # torch + smp: 2-7 s to import (measured on 2 shared cores); only an export needs them here (the page's scores
+    # may all come from cached predictions)
+    from bdcore.inference import modelfile
+
+    if key not in made:
+        with st.spinner(f"Exporting {which}.pt to ONNX…"):
+            made[key] = modelfile.export_run(run_dir, which, reuse=True)
+    exported = made[key]
+    st.download_button(f"Download {exported.onnx.name} + {exported.sidecar.name} (zip)",
+                       lambda: modelfile.bundle_zip(exported), file_name=f"{run_id}-{which}-onnx.zip",
+                       mime="application/zip", key="review_export_download")
+    st.caption(f"Exported to {exported.onnx.parent} ({exported.meta['onnx_bytes'] / 2**20:.1f} MiB; onnxruntime "
+               f"matches torch within {exported.meta['verified']['max_abs_diff']:.1e})")
+
+
+try:
+    _export_onnx(str(info.path), which)
+except USER_ERRORS as exc:
+    st.error(f"Could not export {run_id} ({which}) to ONNX: {exc}")
+
+
 def _evaluate(run_dir: str, which: str, key: str, threshold: float):
     """Scores per (checkpoint version, threshold), kept in the session; probabilities are cached on disk."""
     memo = st.session_state.setdefault("review_scores", {})

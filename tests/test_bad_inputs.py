@@ -267,6 +267,73 @@ def test_predict_cli_bad_checkpoint(kind, what, needles, rasters, tiny_ckpt, kee
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
+@pytest.fixture(scope="module")
+def tiny_onnx(mod_tmp, tiny_ckpt) -> Path:
+    """``tiny_ckpt`` exported: ``model.onnx`` + ``model.json``."""
+    from bdcore.inference.modelfile import export_onnx
+
+    return export_onnx(tiny_ckpt, mod_tmp / "onnx").onnx
+
+
+def _bad_model_file(kind: str, good: Path, dest: Path) -> Path:
+    """A copy of the exported pair in ``dest`` with one thing wrong; returns the model.onnx path."""
+    shutil.copytree(good.parent, dest)
+    onnx_path, side = dest / "model.onnx", dest / "model.json"
+    meta = json.loads(side.read_text())
+    if kind == "tampered":
+        data = bytearray(onnx_path.read_bytes())
+        data[len(data) // 2] ^= 0xFF  # one weight byte flipped: still a loadable model, silently different output
+        onnx_path.write_bytes(bytes(data))
+    elif kind == "no-sidecar":
+        side.unlink()
+    elif kind == "bands":  # edited consistently (bands and stats), but the model takes 3
+        side.write_text(json.dumps({**meta, "bands": 4, "band_stats": {**meta["band_stats"], "lo": [0.0] * 4,
+                                                                       "hi": [2000.0] * 4}}))
+    elif kind == "newer":
+        side.write_text(json.dumps({**meta, "format_version": 2, "bdcore_version": "9.0.0"}))
+    elif kind == "foreign":
+        side.write_text(json.dumps({"framework": "pytorch", "labels": ["building"]}))
+    elif kind == "truncated-sidecar":
+        side.write_text(side.read_text()[:100])
+    elif kind == "not-onnx":  # a consistent pair whose model file is not ONNX at all
+        onnx_path.write_bytes(b"PK\x03\x04 not an onnx model" * 10)
+        side.write_text(json.dumps({**meta, "onnx_sha256": hashlib.sha256(onnx_path.read_bytes()).hexdigest()}))
+    return onnx_path
+
+
+MODEL_FILE_CASES = [
+    ("tampered", "exported model.onnx changed after export (one byte)",
+     ("model.onnx: sha256", "does not match model.json", "re-export with python -m bdcore export RUN")),
+    ("no-sidecar", "exported model.onnx without its model.json", ("no sidecar model.json beside it", "re-export")),
+    ("bands", "model.json edited to 4 bands, model.onnx takes 3",
+     ("model.json says 4 bands (PS-RGB) but", "model.onnx takes 3", "re-export")),
+    ("newer", "model.json from a newer bdcore (sidecar format 2)",
+     ("sidecar format version 2 (bdcore 9.0.0)", "upgrade bdcore")),
+    ("foreign", "model.json of another tool", ("model.json: not a bdcore model sidecar", "re-export")),
+    ("truncated-sidecar", "truncated model.json", ("model.json: not valid JSON", "re-export")),
+    ("not-onnx", "model.onnx that is not an ONNX file (checksum matching)",
+     ("model.onnx: not a readable ONNX model", "re-export")),
+]
+
+
+@pytest.mark.parametrize("kind,what,needles", MODEL_FILE_CASES, ids=[c[0] for c in MODEL_FILE_CASES])
+def test_predict_cli_bad_model_file(kind, what, needles, rasters, tiny_onnx, keep, tmp_path, capsys):
+    model = _bad_model_file(kind, tiny_onnx, tmp_path / "exp")
+    before = tree_hash(model.parent, rasters["good"])
+    line = cli_error(capsys, "predict", "--model", model, "--input", rasters["good"], "--out", tmp_path / "out",
+                     contains=needles)
+    record(what, "CLI predict --model", what, re.sub(r"\b[0-9a-f]{16}\b", "<sha>", line))  # random-init weights
+    assert tree_hash(model.parent, rasters["good"]) == before
+    assert not (tmp_path / "out").exists()
+
+
+def test_export_cli_missing_checkpoint(keep, capsys):
+    line = cli_error(capsys, "export", "keep", "--which", "last", "--format", "onnx",
+                     contains=("last.pt not found", "best.pt exists"))
+    record("export of a checkpoint the run does not have", "CLI export", "", line)
+    assert not (keep / "keep" / "export").exists()
+
+
 # ------------------------------------------------------------------------------------------------ app upload path
 
 

@@ -18,7 +18,7 @@ COMMAND_MODULES = [
     "bdcore.cli.data",       # catalog, demo, download, stats
     "bdcore.cli.train",      # train, resume, runs, stop, compare
     "bdcore.cli.weights",    # weights pull, weights list
-    "bdcore.cli.inference",  # evaluate, predict
+    "bdcore.cli.inference",  # evaluate, predict, export
     "bdcore.cli.metrics",    # score
 ]
 

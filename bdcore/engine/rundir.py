@@ -7,6 +7,7 @@ process, so their names are spelled here and nowhere else::
     status.json     state + progress, heartbeat (trainer)  .lock        flock held while the trainer lives
     metrics.jsonl   one JSON record per step/epoch         train.log    the trainer's stdout/stderr
     last.pt/best.pt checkpoints (trainer)                  predictions/ cached evaluation outputs
+    export/<which>/ model.onnx + model.json (inference.modelfile, ``python -m bdcore export``)
 
 One writer per file at a time: the trainer (rank 0) writes status/metrics/checkpoints while it lives;
 ``bdcore.engine.runs`` writes config/launch and a final status only when no trainer is alive. Every write is
@@ -44,6 +45,7 @@ class RunDir:
     LAUNCH = "launch.json"
     LOCK = ".lock"
     PREDICTIONS = "predictions"
+    EXPORT = "export"
     CHECKPOINTS = ("best", "last")  # ``which`` names: ``<which>.pt``
 
     def __init__(self, path: str | os.PathLike) -> None:
@@ -94,6 +96,10 @@ class RunDir:
     @property
     def predictions(self) -> Path:
         return self.path / self.PREDICTIONS
+
+    def export(self, which: str) -> Path:
+        """Folder of the exported ``which`` checkpoint (``export/best/model.onnx`` + ``model.json``)."""
+        return self.path / self.EXPORT / self.checkpoint(which).stem
 
     def checkpoint(self, which: str) -> Path:
         """``best.pt`` or ``last.pt`` (``which`` = "best" / "last")."""

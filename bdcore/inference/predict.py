@@ -36,6 +36,7 @@ from bdcore.inference.geotiff import (
     RasterSource,
     extract_polygons,
 )
+from bdcore.inference.modelfile import load_predictor
 from bdcore.inference.normalization import Normalization, PredictError
 from bdcore.inference.predictor import (
     PredictionCancelled,
@@ -101,6 +102,9 @@ def predict_geotiff(
 ) -> dict[str, Any]:
     """Predict building footprints on a GeoTIFF of any size; returns the output paths and a few numbers.
 
+    ``checkpoint``: a bdcore checkpoint (``.pt``), an exported ``model.onnx`` (run with onnxruntime, its
+    ``model.json`` beside it: ``modelfile.load_predictor``) or a ready :class:`Predictor`.
+
     ``normalize``: ``"checkpoint"`` scales pixels with the training band statistics the checkpoint carries (what the
     model saw in training); ``"image"`` with this image's own 2-98 % percentiles (for imagery unlike the training
     data, e.g. 8-bit exports). With training statistics, the input is first compared with them
@@ -116,13 +120,14 @@ def predict_geotiff(
     Keys: ``prob``, ``mask``, ``geojson``, ``csv`` (Paths; the vector ones only with ``polygons``), plus
     ``image_id``, ``n_buildings``, ``width``, ``height``, ``windows``, ``seconds``, ``normalization`` (its source:
     "checkpoint", "stats" or "percentile"), ``channels``, ``input_check`` (``imagery.InputCheck`` or None when
-    normalising per image) and ``warning`` (its one-line message, or None).
+    normalising per image), ``warning`` (its one-line message, or None) and ``runtime``
+    (``Predictor.runtime``).
     ``progress(done, total)`` is called after each batch of windows, ``should_stop()`` before each."""
     t0 = time.perf_counter()
     input_path = Path(input_path)
     Normalization().for_mode(normalize)  # a bad mode fails before anything is read
     _check_input(input_path, max_pixels, window, overlap)
-    predictor = checkpoint if isinstance(checkpoint, Predictor) else Predictor.from_checkpoint(
+    predictor = checkpoint if isinstance(checkpoint, Predictor) else load_predictor(
         checkpoint, device=device, batch_size=batch_size)
     if window % predictor.stride:
         raise PredictError(f"window {window} must be a multiple of {predictor.stride}")
@@ -162,7 +167,7 @@ def predict_tiles(checkpoint: str | os.PathLike | Predictor, catalog: gpd.GeoDat
                   tta: bool = False, threshold: float = 0.5, device: str = "auto", progress: Progress | None = None,
                   normalize: str = "checkpoint") -> list[dict[str, Any]]:
     """:func:`predict_geotiff` on catalog tiles (default: all), one output set per tile in ``out_dir``."""
-    predictor = checkpoint if isinstance(checkpoint, Predictor) else Predictor.from_checkpoint(checkpoint, device)
+    predictor = checkpoint if isinstance(checkpoint, Predictor) else load_predictor(checkpoint, device)
     product = product or predictor.product or DEFAULT_PRODUCT
     ids = list(catalog.index if tile_ids is None else tile_ids)
     missing = [t for t in ids if t not in catalog.index]

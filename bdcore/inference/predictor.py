@@ -123,6 +123,9 @@ class WindowPlan:
         return len(self.rows) * sum(len(cols) for _, _, cols in self.bands())
 
 
+# THE network step: a normalised (B,C,H,W) float32 tensor (H, W multiples of the stride) on the Predictor's device ->
+# (B,K,H,W) probabilities. Torch models go through Predictor._forward; modelfile.OnnxBackend runs an exported model.
+Backend = Callable[[torch.Tensor], torch.Tensor]
 RowSink = Callable[[int, int, np.ndarray], None]  # sink(row, col, block (K,n,w) float32 in [0,1]); may modify it
 
 
@@ -190,12 +193,18 @@ class Predictor:
     """A model ready for inference: normalisation, padding to the encoder stride, batching, flip TTA, blending.
 
     Build it from a checkpoint (:meth:`from_checkpoint`) or wrap any ``torch.nn.Module`` whose forward maps
-    (B, C, H, W) float input in [0, 1] to (B, K, H, W) logits (``Predictor(model, in_channels=3)``)."""
+    (B, C, H, W) float input in [0, 1] to (B, K, H, W) logits (``Predictor(model, in_channels=3)``), or a
+    :data:`Backend` (another runtime, e.g. an exported ONNX model: ``inference.modelfile.onnx_predictor``); either
+    way the windows, padding, flips and blending are this class's."""
 
-    def __init__(self, model: torch.nn.Module, in_channels: int, normalization: Normalization | None = None,
+    def __init__(self, model: torch.nn.Module | Backend, in_channels: int, normalization: Normalization | None = None,
                  device: str = "auto", product: str | None = None, batch_size: int = 4, stride: int = 32):
         self.device = str(resolve_device(device))  # the one device rule (engine.device): a missing GPU is an error
-        self.model = model.to(self.device).eval()
+        if isinstance(model, torch.nn.Module):
+            self.model = model.to(self.device).eval()
+            self.backend: Backend = self._forward
+        else:  # a runtime that is not torch (modelfile.OnnxBackend): tensors stay on self.device, it moves them
+            self.model, self.backend = None, model
         self.in_channels = int(in_channels)
         self.normalization = normalization or Normalization()
         self.product = product
@@ -226,6 +235,11 @@ class Predictor:
             log.info("%s carries no band statistics: using per-image 2-98%% percentile stretch", checkpoint.name)
         return cls(model, in_channels=cfg.in_channels, normalization=norm, device=device, product=cfg.product,
                    batch_size=batch_size)
+
+    @property
+    def runtime(self) -> str:
+        """What runs the network, for the CLI and logs: "torch on cpu", "onnxruntime on CPUExecutionProvider"."""
+        return getattr(self.backend, "runtime", None) or f"torch on {self.device}"
 
     def check_bands(self, count: int, source: str | os.PathLike = "input") -> None:
         if count == self.in_channels:
@@ -259,12 +273,12 @@ class Predictor:
             if tta:
                 prob = None
                 for dims in ((), (3,), (2,), (2, 3)):
-                    p = self._forward(torch.flip(x, dims) if dims else x)
+                    p = self.backend(torch.flip(x, dims) if dims else x)
                     p = torch.flip(p, dims) if dims else p
                     prob = p if prob is None else prob + p
                 prob = prob / 4.0
             else:
-                prob = self._forward(x)
+                prob = self.backend(x)
         return prob[:, :, :h, :w].float().cpu().numpy()
 
     # ---------------------------------------------------------------- blended windows

@@ -315,3 +315,29 @@ def test_predict_page_warns_on_imagery_unlike_the_training_data(empty_runs, tmp_
     at.button(key="predict_go").click().run()
     assert not at.exception and not at.error and texts(at, "warning") == []
     assert at.session_state["predict_result"]["normalization"] == "percentile"
+
+
+def test_review_exports_onnx_and_offers_the_pair(vegas_small, tmp_path, monkeypatch):
+    """Export ONNX on Review: model.onnx + model.json written once per checkpoint, offered as one zip download."""
+    from synth import write_tiny_checkpoint
+
+    from bdcore.engine import runs
+    from bdcore.engine.config import RunConfig
+
+    cfg = RunConfig(data_root=str(vegas_small), encoder="resnet18", encoder_weights=None, crop_size=64)
+    run_dir = runs.create_run(cfg, name="exp", root=tmp_path / "runs")
+    write_tiny_checkpoint(run_dir / "best.pt")
+    monkeypatch.setenv("BDCORE_RUNS_DIR", str(tmp_path / "runs"))
+    at = page("pages/review.py", str(vegas_small)).run()
+    assert not at.exception and not at.error
+    assert not at.get("download_button")  # nothing to download before the export
+    at.button(key="review_export").click().run()
+    assert not at.exception and not at.error
+    onnx_path = run_dir / "export" / "best" / "model.onnx"
+    assert onnx_path.is_file() and (run_dir / "export" / "best" / "model.json").is_file()
+    assert any(f"Exported to {onnx_path.parent}" in c for c in texts(at, "caption"))
+    [download] = at.get("download_button")
+    assert download.proto.label == "Download model.onnx + model.json (zip)"
+    mtime = onnx_path.stat().st_mtime_ns
+    at.button(key="review_export").click().run()  # the same checkpoint: not exported again
+    assert not at.exception and onnx_path.stat().st_mtime_ns == mtime and len(at.get("download_button")) == 1
