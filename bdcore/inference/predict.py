@@ -152,7 +152,7 @@ def predict_geotiff(
         result: dict[str, Any] = {
             **paths, "image_id": image_id_for(input_path), "width": plan.width, "height": plan.height,
             "windows": plan.n_windows, "normalization": norm.source, "channels": channels, "input_check": check,
-            "warning": check.message() if check is not None and not check.ok else None}
+            "warning": check.message() if check is not None and not check.ok else None, "runtime": predictor.runtime}
         if polygons:
             polys = extract_polygons(tmp["prob"], threshold=threshold, min_area=min_area)
             write_vectors(polys, transform, crs, result["image_id"], tmp["geojson"], tmp["csv"])
