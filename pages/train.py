@@ -8,11 +8,10 @@ import streamlit as st
 from bdcore.viz.figures import training_curves_fig
 from bdcore.progress import format_eta
 from bdcore.data.products import DEFAULT_PRODUCT, PRODUCT_BANDS
-from bdcore.engine.config import ARCH_NAMES
+from bdcore.engine.config import ARCH_NAMES, ENCODER_CHOICES
 from bdcore.engine.rundir import read_metrics
 from appkit import USER_ERRORS, current_root, get_catalog, rerun_fragment, root_label, through_app_navigation
 
-ENCODERS = ["resnet18", "resnet34", "resnet50", "efficientnet-b0", "efficientnet-b3", "mobilenet_v2", "timm-regnety_016"]
 CROPS = [64, 128, 256, 384, 512, "full tile"]
 
 through_app_navigation()
@@ -46,7 +45,7 @@ st.markdown(f"**New run** on {root_label(root)} ({len(catalog):,} tiles)")
 # The model row sits outside the form so that the weights check below updates before Start is pressed.
 c = st.columns(4)
 arch = c[0].selectbox("Architecture", ARCH_NAMES, key="f_arch")
-encoder = c[1].selectbox("Encoder", ENCODERS, index=1, key="f_encoder", accept_new_options=True)
+encoder = c[1].selectbox("Encoder", ENCODER_CHOICES, index=1, key="f_encoder", accept_new_options=True)
 weights = c[2].selectbox("Encoder weights", ["imagenet", "none", "local file"], key="f_weights",
                          help="imagenet: downloaded once from the Hugging Face hub, then cached; "
                               "local file: a .safetensors/.pth encoder state dict on this machine")

@@ -23,6 +23,11 @@ from bdcore.data.products import product as product_info
 
 # Architectures the model factory knows (bdcore.engine.models.ARCHITECTURES maps these to smp classes).
 ARCH_NAMES: tuple[str, ...] = ("Unet", "UnetPlusPlus", "FPN", "DeepLabV3Plus")
+# The encoders the Train page offers (any smp or tu- encoder can still be typed or set in a config). Each builds with
+# every architecture and trains under DDP (tests/bdcore/engine/test_models.py); the model factory freezes heads
+# the segmentation forward never uses (bdcore.engine.models.freeze_unused_parameters).
+ENCODER_CHOICES: tuple[str, ...] = ("resnet18", "resnet34", "resnet50", "efficientnet-b0", "efficientnet-b3",
+                                    "mobilenet_v2")
 # encoder_weights may name a local file with one of these suffixes (bdcore.engine.weights reads it).
 WEIGHT_FILE_SUFFIXES = (".safetensors", ".pth", ".pt")
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")

@@ -32,7 +32,7 @@ from bdcore.data.dataset import SpaceNetSegmentation, build_datasets
 from bdcore.engine.config import RunConfig
 from bdcore.engine.device import DistInfo, all_reduce, make_amp
 from bdcore.engine.models import load_checkpoint, model_from_config, save_checkpoint
-from bdcore.engine.recipe import make_optimizer, make_scheduler, restore_scheduler, train_step
+from bdcore.engine.recipe import load_optimizer_state, make_optimizer, make_scheduler, restore_scheduler, train_step
 from bdcore.engine.rundir import MetricsLog, RunDir, StatusWriter
 from bdcore.engine.validate import evaluate
 
@@ -258,7 +258,7 @@ class Trainer:
         self.status.update(phase=f"downloading encoder weights: {done / 1e6:.0f}{of} MB")
 
     def _resume(self, ck: dict) -> None:
-        self.opt.load_state_dict(ck["optimizer"])
+        load_optimizer_state(self.opt, ck["optimizer"])  # moments in the parameters' layout (channels_last on CUDA)
         restore_scheduler(self.sched, ck["scheduler"], int(ck["step"]))
         if ck["scaler"]:
             self.scaler.load_state_dict(ck["scaler"])
