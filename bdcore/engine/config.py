@@ -93,7 +93,8 @@ class RunConfig(BaseModel):
     bce_weight: float = Field(1.0, ge=0.0)
     dice_weight: float = Field(1.0, ge=0.0)
     grad_clip: float = Field(1.0, ge=0.0, description="max grad norm; 0 = off")
-    amp: bool = Field(True, description="bf16 autocast on CUDA (ignored on CPU)")
+    amp: bool = Field(True, description="mixed precision on CUDA: bf16, or fp16 with loss scaling where the GPU "
+                                        "has no native bf16 (ignored on CPU)")
     steps_per_epoch: Optional[int] = Field(None, ge=1, description="None = one pass over the train tiles")
     # model
     arch: str = "Unet"
@@ -109,6 +110,8 @@ class RunConfig(BaseModel):
     log_every: int = Field(10, ge=1)
     threshold: float = Field(0.5, gt=0.0, lt=1.0)
     building_f1_tiles: int = Field(4, ge=0, description="val tiles scored as polygons (SpaceNet F1) per eval")
+    deterministic: bool = Field(False, description="deterministic GPU kernels where torch has them, no cuDNN "
+                                                   "autotuning (slower; see README: Reproducibility)")
 
     # ---------------------------------------------------------------- validators
     @field_validator("crop_size")
