@@ -349,3 +349,21 @@ def test_ddp_mid_epoch_resume_with_dropout_equals_the_uninterrupted_run(tiny_aoi
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
     assert _strip(read_metrics(tmp_path / "a")) == _strip(read_metrics(tmp_path / "b"))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: a CPU-written last.pt resumed on the GPU")
+def test_cpu_checkpoint_resumes_on_cuda_with_channels_last_and_amp(tiny_aoi, tmp_path):
+    """Issue 14 items 3 and 4 on a real GPU: the fused AdamW step takes the CPU-written (contiguous) moments once
+    they have the channels_last parameters' layout, and the autocast dtype / loss scaling is the device's."""
+    from bdcore.engine.device import autocast_dtype
+
+    cfg = _tiny_cfg(tiny_aoi, epochs=2, steps_per_epoch=3, batch_size=2)
+    assert train(cfg, tmp_path, stop_at_step=2)["state"] == "stopped"
+    gpu = cfg.model_copy(update={"device": "cuda", "amp": True})
+    out = train(gpu, tmp_path, resume=True)
+    assert out["state"] == "finished" and out["step"] == 6
+    ck = load_checkpoint(tmp_path / "last.pt")
+    assert all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
+    fp16 = autocast_dtype(torch.device("cuda")) == torch.float16
+    assert bool(ck["scaler"]) == fp16  # loss scaling exactly where bf16 is not native
+    assert json.loads((tmp_path / "status.json").read_text())["device"] == torch.cuda.get_device_name(0)
