@@ -16,6 +16,7 @@ import torch.distributed as dist
 
 log = logging.getLogger(__name__)
 
+
 class DeviceError(ValueError):
     """A device asked for that this machine does not have; the message says which setting to change."""
 

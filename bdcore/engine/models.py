@@ -115,6 +115,9 @@ def freeze_unused_parameters(model: nn.Module, in_channels: int) -> list[str]:
         with torch.inference_mode(False), torch.enable_grad():  # also when built under no_grad/inference_mode
             model(torch.zeros(1, in_channels, 64, 64)).float().sum().backward()
         unused = [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    except (RuntimeError, ValueError) as exc:  # e.g. a tu- encoder that needs larger input: leave it as built
+        log.debug("%s: no dry pass on a 64 px input (%s); no parameter frozen", type(model).__name__, exc)
+        unused = []
     finally:
         model.zero_grad(set_to_none=True)
         model.train(was_training)
@@ -127,8 +130,9 @@ def freeze_unused_parameters(model: nn.Module, in_channels: int) -> list[str]:
 def create_model(arch: str = "Unet", encoder: str = "resnet34", in_channels: int = 3, classes: int = 1,
                  encoder_weights: Optional[str] = "imagenet", progress: Optional[ByteProgress] = None,
                  ) -> tuple[nn.Module, WeightsInfo]:
-    """An smp model (parameters it never uses frozen: :func:`freeze_unused_parameters`) and what its encoder got (see ``bdcore.engine.weights``): downloaded, cached or local pretrained
-    weights, or random init with one log line when they cannot be had."""
+    """An smp model (parameters it never uses frozen: :func:`freeze_unused_parameters`) and what its encoder got
+    (see ``bdcore.engine.weights``): downloaded, cached or local pretrained weights, or random init with one log
+    line when they cannot be had."""
     name = check_arch(arch)
     check_encoder(encoder)
     model = ARCHITECTURES[name](encoder_name=encoder, encoder_weights=None, in_channels=in_channels, classes=classes)
