@@ -89,7 +89,7 @@ def gather_rng_states(dist_info: DistInfo) -> list[dict]:
     own = rng_state()
     if not dist_info.enabled:
         return [own]
-    states: Optional[list] = [None] * dist_info.world if dist_info.main else None
+    states: list | None = [None] * dist_info.world if dist_info.main else None
     dist.gather_object(own, states, dst=0)
     return states or []
 
@@ -421,7 +421,7 @@ class Trainer:
         return flag
 
     # ------------------------------------------------------------------------------------------ checkpoints
-    def payload(self, rng: Optional[list[dict]] = None) -> dict:
+    def payload(self, rng: list[dict] | None = None) -> dict:
         """The checkpoint contents (``models.save_checkpoint`` adds the format marker); ``rng``: every rank's RNG
         state (:func:`gather_rng_states`; default: this process's only)."""
         cfg, s = self.cfg, self.state
