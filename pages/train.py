@@ -9,12 +9,11 @@ from bdcore.viz.figures import training_curves_fig
 from bdcore.progress import format_eta
 from bdcore.data.catalog import describe_label_problems, label_problems, tiles_with_bad_labels
 from bdcore.data.products import DEFAULT_PRODUCT, PRODUCT_BANDS
-from bdcore.engine.config import ARCH_NAMES
+from bdcore.engine.config import ARCH_NAMES, ENCODER_CHOICES
 from bdcore.engine.queue import gpu_count
 from bdcore.engine.rundir import read_metrics
 from appkit import USER_ERRORS, current_root, get_catalog, rerun_fragment, root_label, through_app_navigation
 
-ENCODERS = ["resnet18", "resnet34", "resnet50", "efficientnet-b0", "efficientnet-b3", "mobilenet_v2", "timm-regnety_016"]
 CROPS = [64, 128, 256, 384, 512, "full tile"]
 
 through_app_navigation()
@@ -54,7 +53,7 @@ if bad_labels:
 # The model row sits outside the form so that the weights check below updates before Start is pressed.
 c = st.columns(4)
 arch = c[0].selectbox("Architecture", ARCH_NAMES, key="f_arch")
-encoder = c[1].selectbox("Encoder", ENCODERS, index=1, key="f_encoder", accept_new_options=True)
+encoder = c[1].selectbox("Encoder", ENCODER_CHOICES, index=1, key="f_encoder", accept_new_options=True)
 weights = c[2].selectbox("Encoder weights", ["imagenet", "none", "local file"], key="f_weights",
                          help="imagenet: downloaded once from the Hugging Face hub, then cached; "
                               "local file: a .safetensors/.pth encoder state dict on this machine")

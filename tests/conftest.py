@@ -85,3 +85,14 @@ def scoring_dir() -> Path:
 def paris_tile_index() -> Path:
     """Footprints of all 1,148 Paris training tiles in ``../shared`` (skips without it)."""
     return shared_path("tile_index", "AOI_3_Paris_Train_Tindex.geojson")
+
+
+@pytest.fixture
+def pre_ampere_cuda(monkeypatch):
+    """A machine that reports one CUDA GPU whose bf16 is only emulated (V100, T4): ``is_bf16_supported()`` is True
+    by default and False with ``including_emulation=False``. Nothing real runs on it: device choices only."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)

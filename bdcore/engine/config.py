@@ -23,6 +23,11 @@ from bdcore.data.products import product as product_info
 
 # Architectures the model factory knows (bdcore.engine.models.ARCHITECTURES maps these to smp classes).
 ARCH_NAMES: tuple[str, ...] = ("Unet", "UnetPlusPlus", "FPN", "DeepLabV3Plus")
+# The encoders the Train page offers (any smp or tu- encoder can still be typed or set in a config). Each builds with
+# every architecture and trains under DDP (tests/bdcore/engine/test_models.py); the model factory freezes heads
+# the segmentation forward never uses (bdcore.engine.models.freeze_unused_parameters).
+ENCODER_CHOICES: tuple[str, ...] = ("resnet18", "resnet34", "resnet50", "efficientnet-b0", "efficientnet-b3",
+                                    "mobilenet_v2")
 # encoder_weights may name a local file with one of these suffixes (bdcore.engine.weights reads it).
 WEIGHT_FILE_SUFFIXES = (".safetensors", ".pth", ".pt")
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
@@ -88,7 +93,8 @@ class RunConfig(BaseModel):
     bce_weight: float = Field(1.0, ge=0.0)
     dice_weight: float = Field(1.0, ge=0.0)
     grad_clip: float = Field(1.0, ge=0.0, description="max grad norm; 0 = off")
-    amp: bool = Field(True, description="bf16 autocast on CUDA (ignored on CPU)")
+    amp: bool = Field(True, description="mixed precision on CUDA: bf16, or fp16 with loss scaling where the GPU "
+                                        "has no native bf16 (ignored on CPU)")
     steps_per_epoch: Optional[int] = Field(None, ge=1, description="None = one pass over the train tiles")
     # model
     arch: str = "Unet"
@@ -111,6 +117,8 @@ class RunConfig(BaseModel):
     exclude_bad_labels: bool = Field(
         False, description="leave out train/val tiles whose labels file is unusable (a Point feature, unreadable) "
                            "instead of refusing the run; the tiles left out are recorded in status.json")
+    deterministic: bool = Field(False, description="deterministic GPU kernels where torch has them, no cuDNN "
+                                                   "autotuning (slower; see README: Reproducibility)")
 
     # ---------------------------------------------------------------- validators
     @field_validator("crop_size")

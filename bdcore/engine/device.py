@@ -6,12 +6,15 @@ the trainer and inference (``bdcore.inference.predict``) both call :func:`resolv
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 import torch
 import torch.distributed as dist
+
+log = logging.getLogger(__name__)
 
 
 class DeviceError(ValueError):
@@ -24,14 +27,18 @@ def _mps_available() -> bool:
 
 def resolve_device(spec: str | torch.device = "auto", local_rank: Optional[int] = None) -> torch.device:
     """``auto`` = cuda, then mps, then cpu; a forced device that is not there is a ``DeviceError``.
-    ``local_rank`` picks ``cuda:<local_rank>`` for a plain ``cuda`` (one GPU per torchrun process)."""
+    ``local_rank`` (one GPU per torchrun process) maps ``cuda`` and ``cuda:N`` to ``cuda:<local_rank>``: every rank
+    on the same GPU is refused by NCCL, so an explicit index is overridden (one log line)."""
     spec = str(spec or "auto").lower()
     if spec == "auto":
         spec = "cuda" if torch.cuda.is_available() else ("mps" if _mps_available() else "cpu")
     if spec.startswith("cuda"):
         if not torch.cuda.is_available():
             raise DeviceError(f"device {spec!r} asked for but CUDA is not available here; set device: auto or cpu")
-        if local_rank is not None and spec == "cuda":
+        if local_rank is not None:
+            if spec != "cuda" and spec != f"cuda:{local_rank}":
+                log.info("device %r: torchrun rank with LOCAL_RANK=%d uses cuda:%d (one GPU per process)", spec,
+                         local_rank, local_rank)
             spec = f"cuda:{local_rank}"
         dev = torch.device(spec)
         if dev.index is not None and dev.index >= torch.cuda.device_count():
@@ -50,21 +57,42 @@ def device_name(device: torch.device) -> str:
 
 
 def autocast_dtype(device: torch.device) -> torch.dtype:
-    """The mixed-precision dtype on ``device``: bf16 where CUDA supports it, else fp16 (which needs loss scaling)."""
-    return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float16
+    """The mixed-precision dtype on ``device``, for training and inference alike: bf16 where the GPU computes it
+    natively (Ampere and later), else fp16 (which needs loss scaling when training). Emulated bf16 (V100, T4:
+    ``is_bf16_supported()`` counts it by default) is slow, so it does not count."""
+    native_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
+    return torch.bfloat16 if native_bf16 else torch.float16
 
 
-def make_amp(amp: bool, device: torch.device) -> tuple[Callable[[], Any], torch.amp.GradScaler]:
-    """(autocast context factory, grad scaler): bf16 autocast on CUDA (fp16 + loss scaling where bf16 is
-    missing), plain fp32 elsewhere."""
-    use_amp = bool(amp) and device.type == "cuda"
+def autocast_for(device: torch.device, enabled: bool = True) -> Callable[[], Any]:
+    """A factory of autocast contexts in :func:`autocast_dtype` on CUDA; contexts that change nothing elsewhere."""
+    use_amp = bool(enabled) and device.type == "cuda"
     dtype = autocast_dtype(device)
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and dtype == torch.float16)
 
     def autocast() -> Any:
         return torch.autocast(device_type=device.type, dtype=dtype, enabled=use_amp)
 
-    return autocast, scaler
+    return autocast
+
+
+def make_amp(amp: bool, device: torch.device) -> tuple[Callable[[], Any], torch.amp.GradScaler]:
+    """(autocast context factory, grad scaler): mixed precision on CUDA (bf16, or fp16 with loss scaling where
+    bf16 is not native), plain fp32 elsewhere."""
+    use_amp = bool(amp) and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and autocast_dtype(device) == torch.float16)
+    return autocast_for(device, use_amp), scaler
+
+
+def configure_determinism(deterministic: bool) -> None:
+    """``deterministic``: deterministic algorithms where torch has them (``warn_only``: an op without one warns
+    instead of failing the run), cuDNN deterministic and not autotuned, cuBLAS with a fixed workspace (the
+    environment variable is read when cuBLAS starts, so call this before the first GPU matmul). Otherwise cuDNN
+    autotunes (fastest kernels, not bit-reproducible)."""
+    if deterministic:
+        os.environ["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    torch.backends.cudnn.deterministic = deterministic
+    torch.backends.cudnn.benchmark = not deterministic and torch.cuda.is_available()
 
 
 # --------------------------------------------------------------------------------------------- torchrun

@@ -99,14 +99,48 @@ def load_pretrained_encoder(model: nn.Module, state: Mapping[str, torch.Tensor],
     return len(fitted)
 
 
+def freeze_unused_parameters(model: nn.Module, in_channels: int) -> list[str]:
+    """Set ``requires_grad=False`` on the parameters the segmentation forward never uses, and return their names.
+
+    Some encoders keep classification-head layers the segmentation model never calls (efficientnet-b*:
+    ``_conv_head``, ``_bn1``). They never get a gradient, which DDP refuses at its second step ("Expected to have
+    finished reduction in the prior iteration"). Found by one forward/backward in eval mode (no running-stat
+    update, no dropout draw, no RNG use) on a 32 px zero input (the smallest a stride-32 encoder takes; ~0.2-0.4 s
+    on one CPU thread). The state dict keeps every key, so checkpoints load either way, and the optimizer never
+    stepped these parameters anyway (they had no gradient)."""
+    if any(p.is_inference() for p in model.parameters()):
+        return []  # built under inference_mode: never trained, and autograd cannot run on it
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode(False), torch.enable_grad():  # also when built under no_grad/inference_mode
+            model(torch.zeros(1, in_channels, 32, 32)).float().sum().backward()
+        unused = [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    except (RuntimeError, ValueError) as exc:  # e.g. a tu- encoder that needs a larger input: left as built
+        log.debug("%s: no dry pass on a 32 px input (%s); no parameter frozen", type(model).__name__, exc)
+        unused = []
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.train(was_training)
+    params = dict(model.named_parameters())
+    for name in unused:
+        params[name].requires_grad_(False)
+    return unused
+
+
 def create_model(arch: str = "Unet", encoder: str = "resnet34", in_channels: int = 3, classes: int = 1,
                  encoder_weights: Optional[str] = "imagenet", progress: Optional[ByteProgress] = None,
                  ) -> tuple[nn.Module, WeightsInfo]:
-    """An smp model and what its encoder got (see ``bdcore.engine.weights``): downloaded, cached or local pretrained
-    weights, or random init with one log line when they cannot be had."""
+    """An smp model (parameters it never uses frozen: :func:`freeze_unused_parameters`) and what its encoder got
+    (see ``bdcore.engine.weights``): downloaded, cached or local pretrained weights, or random init with one log
+    line when they cannot be had."""
     name = check_arch(arch)
     check_encoder(encoder)
     model = ARCHITECTURES[name](encoder_name=encoder, encoder_weights=None, in_channels=in_channels, classes=classes)
+    frozen = freeze_unused_parameters(model, in_channels)
+    if frozen:
+        log.debug("%s/%s: %d parameter(s) unused by segmentation frozen: %s", name, encoder, len(frozen),
+                  ", ".join(frozen))
     state, info = resolve_encoder_weights(encoder, encoder_weights, progress=progress)
     if state is not None:
         info.tensors = load_pretrained_encoder(model, state, source=info.path or str(encoder_weights))

@@ -43,6 +43,20 @@ def make_optimizer(model: nn.Module, cfg: RunConfig, device: torch.device) -> to
     return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, **fast)
 
 
+def load_optimizer_state(opt: torch.optim.Optimizer, state: dict) -> None:
+    """Load a checkpoint's optimizer state into ``opt`` and give every per-parameter tensor (Adam's moments) its
+    parameter's memory layout. A ``last.pt`` written on the CPU holds contiguous moments; resumed on CUDA, where the
+    parameters are channels_last, the fused AdamW kernel refuses moments whose strides differ from the parameter's."""
+    opt.load_state_dict(state)
+    for group in opt.param_groups:
+        for p in group["params"]:
+            slots = opt.state.get(p, {})
+            for name, value in slots.items():
+                if torch.is_tensor(value) and value.shape == p.shape and value.stride() != p.stride():
+                    slots[name] = torch.empty_strided(p.shape, p.stride(), dtype=value.dtype,
+                                                      device=value.device).copy_(value)
+
+
 def make_scheduler(opt: torch.optim.Optimizer, cfg: RunConfig, steps_per_epoch: int) -> LRScheduler:
     """The run's lr schedule over ``cfg.epochs * steps_per_epoch`` steps. Warmup: ``lr * (k + 1) / W`` at step
     ``k < W`` (``W = round(warmup_epochs * steps_per_epoch)``)."""

@@ -19,7 +19,7 @@ from typing import Optional, Sequence
 from torch.utils.data import Dataset
 
 from bdcore.engine.config import RunConfig
-from bdcore.engine.device import device_name, setup_distributed, teardown_distributed
+from bdcore.engine.device import configure_determinism, device_name, setup_distributed, teardown_distributed
 from bdcore.engine.rundir import MetricsLog, RunDir, StatusWriter, read_status, update_status
 from bdcore.engine.runs import process_start_time
 from bdcore.engine.trainer import StopFlag, Trainer
@@ -37,6 +37,7 @@ def train(cfg: RunConfig, run_dir: str | os.PathLike, resume: bool = False, *,
     """
     run = RunDir(run_dir)
     run.path.mkdir(parents=True, exist_ok=True)
+    configure_determinism(cfg.deterministic)  # before the process group and the first GPU kernel
     dist_info, device = setup_distributed(cfg.device)
     old_status = read_status(run)
     started = time.time()

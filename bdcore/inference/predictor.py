@@ -20,7 +20,7 @@ from typing import Any, Callable, Protocol
 import numpy as np
 import torch
 
-from bdcore.engine.device import resolve_device
+from bdcore.engine.device import autocast_for, resolve_device
 from bdcore.data.products import products_with_bands
 from bdcore.engine import models
 from bdcore.engine.config import RunConfig
@@ -200,6 +200,7 @@ class Predictor:
     def __init__(self, model: torch.nn.Module | Backend, in_channels: int, normalization: Normalization | None = None,
                  device: str = "auto", product: str | None = None, batch_size: int = 4, stride: int = 32):
         self.device = str(resolve_device(device))  # the one device rule (engine.device): a missing GPU is an error
+        self.autocast = autocast_for(torch.device(self.device))  # training's mixed-precision dtype (engine.device)
         if isinstance(model, torch.nn.Module):
             self.model = model.to(self.device).eval()
             self.backend: Backend = self._forward
@@ -253,9 +254,8 @@ class Predictor:
     # ---------------------------------------------------------------- inference on normalised arrays
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.device.startswith("cuda"):
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                out = self.model(x.contiguous(memory_format=torch.channels_last))
-        else:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with self.autocast():
             out = self.model(x)
         if isinstance(out, (tuple, list)):
             out = out[0]

@@ -118,8 +118,12 @@ def test_explore_missing_folder_is_a_readable_error(tmp_path):
 def test_train_page_device_and_bad_config(empty_runs):
     import torch
 
+    from bdcore.engine.config import ENCODER_CHOICES
+
     at = page("pages/train.py", "demo").run()
     assert not at.exception
+    assert at.selectbox(key="f_encoder").options == list(ENCODER_CHOICES)  # the one list, each builds
+    assert at.selectbox(key="f_encoder").value == "resnet34"
     if not torch.cuda.is_available():
         assert any("CPU" in w for w in texts(at, "warning"))
     assert any("No runs yet" in i for i in texts(at, "info"))

@@ -14,13 +14,14 @@ import pytest
 import segmentation_models_pytorch as smp
 import torch
 
-from bdcore.engine.config import RunConfig
+from bdcore.engine.config import ENCODER_CHOICES, RunConfig
 from bdcore.engine.models import (
     ARCHITECTURES,
     CheckpointError,
     adapt_first_conv,
     build_model,
     create_model,
+    freeze_unused_parameters,
     load_checkpoint,
     load_model,
     load_pretrained_encoder,
@@ -37,6 +38,76 @@ def test_every_architecture_builds_and_keeps_the_input_size(arch):
         out = model(torch.rand(2, 8, 64, 64))
     assert out.shape == (2, 2, 64, 64)
     assert isinstance(model, ARCHITECTURES[arch])
+
+
+@pytest.mark.parametrize("encoder", ENCODER_CHOICES)
+def test_every_offered_encoder_is_accepted_and_builds_with_every_architecture(encoder):
+    RunConfig(encoder=encoder, encoder_weights=None)  # the config accepts it (smp knows the name)
+    for arch in ARCHITECTURES:
+        assert isinstance(build_model(arch, encoder, in_channels=3, classes=1, encoder_weights=None),
+                          ARCHITECTURES[arch])
+
+
+def test_freezing_unused_head_keeps_outputs_and_checkpoint_keys():
+    """efficientnet keeps classification-head layers that segmentation never calls: frozen, not dropped."""
+    torch.manual_seed(0)
+    plain = smp.Unet(encoder_name="efficientnet-b0", encoder_weights=None, in_channels=3, classes=1).eval()
+    frozen = smp.Unet(encoder_name="efficientnet-b0", encoder_weights=None, in_channels=3, classes=1).eval()
+    frozen.load_state_dict(plain.state_dict())
+    names = freeze_unused_parameters(frozen, 3)
+    assert set(names) == {"encoder._conv_head.weight", "encoder._bn1.weight", "encoder._bn1.bias"}
+    assert not frozen.training and all(p.grad is None for p in frozen.parameters())
+    assert list(frozen.state_dict()) == list(plain.state_dict())
+    assert all(torch.equal(a, b) for a, b in zip(frozen.state_dict().values(), plain.state_dict().values()))
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(frozen(x), plain(x))
+    # an old checkpoint of the same model loads into the factory's model (strict)
+    build_model("Unet", "efficientnet-b0", encoder_weights=None).load_state_dict(plain.state_dict())
+
+
+_DDP_SCRIPT = """
+import sys, torch, torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from bdcore.engine.config import ENCODER_CHOICES, RunConfig
+from bdcore.engine.device import make_amp
+from bdcore.engine.models import model_from_config
+from bdcore.engine.recipe import make_optimizer, make_scheduler, train_step
+torch.set_num_threads(1)
+rank = int(sys.argv[1])
+dist.init_process_group("gloo", init_method="file://" + sys.argv[2], rank=rank, world_size=2)
+cpu = torch.device("cpu")
+for encoder in ENCODER_CHOICES:
+    cfg = RunConfig(encoder=encoder, encoder_weights=None, batch_size=2, device="cpu", epochs=1)
+    torch.manual_seed(0)
+    model, _ = model_from_config(cfg, pretrained=False)
+    ddp = DistributedDataParallel(model)
+    opt = make_optimizer(model, cfg, cpu)
+    sched = make_scheduler(opt, cfg, 3)
+    autocast, scaler = make_amp(cfg.amp, cpu)
+    g = torch.Generator().manual_seed(rank)
+    for _ in range(3):
+        x, y = torch.rand(2, 3, 64, 64, generator=g), (torch.rand(2, 1, 64, 64, generator=g) > 0.5).float()
+        train_step(ddp, x, y, opt, sched, scaler, cfg, autocast)
+    flat = torch.cat([p.detach().flatten() for p in model.parameters()])
+    both = [torch.zeros_like(flat) for _ in range(2)]
+    dist.all_gather(both, flat)
+    assert torch.equal(both[0], both[1]), encoder + ": ranks diverged"
+    print("ok", encoder, flush=True)
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.slow  # ~20 s on 2 idle cores: two processes build and step six encoders
+def test_every_offered_encoder_trains_three_steps_under_two_process_ddp(tmp_path):
+    """Two gloo ranks, 3 steps each, 64x64, batch 2: DDP's unused-parameter check passes and the replicas agree."""
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, "-c", _DDP_SCRIPT, str(r), str(tmp_path / "store")], cwd=PROJECT_ROOT,
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for r in range(2)]
+    outs = [p.communicate(timeout=300)[0].decode() for p in procs]
+    for p, out in zip(procs, outs):
+        assert p.returncode == 0, out[-3000:]
+        assert out.split() == [w for e in ENCODER_CHOICES for w in ("ok", e)], out[-3000:]
 
 
 def test_unknown_names_are_clear_errors():

@@ -9,7 +9,15 @@ import pytest
 import torch
 
 from bdcore.engine.config import RunConfig
-from bdcore.engine.recipe import forward_padded, make_scheduler, restore_scheduler, seg_loss
+from bdcore.engine.models import build_model
+from bdcore.engine.recipe import (
+    forward_padded,
+    load_optimizer_state,
+    make_optimizer,
+    make_scheduler,
+    restore_scheduler,
+    seg_loss,
+)
 
 
 # --------------------------------------------------------------------------- the formulas bdcore used before
@@ -188,3 +196,29 @@ def test_a_checkpoint_with_the_earlier_lambda_scheduler_resumes_on_the_same_sche
         opt2.step()
         sched2.step()
     assert max(abs(a - b) for a, b in zip(resumed, old_lrs[k:])) < 1e-12
+
+
+def test_resumed_adam_moments_take_their_channels_last_parameters_layout(tmp_path):
+    """A CPU-written last.pt (contiguous moments) resumed where the parameters are channels_last (CUDA)."""
+    cfg = RunConfig(encoder="resnet18", encoder_weights=None)
+    torch.manual_seed(0)
+    model = build_model("Unet", "resnet18", encoder_weights=None)
+    opt = make_optimizer(model, cfg, torch.device("cpu"))
+    seg_loss(model(torch.rand(2, 3, 64, 64)), torch.ones(2, 1, 64, 64), cfg).backward()
+    opt.step()
+    torch.save(opt.state_dict(), tmp_path / "opt.pt")
+    saved = torch.load(tmp_path / "opt.pt", weights_only=True)
+
+    resumed = build_model("Unet", "resnet18", encoder_weights=None).to(memory_format=torch.channels_last)
+    opt2 = make_optimizer(resumed, cfg, torch.device("cpu"))
+    load_optimizer_state(opt2, saved)
+    params = list(resumed.parameters())
+    four_d = [p for p in params if p.dim() == 4 and p in opt2.state]
+    assert sum(not p.is_contiguous() for p in four_d) > 10  # channels_last kernels really differ (not 1x1 ones)
+    for i, p in enumerate(params):
+        if p not in opt2.state:
+            continue
+        for name in ("exp_avg", "exp_avg_sq"):
+            moment = opt2.state[p][name]
+            assert moment.stride() == p.stride(), (i, name)
+            assert torch.equal(moment, saved["state"][i][name]), (i, name)

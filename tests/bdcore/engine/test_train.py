@@ -18,7 +18,8 @@ from bdcore.engine.config import RunConfig
 from bdcore.engine.models import CheckpointError, load_checkpoint
 from bdcore.engine.rundir import TIME_FIELDS, read_metrics
 from bdcore.engine.train import main, train
-from bdcore.engine.trainer import TrainError, epoch_batches, rng_state, set_rng_state
+from bdcore.engine.device import DistInfo
+from bdcore.engine.trainer import TrainError, epoch_batches, rank_rng_state, rng_state, set_rng_state
 
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
 
@@ -137,6 +138,24 @@ def test_learns_demo_aoi_on_held_out_tiles(tmp_path):
     assert last["val_tiles"] == 2
     assert last["val_iou"] > 0.5, last
     assert (tmp_path / "run" / "best.pt").exists()
+
+
+def test_each_rank_resumes_its_own_rng_state_and_another_world_size_reseeds(caplog):
+    torch.manual_seed(1)
+    r0 = rng_state()
+    torch.manual_seed(2)
+    r1 = rng_state()
+    assert rank_rng_state([r0, r1], DistInfo(1, 2, 1), 0, 0, 3) is r1
+    assert rank_rng_state([r0, r1], DistInfo(0, 2, 0), 0, 0, 3) is r0
+    assert rank_rng_state(r0, DistInfo(), 0, 0, 3) is r0  # a checkpoint from before per-rank states
+    before = torch.get_rng_state()
+    with caplog.at_level("INFO", logger="bdcore.engine.trainer"):
+        a = rank_rng_state([r0, r1], DistInfo(0, 4, 0), 0, 0, 3)
+        b = rank_rng_state([r0, r1], DistInfo(1, 4, 1), 0, 0, 3)
+    assert torch.equal(torch.get_rng_state(), before)  # the global generators are left as they were
+    assert not torch.equal(a["torch"], b["torch"]) and not torch.equal(a["torch"], r0["torch"])
+    assert torch.equal(a["torch"], rank_rng_state([r0], DistInfo(0, 4, 0), 0, 0, 3)["torch"])  # deterministic
+    assert len([r for r in caplog.records if "RNG states of 2 rank(s), this run has 4" in r.getMessage()]) == 1
 
 
 # --------------------------------------------------------------------------- resume
@@ -341,3 +360,56 @@ def test_ddp_two_gloo_processes_write_one_set_of_files(tiny_aoi, tmp_path, monke
     assert recs[-1]["val_tiles"] == 2  # both val tiles counted once across the ranks (all-reduced)
     ck = load_checkpoint(run / "last.pt", expect=cfg)
     assert ck["step"] == 2 and not any(k.startswith("module.") for k in ck["model"])
+
+
+_DDP_PHASES = """
+import sys
+import torch.distributed as dist
+from bdcore.engine import train as T
+from bdcore.engine.config import RunConfig
+T.teardown_distributed = lambda info: None  # one process group for the three trainings (saves two start-ups)
+cfg = RunConfig.load(sys.argv[1])
+for run_dir, resume, stop in (("a", False, None), ("b", False, 2), ("b", True, None)):
+    out = T.train(cfg, sys.argv[2] + "/" + run_dir, resume=resume, stop_at_step=stop)
+    assert out["state"] == ("stopped" if stop else "finished"), out
+    dist.barrier()  # rank 0 has written last.pt before any rank resumes from it
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.slow
+def test_ddp_mid_epoch_resume_with_dropout_equals_the_uninterrupted_run(tiny_aoi, tmp_path):
+    """Two gloo ranks, FPN (Dropout2d in its decoder: each rank draws its own dropout stream), stopped at step 2 of
+    3 and resumed: weights and logs equal a straight run, because each rank gets its own RNG state back."""
+    cfg = _tiny_cfg(tiny_aoi, arch="FPN", epochs=2, steps_per_epoch=3, batch_size=2, eval_every=2)
+    cfg.save(tmp_path / "config.json")
+    (tmp_path / "phases.py").write_text(_DDP_PHASES)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(tmp_path / "phases.py"), str(tmp_path / "config.json"), str(tmp_path)]
+    proc = subprocess.run(cmd, cwd=PROJECT_ROOT, env=_env(), capture_output=True, timeout=500, check=False)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr).decode()[-4000:]
+    a = load_checkpoint(tmp_path / "a" / "last.pt")
+    b = load_checkpoint(tmp_path / "b" / "last.pt")
+    assert a["step"] == b["step"] == 6 and len(a["rng"]) == 2
+    assert not torch.equal(a["rng"][0]["torch"], a["rng"][1]["torch"])  # the ranks' streams differ
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    assert _strip(read_metrics(tmp_path / "a")) == _strip(read_metrics(tmp_path / "b"))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: a CPU-written last.pt resumed on the GPU")
+def test_cpu_checkpoint_resumes_on_cuda_with_channels_last_and_amp(tiny_aoi, tmp_path):
+    """Issue 14 items 3 and 4 on a real GPU: the fused AdamW step takes the CPU-written (contiguous) moments once
+    they have the channels_last parameters' layout, and the autocast dtype / loss scaling is the device's."""
+    from bdcore.engine.device import autocast_dtype
+
+    cfg = _tiny_cfg(tiny_aoi, epochs=2, steps_per_epoch=3, batch_size=2)
+    assert train(cfg, tmp_path, stop_at_step=2)["state"] == "stopped"
+    gpu = cfg.model_copy(update={"device": "cuda", "amp": True})
+    out = train(gpu, tmp_path, resume=True)
+    assert out["state"] == "finished" and out["step"] == 6
+    ck = load_checkpoint(tmp_path / "last.pt")
+    assert all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
+    fp16 = autocast_dtype(torch.device("cuda")) == torch.float16
+    assert bool(ck["scaler"]) == fp16  # loss scaling exactly where bf16 is not native
+    assert json.loads((tmp_path / "status.json").read_text())["device"] == torch.cuda.get_device_name(0)

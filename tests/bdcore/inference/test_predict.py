@@ -53,6 +53,28 @@ def _predictor(model, **kw) -> Predictor:
     return Predictor(model, in_channels=3, normalization=NORM, device="cpu", product="PS-RGB", **kw)
 
 
+class _StaysOnCpu(torch.nn.Module):
+    """Records the autocast in force during forward; ``.to(device)`` keeps it on the CPU (no GPU here)."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen: list[tuple[bool, torch.dtype]] = []
+
+    def to(self, *args, **kwargs):
+        return self
+
+    def forward(self, x):
+        self.seen.append((torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda")))
+        return x[:, :1]
+
+
+def test_predictor_uses_trainings_autocast_dtype_fp16_on_emulated_bf16_gpu(pre_ampere_cuda):
+    model = _StaysOnCpu()
+    pred = Predictor(model, in_channels=3, normalization=NORM, device="cuda")
+    pred._forward(torch.rand(1, 3, 32, 32))
+    assert model.seen == [(True, torch.float16)]
+
+
 @pytest.fixture(scope="module")
 def scene(tmp_path_factory):
     """2,000 × 1,500 UTM image: noisy ground ~ 200, bright buildings ~ 1,800, some straddling window/chunk edges."""
