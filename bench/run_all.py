@@ -37,6 +37,7 @@ BENCHES: dict[str, tuple[str, list[str], list[str], int]] = {
     "scoring": ("scoring.py", ["--images", "100", "--buildings", "100"], ["--images", "10", "--buildings", "100"], 300),
     "map_render": ("map_render.py", ["--repeat", "3"], ["--repeat", "1"], 180),
     "app_start": ("app_start.py", [], [], 300),
+    "outlines": ("outlines.py", [], ["--demo-tiles", "4"], 300),
 }
 CHROMIUM = Path("/usr/bin/chromium")
 
@@ -228,6 +229,13 @@ def summary_rows(report: dict) -> list[tuple[str, str, str, str]]:
             v = r[mode]["first_map_s"]
             rows.append((f"App fresh start, first request → first map drawn, {what}", f"**{v} s**", "< 5 s",
                          _met(v < 5.0) if mode == "prepared" else "–"))
+    o = res("outlines")
+    if o:
+        f1, best = o["mean_f1_model_like"], o["best"]
+        rows.append(("building outlines none / simplify / orthogonal: SpaceNet F1 of polygonised model-like truth "
+                     "maps (mean of Vegas sample and demo)", " / ".join(f"{f1[k]:.4f}" for k in ("none", "simplify",
+                                                                                          "orthogonal"))
+                     + f"; best **{best}** (the default)", "default = best", _met(o.get("default") == best)))
     for name, r in b.items():
         if r.get("status") in ("failed", "timeout"):
             rows.append((f"{name} benchmark", f"**{r['status']}** (see performance JSON)", "–", "–"))
@@ -267,6 +275,19 @@ def details(report: dict) -> list[str]:
                 f"(F1 {s.get('polygonize_none_f1')}), boundary channel {s.get('polygonize_boundary_s')} s "
                 f"(F1 {s.get('polygonize_boundary_f1')}), watershed {s.get('polygonize_watershed_s')} s "
                 f"(F1 {s.get('polygonize_watershed_f1')}).", ""]
+    o = b.get("outlines", {}).get("result")
+    if o:
+        out += ["### Building outlines", "",
+                f"`mask_to_polygons(outline=...)` on truth masks made model-like (blur σ {o['sigma']} px + smooth "
+                f"noise {o['noise']}) and on the clean rasterised truth, scored against the label polygons. Best "
+                f"SpaceNet F1 (model-like, mean over the sets): **{o['best']}**; the default is "
+                f"**{o.get('default')}**.", "",
+                "| set | condition | outline | SpaceNet F1 | TP / FP / FN | mean IoU of matches | vertices per building "
+                "| ms per tile |", "|---|---|---|---|---|---|---|---|"]
+        for r in o["results"]:
+            out.append(f"| {r['set']} | {r['condition']} | {r['outline']} | {r['f1']:.4f} | {r['tp']} / {r['fp']} / "
+                       f"{r['fn']} | {r['mean_iou']:.4f} | {r['vertices_per_building']} | {r['ms_per_tile']} |")
+        out.append("")
     return out
 
 
@@ -331,7 +352,11 @@ def render_markdown(report: dict) -> str:
               "Leaflet served locally) until every footprint `path` is in the DOM; best of N.",
               "- **app_start**: `streamlit run app.py` on an empty cache and runs folder, Debian chromium opens `/`, "
               "time until the first footprint `path` is in the map's iframe; once after `python -m bdcore demo` (the "
-              "README set-up command) and once with the first page writing the demo itself.", ""]
+              "README set-up command) and once with the first page writing the demo itself.",
+              "- **outlines**: each labelled tile's footprint and boundary band (`labels.tile_mask(boundary=True)`) "
+              "blurred and given smooth noise to imitate a model's probability map (no trained model: the same "
+              "input for every choice), polygonised with each outline choice, SpaceNet-matched with the label "
+              "polygons; time = `mask_to_polygons` per tile.", ""]
     return "\n".join(lines)
 
 

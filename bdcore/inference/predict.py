@@ -35,6 +35,7 @@ from bdcore.inference.geotiff import (
 )
 from bdcore.inference.normalization import Normalization, PredictError
 from bdcore.inference.predictor import Predictor, WindowPlan
+from bdcore.metrics.polygons import DEFAULT_OUTLINE, Outline, check_outline
 from bdcore.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,7 @@ def predict_geotiff(
     min_area: float = 20.0,
     polygons: bool = True,
     normalize: str = "checkpoint",
+    outline: Outline = DEFAULT_OUTLINE,
 ) -> dict[str, Any]:
     """Predict building footprints on a GeoTIFF of any size; returns the output paths and a few numbers.
 
@@ -81,15 +83,20 @@ def predict_geotiff(
     model saw in training); ``"image"`` with this image's own 2-98 % percentiles (for imagery unlike the training
     data, e.g. 8-bit exports). With training statistics, the input is first compared with them
     (``imagery.check_input`` on a decimated read); an input far from them is logged as ONE warning line.
+    ``outline``: how building outlines are drawn (``polygons.regularise``: none, simplify, orthogonal).
 
     Keys: ``prob``, ``mask``, ``geojson``, ``csv`` (Paths; the vector ones only with ``polygons``), plus
     ``image_id``, ``n_buildings``, ``width``, ``height``, ``windows``, ``seconds``, ``normalization`` (its source:
-    "checkpoint", "stats" or "percentile"), ``channels``, ``input_check`` (``imagery.InputCheck`` or None when
+    "checkpoint", "stats" or "percentile"), ``channels``, ``outline``, ``input_check`` (``imagery.InputCheck`` or None when
     normalising per image) and ``warning`` (its one-line message, or None).
     ``progress(done, total)`` is called after each batch of windows."""
     t0 = time.perf_counter()
     input_path = Path(input_path)
     Normalization().for_mode(normalize)  # a bad mode fails before anything is read
+    try:
+        check_outline(outline)
+    except ValueError as exc:
+        raise PredictError(str(exc)) from None
     _open_raster(input_path).close()  # a bad input fails before the (slow) model load
     predictor = checkpoint if isinstance(checkpoint, Predictor) else Predictor.from_checkpoint(
         checkpoint, device=device, batch_size=batch_size)
@@ -114,10 +121,10 @@ def predict_geotiff(
 
     result: dict[str, Any] = {
         "prob": prob_path, "mask": mask_path, "image_id": image_id_for(input_path), "width": plan.width,
-        "height": plan.height, "windows": plan.n_windows, "normalization": norm.source, "channels": channels,
+        "height": plan.height, "windows": plan.n_windows, "normalization": norm.source, "channels": channels, "outline": outline,
         "input_check": check, "warning": check.message() if check is not None and not check.ok else None}
     if polygons:
-        polys = extract_polygons(prob_path, threshold=threshold, min_area=min_area)
+        polys = extract_polygons(prob_path, threshold=threshold, min_area=min_area, outline=outline)
         geojson_path, csv_path = out_dir / f"{stem}_buildings.geojson", out_dir / f"{stem}_spacenet.csv"
         write_vectors(polys, transform, crs, result["image_id"], geojson_path, csv_path)
         result.update(geojson=geojson_path, csv=csv_path, n_buildings=len(polys))
@@ -128,7 +135,7 @@ def predict_geotiff(
 def predict_tiles(checkpoint: str | os.PathLike | Predictor, catalog: gpd.GeoDataFrame,
                   tile_ids: Sequence[str] | None = None, out_dir: str | os.PathLike = ".", product: str | None = None,
                   tta: bool = False, threshold: float = 0.5, device: str = "auto", progress: Progress | None = None,
-                  normalize: str = "checkpoint") -> list[dict[str, Any]]:
+                  normalize: str = "checkpoint", outline: Outline = DEFAULT_OUTLINE) -> list[dict[str, Any]]:
     """:func:`predict_geotiff` on catalog tiles (default: all), one output set per tile in ``out_dir``."""
     predictor = checkpoint if isinstance(checkpoint, Predictor) else Predictor.from_checkpoint(checkpoint, device)
     product = product or predictor.product or DEFAULT_PRODUCT
@@ -142,7 +149,7 @@ def predict_tiles(checkpoint: str | os.PathLike | Predictor, catalog: gpd.GeoDat
         if not path:
             raise PredictError(f"tile {tid} has no {product} image: pick tiles that have it")
         results.append({"tile_id": tid, **predict_geotiff(predictor, path, out_dir, tta=tta, threshold=threshold,
-                                                          normalize=normalize)})
+                                                          normalize=normalize, outline=outline)})
         if progress is not None:
             progress(i + 1, len(ids))
     return results

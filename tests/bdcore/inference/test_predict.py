@@ -333,3 +333,39 @@ def test_cli_normalize_flag_and_one_warning_line(uint16_checkpoint, tmp_path, ca
     with pytest.raises(SystemExit):
         main([*args, "--normalize", "bogus"])
     assert "invalid choice: 'bogus'" in capsys.readouterr().err
+
+
+def test_cli_outline_choice_reaches_the_vector_outputs(tmp_path, monkeypatch, capsys):
+    """``predict --outline``: a demo tile's buildings (the model = its blurred truth) as pixel staircases or as
+    orthogonal outlines with a handful of corners, both matching the truth."""
+    import pandas as pd
+    import shapely
+    from scipy import ndimage
+
+    from bdcore.cli import main
+    from bdcore.data import imagery, labels
+    from bdcore.data.demo import write_demo_aoi
+    from bdcore.metrics.polygons import vertex_count
+    from bdcore.metrics.scoring import match_buildings
+
+    aoi = write_demo_aoi(tmp_path / "demo", n_tiles=1)
+    image = next(aoi.rglob("*.tif"))
+    lab = next(aoi.rglob("*.geojson"))
+    prof = imagery.read_profile(image)
+    truth = labels.pixel_polygons(labels.read_buildings(lab, crs=prof["crs"]), prof["transform"])
+    prob = ndimage.gaussian_filter(labels.tile_mask(image, lab)[0].astype(np.float32), 1.0)
+    tile = write_geotiff(tmp_path / image.name, np.repeat((prob * 2000)[None], 3, 0).astype(np.uint16),
+                         crs=prof["crs"], transform=prof["transform"])
+    monkeypatch.setattr(Predictor, "from_checkpoint", classmethod(lambda cls, *a, **k: _predictor(Identity())))
+    vertices = {}
+    for outline in ("none", "orthogonal"):
+        assert main(["predict", "--checkpoint", "oracle.pt", "--input", str(tile), "--out", str(tmp_path / outline),
+                     "--outline", outline]) == 0
+        assert f"({outline} outlines)" in capsys.readouterr().out
+        rows = pd.read_csv(next((tmp_path / outline).glob("*_spacenet.csv")))
+        polys = [shapely.from_wkt(w) for w in rows["PolygonWKT_Pix"]]
+        assert match_buildings(truth, polys)["f1"] > 0.9
+        vertices[outline] = np.mean([vertex_count(p) for p in polys])
+    assert vertices["orthogonal"] < 8 < 2 * 8 < vertices["none"]
+    assert main(["predict", "--checkpoint", "oracle.pt", "--input", str(tile), "--outline", "round"]) == 2
+    assert "invalid choice: 'round'" in capsys.readouterr().err
