@@ -15,6 +15,7 @@ buildings, mean vertices per building, and polygonisation time per tile. Prints 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import os
 import platform
@@ -86,12 +87,20 @@ def main(argv=None) -> int:
 
     vegas = args.vegas or (VEGAS if VEGAS.is_dir() else VEGAS_SMALL)
 
+    from bdcore.data.demo import write_demo_aoi
+
+    old_cache = os.environ.get("BDCORE_CACHE_DIR")
     with tempfile.TemporaryDirectory(prefix="bdcore-bench-outlines-") as tmp:
         os.environ["BDCORE_CACHE_DIR"] = str(Path(tmp) / "cache")  # catalogs of this run only
-        from bdcore.data.demo import write_demo_aoi
-
-        sets = {f"vegas ({vegas.name})": tile_inputs(vegas),
-                f"demo ({args.demo_tiles} tiles)": tile_inputs(write_demo_aoi(Path(tmp) / "demo", args.demo_tiles))}
+        try:
+            sets = {f"vegas ({vegas.name})": tile_inputs(vegas),
+                    f"demo ({args.demo_tiles} tiles)": tile_inputs(write_demo_aoi(Path(tmp) / "demo",
+                                                                                 args.demo_tiles))}
+        finally:
+            if old_cache is None:
+                os.environ.pop("BDCORE_CACHE_DIR", None)
+            else:
+                os.environ["BDCORE_CACHE_DIR"] = old_cache
     rng = np.random.default_rng(args.seed)
     results = []
     for name, tiles in sets.items():
@@ -106,7 +115,8 @@ def main(argv=None) -> int:
     vertices = {o: float(np.mean([r["vertices_per_building"] for r in model_like_rows if r["outline"] == o]))
                 for o in OUTLINES}
     best = max(OUTLINES, key=lambda o: (f1[o], -vertices[o]))  # ties: fewer vertices
-    print(json.dumps({"python": platform.python_version(), "sigma": args.sigma, "noise": args.noise,
+    print(json.dumps({"date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+                      "python": platform.python_version(), "sigma": args.sigma, "noise": args.noise,
                       "seed": args.seed, "results": results, "mean_f1_model_like": f1, "best": best,
                       "default": DEFAULT_OUTLINE}, indent=1))
     return 0
