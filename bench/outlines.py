@@ -1,6 +1,6 @@
 """Benchmark: the outline choices of ``polygons.mask_to_polygons`` (none, simplify, orthogonal).
 
-    python bench/outlines.py [--vegas DIR] [--demo-tiles 24] [--sigma 1.5] [--noise 0.25] [--seed 0]
+    python bench/outlines.py [--vegas DIR] [--demo-tiles 24] [--sigma 1.5] [--noise 0.15] [--seed 0] [--train-steps 0]
 
 For each labelled tile of the real Vegas sample (``../shared/data/spacenet2_vegas_sample``, else the two tiles in
 ``tests/data``) and of a synthetic demo AOI (``demo.write_demo_aoi``), a model-like probability map is made from the
@@ -8,7 +8,10 @@ ground truth: the rasterised footprint and boundary band (``labels.tile_mask(bou
 ``--sigma`` px) plus smooth noise (a Gaussian field of sigma 2 px, amplitude ``--noise``), which rounds corners and
 makes edges ragged as a trained model does. The map is polygonised with each outline choice and scored against the
 label polygons (SpaceNet matching, IoU >= 0.5, polygons < 20 px² ignored). "clean" is the same on the unblurred
-rasterised truth. Reported per set, condition and outline: SpaceNet F1 (summed TP/FP/FN), mean IoU of matched
+rasterised truth. With ``--train-steps N``, "trained" is the probability map of a tiny model (U-Net/resnet18, random
+init, N steps of 16 random 64² crops) trained in-process on the set's tiles and predicted on all of them (the tiles
+it trained on: this compares outlines of real model output, it does not measure generalisation).
+Reported per set, condition and outline: SpaceNet F1 (summed TP/FP/FN), mean IoU of matched
 buildings, mean vertices per building, and polygonisation time per tile. Prints one JSON object.
 """
 
@@ -62,7 +65,7 @@ def score(tiles: list[tuple[str, np.ndarray, list]], outline: str) -> dict:
     ious, vertices, seconds = [], [], 0.0
     for _, prob, truth in tiles:
         t0 = time.perf_counter()
-        props = mask_to_polygons(prob[0], boundary=prob[1], outline=outline)
+        props = mask_to_polygons(prob[0], boundary=prob[1] if len(prob) > 1 else None, outline=outline)
         seconds += time.perf_counter() - t0
         m = match_buildings(truth, props)
         tp, fp, fn = tp + m["tp"], fp + m["fp"], fn + m["fn"]
@@ -75,6 +78,23 @@ def score(tiles: list[tuple[str, np.ndarray, list]], outline: str) -> dict:
             "ms_per_tile": round(1000 * seconds / max(len(tiles), 1), 1)}
 
 
+def trained_probs(root: Path, tiles: list[tuple[str, np.ndarray, list]], steps: int,
+                  work: Path) -> list[tuple[str, np.ndarray, list]]:
+    """(tile id, probabilities (1,H,W), truth) of a tiny model trained ``steps`` steps on ``root``'s tiles."""
+    from bdcore.engine import runs
+    from bdcore.engine.config import RunConfig
+    from bdcore.engine.train import train
+    from bdcore.inference.evaluate import load_prediction
+
+    epochs = max(1, steps // 20)
+    cfg = RunConfig(data_root=str(root), encoder="resnet18", encoder_weights=None, crop_size=64, batch_size=16,
+                    epochs=epochs, steps_per_epoch=max(1, steps // epochs), workers=0, lr=1e-3, warmup_epochs=0.2,
+                    device="cpu", log_every=10, eval_every=epochs, building_f1_tiles=0, val_fraction=0.2)
+    run_dir = runs.create_run(cfg, name="outlines", root=work)
+    train(cfg, run_dir)
+    return [(tid, load_prediction(run_dir, "last", tid, device="cpu"), truth) for tid, _, truth in tiles]
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--vegas", type=Path, default=None, help=f"Vegas folder (default {VEGAS}, else {VEGAS_SMALL})")
@@ -82,6 +102,8 @@ def main(argv=None) -> int:
     ap.add_argument("--sigma", type=float, default=1.5, help="blur of the truth mask, px")
     ap.add_argument("--noise", type=float, default=0.15, help="amplitude (std) of the smooth noise field")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--train-steps", type=int, default=0, help="also score a tiny model trained this many steps on "
+                    "the Vegas tiles (0: skip)")
     args = ap.parse_args(argv)
     from bdcore.metrics.polygons import DEFAULT_OUTLINE, OUTLINES
 
@@ -96,6 +118,10 @@ def main(argv=None) -> int:
             sets = {f"vegas ({vegas.name})": tile_inputs(vegas),
                     f"demo ({args.demo_tiles} tiles)": tile_inputs(write_demo_aoi(Path(tmp) / "demo",
                                                                                  args.demo_tiles))}
+            t0 = time.perf_counter()
+            trained = trained_probs(vegas, sets[f"vegas ({vegas.name})"], args.train_steps, Path(tmp) / "runs") \
+                if args.train_steps > 0 else None
+            train_s = round(time.perf_counter() - t0, 1)
         finally:
             if old_cache is None:
                 os.environ.pop("BDCORE_CACHE_DIR", None)
@@ -110,6 +136,11 @@ def main(argv=None) -> int:
             for outline in OUTLINES:
                 results.append({"set": name, "condition": cond, "outline": outline, "tiles": len(tiles),
                                 "buildings": sum(len(t) for _, _, t in tiles), **score(probs, outline)})
+    if trained is not None:
+        for outline in OUTLINES:
+            results.append({"set": f"vegas ({vegas.name})", "condition": f"trained ({args.train_steps} steps)",
+                            "outline": outline, "tiles": len(trained), "buildings": sum(len(t) for _, _, t in trained),
+                            **score(trained, outline)})
     model_like_rows = [r for r in results if r["condition"] == "model-like"]
     f1 = {o: round(float(np.mean([r["f1"] for r in model_like_rows if r["outline"] == o])), 4) for o in OUTLINES}
     vertices = {o: float(np.mean([r["vertices_per_building"] for r in model_like_rows if r["outline"] == o]))
@@ -117,8 +148,9 @@ def main(argv=None) -> int:
     best = max(OUTLINES, key=lambda o: (f1[o], -vertices[o]))  # ties: fewer vertices
     print(json.dumps({"date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
                       "python": platform.python_version(), "sigma": args.sigma, "noise": args.noise,
-                      "seed": args.seed, "results": results, "mean_f1_model_like": f1, "best": best,
-                      "default": DEFAULT_OUTLINE}, indent=1))
+                      "seed": args.seed, "train_steps": args.train_steps,
+                      "train_s": train_s if trained is not None else None, "results": results,
+                      "mean_f1_model_like": f1, "best": best, "default": DEFAULT_OUTLINE}, indent=1))
     return 0
 
 

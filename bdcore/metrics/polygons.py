@@ -205,15 +205,15 @@ def orthogonalise(poly: shapely.Polygon, tolerance: float = ORTHO_TOLERANCE, min
     work = poly.simplify(tolerance, preserve_topology=True)
     if not isinstance(work, shapely.Polygon) or work.is_empty or work.area <= 0:
         return None
-    best, best_iou = None, min_iou
+    best, best_key = None, (min_iou, -math.inf)
     for angle in {round(rectangle_angle(work), 6), round(dominant_angle(work), 6)}:
         out = _snapped(work, angle, min_side)
         if out is None:
             continue
         union = out.union(poly).area
-        iou = out.intersection(poly).area / union if union > 0 else 0.0
-        if iou > best_iou or (best is not None and iou == best_iou and vertex_count(out) < vertex_count(best)):
-            best, best_iou = out, iou
+        key = (out.intersection(poly).area / union if union > 0 else 0.0, -vertex_count(out))  # ties: fewer vertices
+        if key >= best_key:
+            best, best_key = out, key
     return best
 
 
