@@ -12,7 +12,8 @@ rasterised truth. With ``--train-steps N``, "trained" is the probability map of 
 init, N steps of 16 random 64² crops) trained in-process on the set's tiles and predicted on all of them (the tiles
 it trained on: this compares outlines of real model output, it does not measure generalisation).
 Reported per set, condition and outline: SpaceNet F1 (summed TP/FP/FN), mean IoU of matched
-buildings, mean vertices per building, and polygonisation time per tile. Prints one JSON object.
+buildings, mean vertices per building, and polygonisation time per tile; ``best`` = the highest mean F1 over the
+model-like (and trained) rows, ties to fewer vertices. Prints one JSON object.
 """
 
 from __future__ import annotations
@@ -141,16 +142,15 @@ def main(argv=None) -> int:
             results.append({"set": f"vegas ({vegas.name})", "condition": f"trained ({args.train_steps} steps)",
                             "outline": outline, "tiles": len(trained), "buildings": sum(len(t) for _, _, t in trained),
                             **score(trained, outline)})
-    model_like_rows = [r for r in results if r["condition"] == "model-like"]
-    f1 = {o: round(float(np.mean([r["f1"] for r in model_like_rows if r["outline"] == o])), 4) for o in OUTLINES}
-    vertices = {o: float(np.mean([r["vertices_per_building"] for r in model_like_rows if r["outline"] == o]))
-                for o in OUTLINES}
+    judged = [r for r in results if r["condition"] != "clean"]  # model-like and trained: what a user gets
+    f1 = {o: round(float(np.mean([r["f1"] for r in judged if r["outline"] == o])), 4) for o in OUTLINES}
+    vertices = {o: float(np.mean([r["vertices_per_building"] for r in judged if r["outline"] == o])) for o in OUTLINES}
     best = max(OUTLINES, key=lambda o: (f1[o], -vertices[o]))  # ties: fewer vertices
     print(json.dumps({"date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
                       "python": platform.python_version(), "sigma": args.sigma, "noise": args.noise,
                       "seed": args.seed, "train_steps": args.train_steps,
                       "train_s": train_s if trained is not None else None, "results": results,
-                      "mean_f1_model_like": f1, "best": best, "default": DEFAULT_OUTLINE}, indent=1))
+                      "mean_f1": f1, "best": best, "default": DEFAULT_OUTLINE}, indent=1))
     return 0
 
 

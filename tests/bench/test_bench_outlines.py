@@ -14,6 +14,7 @@ def test_outlines_bench_measures_every_choice_and_the_report_names_the_default(c
     res = json.loads(capsys.readouterr().out)
     rows = {(r["set"].split()[0], r["condition"], r["outline"]): r for r in res["results"]}
     assert len(rows) == 2 * 2 * 3 and res["default"] == "orthogonal"
+    assert res["mean_f1"][res["best"]] == max(res["mean_f1"].values())
     for s in ("vegas", "demo"):
         clean = [rows[s, "clean", o] for o in ("none", "simplify", "orthogonal")]
         assert clean[0]["f1"] == clean[1]["f1"] == clean[2]["f1"] > 0.95  # the exact truth, however outlined
