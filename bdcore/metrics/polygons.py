@@ -28,10 +28,12 @@ _CROSS = ndimage.generate_binary_structure(2, 1)  # 4-connectivity, as rasterio'
 
 Outline = Literal["none", "simplify", "orthogonal"]
 OUTLINES: tuple[str, ...] = get_args(Outline)
-# the best SpaceNet F1 in bench/outlines.py (blurred, noisy truth masks; Vegas sample 10 tiles / demo 24 tiles):
-# orthogonal 0.9860 / 0.6785, simplify and none 0.9860 / 0.6774 (one building more matched on the demo; the same with
-# seed 1), mean IoU of matches 0.941 / 0.925 vs 0.934 / 0.912, with 9.9 / 5.9 vertices per building instead of 81 / 67
-# (simplify) and 91 / 73 (none); polygonisation 1.3-1.8x as long (~+100 ms per 650² tile on a loaded 2-core machine)
+# the best SpaceNet F1 in bench/outlines.py (docs/performance.md). Blurred, noisy truth masks, Vegas sample (10 tiles)
+# / demo (24 tiles): orthogonal 0.9860 / 0.6785, simplify and none 0.9860 / 0.6774 (one building more matched on the
+# demo; the same with seed 1), mean IoU of matches 0.941 / 0.925 vs 0.934 / 0.912, 9.9 / 5.9 vertices per building
+# instead of 81 / 67 (simplify) and 91 / 73 (none). A tiny model trained 80 steps on Vegas: F1 0.2069 vs 0.2026
+# (48 vs 47 TP), mean IoU 0.715 vs 0.725, 28.6 vs 97 vertices. Polygonisation takes ~1.5x as long (82 vs 53 ms per
+# 650² Vegas tile; 3x on a weak model's many fragments)
 DEFAULT_OUTLINE: Outline = "orthogonal"
 # orthogonal outlines: the Douglas-Peucker tolerance (px) of the polygon whose edges are snapped (0.5 px keeps a
 # pixel staircase whole: its steps are exactly 0.5 px off the line), the shortest side kept (px), and the least IoU
