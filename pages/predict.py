@@ -12,6 +12,7 @@ from streamlit_folium import st_folium
 from bdcore.atomic import atomic_write_bytes
 from bdcore.data import imagery
 from bdcore.data.products import PRODUCTS
+from bdcore.metrics.polygons import DEFAULT_OUTLINE, OUTLINES
 from bdcore.paths import cache_dir
 from bdcore.viz import maps
 from appkit import USER_ERRORS, checkpoint_choices, current_root, get_catalog, through_app_navigation
@@ -35,6 +36,11 @@ normalize = st.radio(
     "Normalisation", list(NORMALIZE_LABELS), format_func=NORMALIZE_LABELS.get, horizontal=True, key="predict_normalize",
     help="How pixels are scaled for the model. Keep the training statistics unless the image is unlike the training "
          "data (e.g. an 8-bit export): then stretch each image by its own 2–98 % percentiles.",
+)
+outline = st.selectbox(
+    "Outlines", OUTLINES, index=OUTLINES.index(DEFAULT_OUTLINE), key="predict_outline",
+    help="none: exact pixel edges; simplify: Douglas-Peucker (0.5 px); orthogonal: right angles along each building's "
+         f"dominant directions. Default {DEFAULT_OUTLINE}: the best SpaceNet F1 measured (docs/performance.md).",
 )
 APP_FIX = f'try Normalisation "{NORMALIZE_LABELS["image"]}"'
 
@@ -73,7 +79,7 @@ if input_path is not None and st.button("Run prediction", type="primary", key="p
     # torch + segmentation_models_pytorch: 2.1-2.4 s to import (measured on 2 CPU cores); the page opens without them
     from bdcore.inference.predict import predict_geotiff
 
-    out_dir = cache_dir() / "predictions" / hashlib.sha256(f"{checkpoint}|{input_path}|{normalize}".encode()).hexdigest()[:16]
+    out_dir = cache_dir() / "predictions" / hashlib.sha256(f"{checkpoint}|{input_path}|{normalize}|{outline}".encode()).hexdigest()[:16]
     st.session_state.pop("predict_result", None)
     st.session_state[RUNNING] = True
     cancel = st.empty()
@@ -84,6 +90,7 @@ if input_path is not None and st.button("Run prediction", type="primary", key="p
         imagery.read_profile(input_path)  # a clear error for a file that is not a raster
         result = predict_geotiff(
             checkpoint, input_path, out_dir, tta=tta, threshold=float(threshold), device=device, normalize=normalize,
+            outline=outline,
             progress=lambda done, total: bar.progress(done / max(total, 1), text=f"Predicting… window {done}/{total}"),
         )
         bar.progress(1.0, text=f"Done in {result.get('seconds', 0):.1f} s")

@@ -9,6 +9,7 @@ from bdcore.data.catalog import load_catalog
 from bdcore.data.imagery import read_image
 from bdcore.engine import runs
 from bdcore.inference import evaluate
+from bdcore.metrics.polygons import DEFAULT_OUTLINE, OUTLINES
 from bdcore.viz import maps, overlays
 from appkit import USER_ERRORS, through_app_navigation
 
@@ -24,11 +25,13 @@ if not infos:
     st.info("No checkpoints yet: train a model on the **Train** page first (a run writes best.pt / last.pt).")
     st.stop()
 
-c1, c2, c3 = st.columns([3, 1, 2])
+c1, c2, c3, c4 = st.columns([3, 1, 2, 1])
 run_id = c1.selectbox("Run", [i.run_id for i in infos], key="review_run")
 info = next(i for i in infos if i.run_id == run_id)
 which = c2.radio("Checkpoint", evaluate.available_checkpoints(info.path), horizontal=True, key="review_which")
 threshold = c3.slider("Threshold", 0.05, 0.95, 0.5, 0.05, key="review_threshold")
+outline = c4.selectbox("Outlines", OUTLINES, index=OUTLINES.index(DEFAULT_OUTLINE), key="review_outline",
+                       help="how predicted buildings are outlined before they are matched with the truth")
 if info.weights:  # what the encoder started from: pretrained or random init makes a large difference
     (st.warning if info.weights_source == "random" else st.caption)(f"Encoder weights of this run: {info.weights}")
 
@@ -62,14 +65,15 @@ except USER_ERRORS as exc:
     st.error(f"Could not export {run_id} ({which}) to ONNX: {exc}")
 
 
-def _evaluate(run_dir: str, which: str, key: str, threshold: float):
-    """Scores per (checkpoint version, threshold), kept in the session; probabilities are cached on disk."""
+def _evaluate(run_dir: str, which: str, key: str, threshold: float, outline: str):
+    """Scores per (checkpoint version, threshold, outline), kept in the session; probabilities are cached on disk."""
+
     memo = st.session_state.setdefault("review_scores", {})
-    k = (run_dir, which, key, threshold)
+    k = (run_dir, which, key, threshold, outline)
     if k not in memo:
         bar = st.progress(0.0, text="Predicting val tiles (once per checkpoint)…")
         memo[k] = evaluate.evaluate_checkpoint(
-            run_dir, which, tiles="val", threshold=threshold,
+            run_dir, which, tiles="val", threshold=threshold, outline=outline,
             progress=lambda d, t: bar.progress(d / max(t, 1), text=f"Predicting val tiles… {d}/{t}"))
         bar.empty()
     return memo[k]
@@ -77,7 +81,7 @@ def _evaluate(run_dir: str, which: str, key: str, threshold: float):
 
 try:
     ck_key = evaluate.checkpoint_key(evaluate.checkpoint_path(info.path, which))
-    per_tile, summary = _evaluate(str(info.path), which, ck_key, float(threshold))
+    per_tile, summary = _evaluate(str(info.path), which, ck_key, float(threshold), outline)
 except USER_ERRORS as exc:
     st.error(f"Could not evaluate {run_id} ({which}): {exc}")
     st.stop()
@@ -110,10 +114,11 @@ try:
         st.markdown("**Val tiles coloured by SpaceNet F1**")
         scores = dict(zip(per_tile["tile_id"].astype(str), per_tile["f1"].astype(float)))
         st_folium(maps.tile_map(catalog.loc[list(scores)], color_by="value", values=scores),
-                  key=f"review_map_{run_id}_{which}_{threshold}", height=260, use_container_width=True,
+                  key=f"review_map_{run_id}_{which}_{threshold}_{outline}", height=260, use_container_width=True,
                   returned_objects=[])
     # the same scoring as the table's row (evaluate.tile_score), drawn as scored: the picture shows the row's TP/FP/FN
-    score, image_path = evaluate.review_tile(info.path, which, tile_id, float(threshold), catalog=catalog)
+    score, image_path = evaluate.review_tile(info.path, which, tile_id, float(threshold), catalog=catalog,
+                                             outline=outline)
     views = overlays.review_images(read_image(image_path), score)
 except USER_ERRORS as exc:
     st.error(f"Could not show tile {tile_id}: {exc}")

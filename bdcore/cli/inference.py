@@ -17,6 +17,7 @@ import pandas as pd
 from bdcore.data.imagery import MAX_PIXELS, NORMALIZE_MODES
 from bdcore.engine.runs import run_path
 from bdcore.inference.evaluate import WHICH, evaluate_checkpoint
+from bdcore.metrics.polygons import DEFAULT_OUTLINE, OUTLINES
 from bdcore.progress import terminal_progress
 
 
@@ -56,6 +57,14 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, old)
 
 
+def add_outline_argument(p: argparse.ArgumentParser) -> None:
+    """``--outline none|simplify|orthogonal``, shared by ``predict`` and ``evaluate``."""
+    p.add_argument("--outline", choices=OUTLINES, default=DEFAULT_OUTLINE,
+                   help="building outlines: none (exact pixel edges), simplify (Douglas-Peucker, 0.5 px), orthogonal "
+                        f"(right angles along the building's dominant directions); default {DEFAULT_OUTLINE}, the "
+                        "best SpaceNet F1 measured (docs/performance.md)")
+
+
 def _cmd_predict(args: argparse.Namespace) -> int:
     # torch + segmentation_models_pytorch: 2.1-2.4 s to import (measured on 2 CPU cores), kept out of
     # `python -m bdcore --help` and the other commands
@@ -66,7 +75,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             res = predict_geotiff(args.checkpoint, args.input, args.out, tta=args.tta, window=args.window,
                                   overlap=args.overlap, threshold=args.threshold, batch_size=args.batch_size,
                                   device=args.device, progress=progress, normalize=args.normalize,
-                                  max_pixels=args.max_pixels)
+                                  max_pixels=args.max_pixels, outline=args.outline)
     except KeyboardInterrupt:
         print("interrupted: prediction stopped, no output written (temporary files removed)", file=sys.stderr)
         return 130
@@ -74,7 +83,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     for key in ("prob", "mask", "geojson", "csv"):
         if key in res:
             print(f"{key:8} {res[key]}")
-    print(f"{res.get('n_buildings', 0)} buildings, {res['windows']} windows, {res['seconds']:.1f} s")
+    print(f"{res.get('n_buildings', 0)} buildings ({res['outline']} outlines), {res['windows']} windows, {res['seconds']:.1f} s")
     return 0
 
 
@@ -82,7 +91,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     run_dir = run_path(args.run)
     with terminal_progress("tile", f"{run_dir.name} {args.which}") as progress:
         df, summary = evaluate_checkpoint(run_dir, which=args.which, tiles=args.tiles, threshold=args.threshold,
-                                          progress=progress, device=args.device, normalize=args.normalize)
+                                          progress=progress, device=args.device, normalize=args.normalize,
+                                          outline=args.outline)
     if args.json:
         print(json.dumps({"summary": summary, "tiles": df.to_dict("records")}, indent=2, default=str))
         return 0
@@ -119,6 +129,7 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true")
     add_normalize_argument(p)
+    add_outline_argument(p)
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("predict", help="predict building footprints on a GeoTIFF")
@@ -137,6 +148,7 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
                    help=f"refuse inputs over N pixels (width x height; default {MAX_PIXELS:,}): a small file can "
                         "declare a huge image; raise it to predict a bigger one")
     add_normalize_argument(p)
+    add_outline_argument(p)
     p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("export", help="export a run's checkpoint as model.onnx + model.json (for onnxruntime)")

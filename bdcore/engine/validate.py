@@ -35,7 +35,7 @@ def truth_polygons(val_ds: Dataset, index: int, truth: np.ndarray) -> list:
         prof = imagery.read_profile(val_ds.image_paths[t])
         gdf = labels.read_buildings(val_ds.label_paths[t], crs=prof["crs"])
         return list(labels.pixel_polygons(gdf, prof["transform"]))
-    return [p for p, _ in mask_to_polygons(truth[0], 0.5, min_area=0.0, simplify=0.0,
+    return [p for p, _ in mask_to_polygons(truth[0], 0.5, min_area=0.0, outline="none",
                                            boundary=truth[1] if truth.shape[0] > 1 else None)]
 
 

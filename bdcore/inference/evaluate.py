@@ -34,7 +34,7 @@ from bdcore.data.catalog import CatalogError, load_catalog
 from bdcore.data.split import config_split
 from bdcore.engine.config import RunConfig
 from bdcore.inference.normalization import Normalization
-from bdcore.metrics.polygons import mask_to_polygons
+from bdcore.metrics.polygons import DEFAULT_OUTLINE, Outline, check_outline, mask_to_polygons
 from bdcore.metrics.scoring import PixelCounts, TileScore, precision_recall_f1
 from bdcore.engine.rundir import RunDir
 from bdcore.progress import Progress
@@ -237,25 +237,26 @@ def _truth_polygons(image_path: str, labels_path: str | None) -> list:
 
 
 def tile_score(prob: np.ndarray, image_path: str, labels_path: str | None, threshold: float = 0.5,
-               min_area: float = 20.0) -> TileScore:
+               min_area: float = 20.0, outline: Outline = DEFAULT_OUTLINE) -> TileScore:
     """One tile's probabilities (K,H,W in [0,1]) against its labels: pixel counts at ``threshold`` and the SpaceNet
-    match of its polygons (``polygons.mask_to_polygons``, boundary channel when present) with the truth."""
+    match of its polygons (``polygons.mask_to_polygons`` with ``outline``, boundary channel when present) with the
+    truth."""
     truth_mask = labels.tile_mask(image_path, labels_path)[0]
     props = mask_to_polygons(prob[0], threshold=threshold, min_area=min_area,
-                             boundary=prob[1] if prob.shape[0] > 1 else None)
+                             boundary=prob[1] if prob.shape[0] > 1 else None, outline=outline)
     return TileScore.of(prob[0] > threshold, truth_mask, _truth_polygons(image_path, labels_path), props,
                         min_area=min_area)
 
 
 def score_tile(prob: np.ndarray, image_path: str, labels_path: str | None, threshold: float = 0.5,
-               min_area: float = 20.0) -> dict:
+               min_area: float = 20.0, outline: Outline = DEFAULT_OUTLINE) -> dict:
     """The per-tile score row of :func:`tile_score` (``TileScore.row``: an empty tile predicted empty is perfect)."""
-    return tile_score(prob, image_path, labels_path, threshold, min_area).row()
+    return tile_score(prob, image_path, labels_path, threshold, min_area, outline).row()
 
 
 def review_tile(run_dir: str | os.PathLike, which: str, tile_id: str, threshold: float | None = None,
                 min_area: float = 20.0, normalize: str = "checkpoint",
-                catalog: gpd.GeoDataFrame | None = None) -> tuple[TileScore, str]:
+                catalog: gpd.GeoDataFrame | None = None, outline: Outline = DEFAULT_OUTLINE) -> tuple[TileScore, str]:
     """(``TileScore``, image path) of one tile for the Review page: its cached probabilities scored by the same
     :func:`tile_score` as :func:`evaluate_checkpoint`'s row, so the picture drawn from it shows the row's TP/FP/FN.
     ``catalog``: the run's catalog when the caller has loaded it already."""
@@ -264,7 +265,7 @@ def review_tile(run_dir: str | os.PathLike, which: str, tile_id: str, threshold:
     tile = _tile_paths(cfg, catalog, tile_id)
     prob = load_prediction(run_dir, which, tile_id, normalize=normalize)
     threshold = float(cfg.threshold if threshold is None else threshold)
-    return tile_score(prob, tile.image, tile.labels, threshold, min_area), tile.image
+    return tile_score(prob, tile.image, tile.labels, threshold, min_area, outline), tile.image
 
 
 def summarize(df: pd.DataFrame) -> dict:
@@ -298,13 +299,15 @@ def _unlike_warning(unlike: list[imagery.InputCheck], n_predicted: int) -> str |
 
 def evaluate_checkpoint(run_dir: str | os.PathLike, which: str = "best", tiles: str | Sequence[str] = "val",
                         threshold: float | None = None, progress: Progress | None = None, device: str = "auto",
-                        min_area: float = 20.0, normalize: str = "checkpoint") -> tuple[pd.DataFrame, dict]:
+                        min_area: float = 20.0, normalize: str = "checkpoint",
+                        outline: Outline = DEFAULT_OUTLINE) -> tuple[pd.DataFrame, dict]:
     """Score ``which`` checkpoint of a run on its val tiles (or "all" labelled tiles, or a list of ids); unlabelled
     tiles are never scored (no truth).
 
     ``normalize``: "checkpoint" (training band statistics, the default) or "image" (per-image 2-98 % stretch; cached
     apart). Tiles predicted now are checked against the training statistics; if any looks unlike the training data,
     ONE warning line is logged and kept in ``summary["warning"]`` (``summary["unlike_training"]`` counts them).
+    ``outline``: how predicted buildings are outlined before matching (``polygons.regularise``).
 
     Returns ``(per_tile_df, summary)``: one row per tile (``tile_id``, ``image_id``, pixel IoU/precision/recall/F1
     and counts, SpaceNet building TP/FP/FN/precision/recall/F1, ``n_truth``, ``n_pred``, ``cached``) and the
@@ -312,6 +315,10 @@ def evaluate_checkpoint(run_dir: str | os.PathLike, which: str = "best", tiles: 
     does not run the model. ``threshold`` defaults to the run config's."""
     t0 = time.perf_counter()
     run_dir = Path(run_dir)
+    try:
+        check_outline(outline)
+    except ValueError as exc:
+        raise EvaluationError(str(exc)) from None
     cfg = run_config(run_dir)
     threshold = float(cfg.threshold if threshold is None else threshold)
     cat, labelled, ids = eval_tiles(cfg, tiles)
@@ -326,7 +333,8 @@ def evaluate_checkpoint(run_dir: str | os.PathLike, which: str = "best", tiles: 
             if check is not None and not check.ok:
                 unlike.append(check)
         n_cached += cached
-        scores = score_tile(arr.astype(np.float32) / 255.0, tile.image, tile.labels, threshold, min_area)
+        scores = score_tile(arr.astype(np.float32) / 255.0, tile.image, tile.labels, threshold, min_area,
+                            outline)
         rows.append({"tile_id": tid, "image_id": tile.image_id, **scores, "cached": cached})
         if progress is not None:
             progress(i + 1, len(ids))
@@ -334,11 +342,12 @@ def evaluate_checkpoint(run_dir: str | os.PathLike, which: str = "best", tiles: 
     summary = {
         "run_id": run_dir.name, "which": which, "checkpoint": str(cache.checkpoint), "key": cache.key,
         "predictions": str(cache.dir), "tiles": tiles if isinstance(tiles, str) else "list", "threshold": threshold,
-        "normalize": normalize, "cached_tiles": n_cached, **summarize(df), "unlike_training": len(unlike),
+        "normalize": normalize, "outline": outline, "cached_tiles": n_cached, **summarize(df),
+        "unlike_training": len(unlike),
         "warning": _unlike_warning(unlike, len(ids) - n_cached), "seconds": round(time.perf_counter() - t0, 3),
     }
     try:
-        atomic_write_json(cache.dir / f"scores-{threshold:g}-{summary['tiles']}.json", summary)
+        atomic_write_json(cache.dir / f"scores-{threshold:g}-{summary['tiles']}-{outline}.json", summary)
     except OSError as exc:
         log.debug("could not write scores: %s", exc)
     return df, summary

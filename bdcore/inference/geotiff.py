@@ -21,7 +21,7 @@ from shapely import affinity
 from shapely.geometry import Polygon
 
 from bdcore.inference.normalization import PredictError
-from bdcore.metrics.polygons import mask_to_polygons
+from bdcore.metrics.polygons import DEFAULT_OUTLINE, Outline, mask_to_polygons
 
 # GDAL's block cache (MB) while writing outputs: its default (5 % of RAM) would let a big output sit in memory.
 GDAL_CACHE_MB = 64
@@ -124,7 +124,8 @@ def _iter_chunks(height: int, width: int, core: int) -> Iterator[tuple[int, int,
 
 
 def extract_polygons(prob_path: Path, threshold: float = 0.5, min_area: float = 20.0, simplify: float = 0.5,
-                     chunk: int = 768, margin: int = 128) -> list[tuple[Polygon, float]]:
+                     chunk: int = 768, margin: int = 128,
+                     outline: Outline = DEFAULT_OUTLINE) -> list[tuple[Polygon, float]]:
     """Polygons (pixel coordinates of the whole image) from a probability GeoTIFF, chunk by chunk.
 
     Each chunk is read with ``margin`` pixels of context; a polygon is kept by the chunk whose core holds its
@@ -141,7 +142,7 @@ def extract_polygons(prob_path: Path, threshold: float = 0.5, min_area: float = 
                 continue
             boundary = data[1] if data.shape[0] > 1 else None
             for poly, conf in mask_to_polygons(data[0], threshold=threshold, min_area=min_area, boundary=boundary,
-                                               simplify=simplify):
+                                               simplify=simplify, outline=outline):
                 pt = poly.centroid
                 gx, gy = pt.x + c0, pt.y + r0
                 if c <= gx < c + w and r <= gy < r + h:

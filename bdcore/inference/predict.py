@@ -44,6 +44,7 @@ from bdcore.inference.predictor import (
     WindowPlan,
     window_count,
 )
+from bdcore.metrics.polygons import DEFAULT_OUTLINE, Outline, check_outline
 from bdcore.progress import Progress
 
 __all__ = ["MAX_PIXELS", "PixelBudgetError", "PredictionCancelled", "predict_geotiff", "predict_tiles"]
@@ -99,6 +100,7 @@ def predict_geotiff(
     normalize: str = "checkpoint",
     max_pixels: int = MAX_PIXELS,
     should_stop: Callable[[], bool] | None = None,
+    outline: Outline = DEFAULT_OUTLINE,
 ) -> dict[str, Any]:
     """Predict building footprints on a GeoTIFF of any size; returns the output paths and a few numbers.
 
@@ -109,6 +111,7 @@ def predict_geotiff(
     model saw in training); ``"image"`` with this image's own 2-98 % percentiles (for imagery unlike the training
     data, e.g. 8-bit exports). With training statistics, the input is first compared with them
     (``imagery.check_input`` on a decimated read); an input far from them is logged as ONE warning line.
+    ``outline``: how building outlines are drawn (``polygons.regularise``: none, simplify, orthogonal).
 
     ``max_pixels``: an input whose header declares more pixels (width × height) is refused with
     ``imagery.PixelBudgetError`` before the model is loaded (default ``imagery.MAX_PIXELS``, 1 gigapixel).
@@ -119,13 +122,17 @@ def predict_geotiff(
 
     Keys: ``prob``, ``mask``, ``geojson``, ``csv`` (Paths; the vector ones only with ``polygons``), plus
     ``image_id``, ``n_buildings``, ``width``, ``height``, ``windows``, ``seconds``, ``normalization`` (its source:
-    "checkpoint", "stats" or "percentile"), ``channels``, ``input_check`` (``imagery.InputCheck`` or None when
+    "checkpoint", "stats" or "percentile"), ``channels``, ``outline``, ``input_check`` (``imagery.InputCheck`` or None when
     normalising per image), ``warning`` (its one-line message, or None) and ``runtime``
     (``Predictor.runtime``).
     ``progress(done, total)`` is called after each batch of windows, ``should_stop()`` before each."""
     t0 = time.perf_counter()
     input_path = Path(input_path)
     Normalization().for_mode(normalize)  # a bad mode fails before anything is read
+    try:
+        check_outline(outline)
+    except ValueError as exc:
+        raise PredictError(str(exc)) from None
     _check_input(input_path, max_pixels, window, overlap)
     predictor = checkpoint if isinstance(checkpoint, Predictor) else load_predictor(
         checkpoint, device=device, batch_size=batch_size)
@@ -151,10 +158,11 @@ def predict_geotiff(
             crs, transform = src.crs, src.transform
         result: dict[str, Any] = {
             **paths, "image_id": image_id_for(input_path), "width": plan.width, "height": plan.height,
-            "windows": plan.n_windows, "normalization": norm.source, "channels": channels, "input_check": check,
+            "windows": plan.n_windows, "normalization": norm.source, "channels": channels, "outline": outline,
+            "input_check": check,
             "warning": check.message() if check is not None and not check.ok else None, "runtime": predictor.runtime}
         if polygons:
-            polys = extract_polygons(tmp["prob"], threshold=threshold, min_area=min_area)
+            polys = extract_polygons(tmp["prob"], threshold=threshold, min_area=min_area, outline=outline)
             write_vectors(polys, transform, crs, result["image_id"], tmp["geojson"], tmp["csv"])
             result["n_buildings"] = len(polys)
         staged.commit()
@@ -165,7 +173,7 @@ def predict_geotiff(
 def predict_tiles(checkpoint: str | os.PathLike | Predictor, catalog: gpd.GeoDataFrame,
                   tile_ids: Sequence[str] | None = None, out_dir: str | os.PathLike = ".", product: str | None = None,
                   tta: bool = False, threshold: float = 0.5, device: str = "auto", progress: Progress | None = None,
-                  normalize: str = "checkpoint") -> list[dict[str, Any]]:
+                  normalize: str = "checkpoint", outline: Outline = DEFAULT_OUTLINE) -> list[dict[str, Any]]:
     """:func:`predict_geotiff` on catalog tiles (default: all), one output set per tile in ``out_dir``."""
     predictor = checkpoint if isinstance(checkpoint, Predictor) else load_predictor(checkpoint, device)
     product = product or predictor.product or DEFAULT_PRODUCT
@@ -179,7 +187,7 @@ def predict_tiles(checkpoint: str | os.PathLike | Predictor, catalog: gpd.GeoDat
         if not path:
             raise PredictError(f"tile {tid} has no {product} image: pick tiles that have it")
         results.append({"tile_id": tid, **predict_geotiff(predictor, path, out_dir, tta=tta, threshold=threshold,
-                                                          normalize=normalize)})
+                                                          normalize=normalize, outline=outline)})
         if progress is not None:
             progress(i + 1, len(ids))
     return results

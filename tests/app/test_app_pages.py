@@ -263,6 +263,9 @@ def test_review_and_predict_with_a_checkpoint(tiny_run, monkeypatch):
     assert texts(at, "subheader")[0].startswith(str(df["tile_id"].iloc[0]))
     at.slider(key="review_threshold").set_value(0.9).run()
     assert not at.exception and not at.error
+    at.selectbox(key="review_outline").set_value("none").run()
+    assert not at.exception and not at.error
+    assert {k[-1] for k in at.session_state["review_scores"]} == {"orthogonal", "none"}  # scored once per outline
     for i in range(len(df)):  # every val tile: the TP/FP/FN picture counts what the score row says
         at.session_state["review_table"] = {"selection": {"rows": [i], "columns": [], "cells": []}}
         at.run()
@@ -319,6 +322,11 @@ def test_predict_page_warns_on_imagery_unlike_the_training_data(empty_runs, tmp_
     at.button(key="predict_go").click().run()
     assert not at.exception and not at.error and texts(at, "warning") == []
     assert at.session_state["predict_result"]["normalization"] == "percentile"
+    assert at.selectbox(key="predict_outline").value == "orthogonal"  # the default: the best F1 measured
+    assert at.session_state["predict_result"]["outline"] == "orthogonal"
+    at.selectbox(key="predict_outline").set_value("none").run()
+    at.button(key="predict_go").click().run()
+    assert not at.exception and not at.error and at.session_state["predict_result"]["outline"] == "none"
 
 
 def test_review_exports_onnx_and_offers_the_pair(vegas_small, tmp_path, monkeypatch):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -76,11 +77,12 @@ def test_perfect_and_empty_predictions_score_exactly(short_run):
     pdir.mkdir(parents=True, exist_ok=True)
     for t in ids:
         np.save(pdir / f"{t}.npy", (aoi.tile(t).expected_mask()[None] * 255).astype(np.uint8))
-    df, s = evaluate_checkpoint(run_dir, which="last", min_area=0.0)
     n = sum(len(aoi.tile(t).boxes_px) for t in ids)
-    assert df["cached"].all()
-    assert s["pixel_iou"] == 1.0 and s["pixel_precision"] == 1.0 and s["pixel_recall"] == 1.0
-    assert (s["TruePos"], s["FalsePos"], s["FalseNeg"], s["F1Score"]) == (n, 0, 0, 1.0)
+    for outline in ("none", "simplify", "orthogonal"):
+        df, s = evaluate_checkpoint(run_dir, which="last", min_area=0.0, outline=outline)
+        assert df["cached"].all() and s["outline"] == outline
+        assert s["pixel_iou"] == 1.0 and s["pixel_precision"] == 1.0 and s["pixel_recall"] == 1.0
+        assert (s["TruePos"], s["FalsePos"], s["FalseNeg"], s["F1Score"]) == (n, 0, 0, 1.0)
     for t in ids:
         np.save(pdir / f"{t}.npy", np.zeros((1, 64, 64), np.uint8))
     df, s = evaluate_checkpoint(run_dir, which="last")
@@ -114,6 +116,8 @@ def test_errors_name_the_fix(short_run, tmp_path):
         evaluate_checkpoint(run_dir, which="worst")
     with pytest.raises(EvaluationError, match="not in the catalog"):
         evaluate_checkpoint(run_dir, tiles=["img999"])
+    with pytest.raises(EvaluationError, match="outline must be one of none, simplify, orthogonal"):
+        evaluate_checkpoint(run_dir, outline="square")
 
 
 def test_cli_evaluate(short_run, capsys):
@@ -123,6 +127,9 @@ def test_cli_evaluate(short_run, capsys):
     assert main(["evaluate", str(run_dir), "--tiles", "all"]) == 0
     out = capsys.readouterr().out
     assert "6 tiles" in out and "SpaceNet F1" in out
+    assert main(["evaluate", str(run_dir), "--tiles", "all", "--outline", "none", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)["summary"]
+    assert summary["outline"] == "none" and summary["cached_tiles"] == 6
 
 
 def test_checkpoint_carries_training_band_stats_for_inference_elsewhere(short_run, tmp_path, monkeypatch):

@@ -470,3 +470,42 @@ def test_cli_normalize_flag_and_one_warning_line(uint16_checkpoint, tmp_path, ca
     with pytest.raises(SystemExit):
         main([*args, "--normalize", "bogus"])
     assert "invalid choice: 'bogus'" in capsys.readouterr().err
+
+
+def test_cli_outline_choice_reaches_the_vector_outputs(tmp_path, monkeypatch, capsys):
+    """``predict --outline``: a demo tile's buildings (the model = its blurred truth) as pixel staircases or as
+    orthogonal outlines with a handful of corners, matching the truth as well (terraced houses that touch merge
+    into one blob either way: no boundary channel here)."""
+    import pandas as pd
+    import shapely
+    from scipy import ndimage
+
+    from bdcore.cli import main
+    from bdcore.data import imagery, labels
+    from bdcore.data.demo import write_demo_aoi
+    from bdcore.metrics.polygons import vertex_count
+    from bdcore.metrics.scoring import match_buildings
+
+    aoi = write_demo_aoi(tmp_path / "demo", n_tiles=1)
+    image = next(aoi.rglob("*.tif"))
+    lab = next(aoi.rglob("*.geojson"))
+    prof = imagery.read_profile(image)
+    truth = labels.pixel_polygons(labels.read_buildings(lab, crs=prof["crs"]), prof["transform"])
+    prob = ndimage.gaussian_filter(labels.tile_mask(image, lab)[0].astype(np.float32), 1.0)
+    tile = write_geotiff(tmp_path / image.name, np.repeat((prob * 2000)[None], 3, 0).astype(np.uint16),
+                         crs=prof["crs"], transform=prof["transform"])
+    monkeypatch.setattr(Predictor, "from_checkpoint", classmethod(lambda cls, *a, **k: _predictor(Identity())))
+    vertices, f1 = {}, {}
+    for outline in ("none", "orthogonal"):
+        assert main(["predict", "--checkpoint", "oracle.pt", "--input", str(tile), "--out", str(tmp_path / outline),
+                     "--outline", outline]) == 0
+        assert f"({outline} outlines)" in capsys.readouterr().out
+        rows = pd.read_csv(next((tmp_path / outline).glob("*_spacenet.csv")))
+        polys = [shapely.from_wkt(w) for w in rows["PolygonWKT_Pix"]]
+        f1[outline] = match_buildings(truth, polys)["f1"]
+        vertices[outline] = np.mean([vertex_count(p) for p in polys])
+    assert f1["orthogonal"] >= f1["none"] > 0.5
+    assert vertices["orthogonal"] < 8 < 2 * 8 < vertices["none"]
+    with pytest.raises(SystemExit) as exit_:
+        main(["predict", "--checkpoint", "oracle.pt", "--input", str(tile), "--outline", "round"])
+    assert exit_.value.code == 2 and "invalid choice: 'round'" in capsys.readouterr().err

@@ -9,7 +9,14 @@ import shapely
 from affine import Affine
 from shapely.geometry import Polygon, box
 
-from bdcore.metrics.polygons import mask_to_polygons, polygons_to_geo, polygons_to_mask
+from bdcore.metrics.polygons import (
+    mask_to_polygons,
+    orthogonalise,
+    polygons_to_geo,
+    polygons_to_mask,
+    regularise,
+    vertex_count,
+)
 from bdcore.metrics.scoring import match_buildings
 
 
@@ -186,3 +193,68 @@ def test_real_vegas_tiles_roundtrip(n, buildings, request):
         orig = gdf.geometry.iloc[t]
         assert g.intersection(orig).area / g.union(orig).area > 0.8
     assert r["tp"] == buildings
+
+
+# ------------------------------------------------------------------------------------------- outlines
+
+
+def _noisy_prob(shape: Polygon, size: int = 100, seed: int = 0) -> np.ndarray:
+    """A model-like probability map of one building: the mask blurred (1.5 px) plus smooth noise (std 0.15)."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    mask = polygons_to_mask([shape], (size, size)).astype(np.float32)
+    field = ndimage.gaussian_filter(rng.standard_normal(mask.shape), 2)
+    return np.clip(ndimage.gaussian_filter(mask, 1.5) + 0.15 * field / field.std(), 0, 1).astype(np.float32)
+
+
+def _corner_cosines(poly: Polygon) -> np.ndarray:
+    """|cos| of the angle between consecutive edges at every vertex (0 at a right angle, interior 90° or 270°)."""
+    xy = np.asarray(poly.exterior.coords)[:-1]
+    a, b = np.roll(xy, -1, axis=0) - xy, xy - np.roll(xy, 1, axis=0)
+    return np.abs((a * b).sum(1)) / (np.hypot(*a.T) * np.hypot(*b.T))
+
+
+L_SHAPE = Polygon([(0, 0), (40, 0), (40, 20), (20, 20), (20, 36), (0, 36)])
+
+
+@pytest.mark.parametrize("angle", [0, 17, 33, 45, 62])
+@pytest.mark.parametrize("shape, corners", [(box(0, 0, 42, 26), 4), (L_SHAPE, 6)], ids=["rectangle", "L"])
+def test_orthogonal_outline_of_a_rotated_noisy_building_has_right_angles(shape, corners, angle):
+    true = shapely.affinity.translate(shapely.affinity.rotate(shape, angle, origin=(20, 18)), 30, 32)
+    prob = _noisy_prob(true, seed=angle)
+    [(poly, _)] = mask_to_polygons(prob, outline="orthogonal")
+    assert poly.is_valid and vertex_count(poly) == corners
+    assert _corner_cosines(poly).max() < np.sin(np.radians(3))  # every corner within 3° of 90° / 270°
+    assert poly.intersection(true).area / poly.union(true).area > 0.9
+    [(pixels, _)] = mask_to_polygons(prob, outline="none")
+    [(simple, _)] = mask_to_polygons(prob, outline="simplify")
+    assert vertex_count(pixels) >= vertex_count(simple) > 3 * corners  # the staircase the other choices keep
+    assert simple.equals(pixels.simplify(0.5))
+
+
+def test_orthogonal_falls_back_to_the_simplified_polygon():
+    triangle = Polygon([(0, 0), (30, 0), (0, 30)])  # no two perpendicular sides to snap to
+    assert orthogonalise(triangle) is None
+    assert regularise(triangle, "orthogonal").equals(triangle.simplify(0.5))
+    flat = Polygon([(0, 0), (10, 0), (20, 0), (0, 0)])  # degenerate: no area
+    assert orthogonalise(flat) is None and regularise(flat, "orthogonal").equals(flat.simplify(0.5))
+    [(noisy, _)] = mask_to_polygons(_noisy_prob(box(20, 20, 60, 50)), outline="none")
+    assert orthogonalise(noisy, min_iou=0.999) is None  # too unlike the pixel polygon: not taken
+    assert regularise(noisy, "orthogonal").equals(orthogonalise(noisy))
+    disc = shapely.Point(50, 50).buffer(25)  # a round building stays round-ish and valid
+    polys = mask_to_polygons(polygons_to_mask([disc], (100, 100)).astype(np.float32), outline="orthogonal")
+    assert len(polys) == 1 and polys[0][0].is_valid and polys[0][0].intersection(disc).area / disc.area > 0.9
+    with pytest.raises(ValueError, match="outline must be one of none, simplify, orthogonal, got 'square'"):
+        mask_to_polygons(np.zeros((8, 8), np.float32), outline="square")
+
+
+def test_outline_none_keeps_exact_pixel_edges():
+    truth = known_buildings(seed=3)
+    mask = polygons_to_mask(truth, (400, 400))
+    exact = mask_to_polygons(mask.astype(np.float32), outline="none")
+    assert np.array_equal(polygons_to_mask(exact, mask.shape), mask)
+    # pixel-aligned rectangles and L-shapes are already orthogonal: the outline keeps them exactly
+    ortho = mask_to_polygons(mask.astype(np.float32), outline="orthogonal")
+    assert [vertex_count(p) for p, _ in ortho] == [vertex_count(p) for p, _ in exact]
+    assert all(p.equals(q) for (p, _), (q, _) in zip(ortho, exact))
