@@ -147,8 +147,8 @@ def enqueue(run_dir: Path, resume: bool = False, module: Optional[str] = None) -
                       "module": module or runs.TRAIN_MODULE})
 
 
-def pump(root: Path, finishing: Optional[str] = None) -> list[str]:
-    """Start queued runs, in order, while slots are free; returns the names started.
+def pump(root: Path, finishing: Optional[str] = None) -> dict[str, int]:
+    """Start queued runs, in order, while slots are free; returns {name: pid} of those started.
 
     ``finishing``: a run whose trainer is ending right now (it still holds its lock while it calls this), counted as
     free.
@@ -157,8 +157,8 @@ def pump(root: Path, finishing: Optional[str] = None) -> list[str]:
 
     root = Path(root)
     if not (root / QUEUE_FILE).exists():
-        return []
-    started: list[str] = []
+        return {}
+    started: dict[str, int] = {}
     with _locked(root) as q:
         free = capacity() - _in_use(root, finishing)
         while q:
@@ -171,13 +171,13 @@ def pump(root: Path, finishing: Optional[str] = None) -> list[str]:
                 break
             q.pop(0)
             try:
-                launch(run_dir, resume=bool(head.get("resume")) and RunDir(run_dir).last.exists(),
-                       module=head.get("module"))
+                pid = launch(run_dir, resume=bool(head.get("resume")) and RunDir(run_dir).last.exists(),
+                             module=head.get("module"))
             except (OSError, ValueError) as exc:  # it cannot start (disk full, ...): say so, go on with the next
                 update_status(run_dir, state="failed", queued_at=None, error=f"could not start from the queue: {exc}")
                 continue
             free -= need(run_dir)
-            started.append(run_dir.name)
+            started[run_dir.name] = pid
     return started
 
 

@@ -525,8 +525,7 @@ def submit(run_dir: str | os.PathLike, resume: bool = False) -> int | None:
 
     run_dir = Path(run_dir)
     queue.enqueue(run_dir, resume=resume)
-    queue.pump(run_dir.parent)
-    return read_launch(run_dir).get("pid") if is_alive(run_dir) else None
+    return queue.pump(run_dir.parent).get(run_dir.name)
 
 
 @dataclass

@@ -292,11 +292,11 @@ def test_queue_counts_gpus_first_in_first_out(tmp_path, monkeypatch):
     a = runs.create_run(_cfg(gpus=2), name="a", root=root)
     b = runs.create_run(_cfg(gpus=2), name="b", root=root)
     c = runs.create_run(_cfg(gpus=1), name="c", root=root)
-    assert [runs.submit(d) for d in (a, b, c)] == [None, None, None]  # is_alive is faked: no pid to report
+    assert [runs.submit(d) for d in (a, b, c)] == [1, None, None]
     assert alive == {"a"} and [e["run"] for e in queue.entries(root)] == ["b", "c"]
     assert queue.need(a) == 2 and queue.position(c) == 2
     alive.discard("a")
-    assert queue.pump(root) == ["b", "c"]
+    assert queue.pump(root) == {"b": 1, "c": 1}
     assert alive == {"b", "c"} and queue.entries(root) == []
 
 
