@@ -99,7 +99,8 @@ class RunConfig(BaseModel):
     # run
     seed: int = 0
     device: str = "auto"
-    workers: int = Field(2, ge=0)
+    workers: Optional[int] = Field(
+        None, ge=0, description="DataLoader workers per process; None = auto: the cores (at most 16) on CUDA, 2 else")
     eval_every: int = Field(1, ge=1)
     log_every: int = Field(10, ge=1)
     threshold: float = Field(0.5, gt=0.0, lt=1.0)
