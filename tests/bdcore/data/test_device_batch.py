@@ -8,13 +8,18 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 import pytest
+import synth
 import torch
 from torch.utils.data import DataLoader, default_collate
 
-import synth
 from bdcore.data import imagery
 from bdcore.data.augment import Augment
-from bdcore.data.dataset import SampleSpec, SpaceNetSegmentation, loader_workers, worker_init
+from bdcore.data.dataset import (
+    SampleSpec,
+    SpaceNetSegmentation,
+    loader_workers,
+    worker_init,
+)
 from bdcore.data.device_batch import BatchPrep, band_tensors, normalize_bands_torch
 from bdcore.data.imagery import BandStats
 from bdcore.engine.trainer import EpochBatchSampler
