@@ -427,8 +427,8 @@ def stop_run(run_dir: str | os.PathLike, timeout: float = 60.0) -> str:
     """SIGTERM to the trainer (it finishes the step, saves ``last.pt`` and marks itself ``stopped``), wait for it to
     exit; SIGKILL to its whole process group after ``timeout``. Returns the state afterwards.
 
-    SIGTERM goes to the main process only: DataLoader workers share its process group and die on SIGTERM, which the
-    trainer would report as a failure instead of stopping cleanly; they exit with their parent."""
+    SIGTERM goes to the main process only (its DataLoader workers ignore SIGTERM anyway, ``dataset.worker_init``, so a
+    signal to the whole group, e.g. from torchrun, stops cleanly too); they exit with their parent."""
     run_dir = run_path(run_dir)
     if not is_alive(run_dir):
         state = effective_state(run_dir)
