@@ -1,6 +1,6 @@
 """Benchmark: the data pipeline from GeoTIFF vs from bdcore's decoded-array cache.
 
-    python bench/data.py [--demo-tiles 200] [--epoch-tiles 1148] [--workers 2] [--link]
+    python bench/data.py [--demo-tiles 200] [--epoch-tiles 1148] [--workers 2] [--link] [--crop 512] [--crops-only]
 
 1. tiles/s (and CPU ms/tile, which shared machines disturb less) for the dataset's whole-tile item: decode +
    normalise + rasterize straight from GeoTIFF/GeoJSON (``cache=False``) vs from the cache (memmap + normalise),
@@ -10,6 +10,14 @@
 2. A full epoch over ``--epoch-tiles`` Paris-sized tiles (650x650x3 uint16) from the cache: the demo tiles' cache
    entries are replicated (copied; ``--link`` hard-links them) under new tile names, so no GeoTIFF is decoded.
    Timed as training (random 256 crops + augmentation through a DataLoader) and as validation (whole tiles).
+
+3. ``crops``: what ONE loader worker delivers for training, ``--crop``² random crops with augmentation, batches of
+   16, from the cache: the ``cpu`` path (normalise + jitter + flips in the worker, float32 items) vs the ``raw`` path
+   (``SampleSpec(raw=True)``: uint16 crop + uint8 mask, flips in the worker; normalisation and jitter on the device,
+   ``device_batch.BatchPrep``). ``*_crops_per_s``: items + collate in one process (what one worker does, CPU bound);
+   ``*_cpu_ms_per_crop``: its CPU time per crop; ``*_loader_1worker_crops_per_s``: a real DataLoader with one
+   worker, timed after its first batch; ``raw_device_prep_ms_per_crop``: BatchPrep on THIS machine's CPU (on a GPU
+   it is a few batched kernels). Goal: raw >= 250 crops/s of 512² per worker.
 
 Everything runs in a temp dir (BDCORE_CACHE_DIR too). Page cache is warm (the files were just written).
 Prints one JSON object.
@@ -171,6 +179,49 @@ def bench_epoch(rep, stats, workers: int) -> dict:
     return out
 
 
+def bench_crops(rep, stats, size: int, n: int, min_seconds: float) -> dict:
+    """One worker's training crops/s at ``size``², the CPU path vs the raw path (see the module docstring, 3.)."""
+    import torch
+    from torch.utils.data import DataLoader, default_collate
+
+    from bdcore.data.augment import Augment
+    from bdcore.data.dataset import SampleSpec, SpaceNetSegmentation, worker_init
+    from bdcore.data.device_batch import BatchPrep
+
+    batch = 16
+    out: dict = {"crop": size, "batch": batch}
+    for name, raw in (("cpu", False), ("raw", True)):
+        spec = SampleSpec(crop_size=size, augment=Augment(), seed=0, samples_per_tile=max(1, -(-n // len(rep))),
+                          raw=raw)
+        ds = SpaceNetSegmentation(rep, list(rep.index), spec, stats=stats)
+        n_items = min(n, len(ds))
+
+        def one_batch(b: int, ds=ds) -> None:
+            default_collate([ds[(0, (b * batch + j) % len(ds))] for j in range(batch)])
+
+        rate, cpu = _rate(one_batch, max(1, n_items // batch), min_seconds)
+        out[f"{name}_crops_per_s"] = round(rate * batch, 1)
+        out[f"{name}_cpu_ms_per_crop"] = round(cpu / batch, 2)
+        sampler = [[(1, i) for i in range(k, min(k + batch, n_items))] for k in range(0, n_items, batch)]
+        loader = DataLoader(ds, batch_sampler=sampler, num_workers=1, prefetch_factor=4, worker_init_fn=worker_init)
+        it = iter(loader)
+        first = next(it)
+        t0, got = time.perf_counter(), 0
+        for b in it:
+            got += b["image"].shape[0]
+        out[f"{name}_loader_1worker_crops_per_s"] = round(got / max(1e-9, time.perf_counter() - t0), 1)
+        out[f"{name}_item_bytes"] = int(first["image"][0].numel() * first["image"].element_size()
+                                        + first["mask"][0].numel() * first["mask"].element_size())
+        if raw:
+            prep = BatchPrep(stats.lo, stats.hi, torch.device("cpu"))
+            rate, _ = _rate(lambda _i, prep=prep, first=first: prep(first), 1, min_seconds)
+            out["raw_device_prep_ms_per_crop"] = round(1000 / (rate * first["image"].shape[0]), 2)
+    out["speedup_crops_per_s"] = round(out["raw_crops_per_s"] / out["cpu_crops_per_s"], 2)
+    out["goal_raw_crops_per_s"] = 250
+    out["goal_met"] = out["raw_crops_per_s"] >= 250
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--demo-tiles", type=int, default=200)
@@ -179,6 +230,9 @@ def main(argv=None) -> int:
     ap.add_argument("--min-seconds", type=float, default=3.0, help="time each rate over at least this long")
     ap.add_argument("--torch-threads", type=int, default=1, help="torch intra-op threads in the main process")
     ap.add_argument("--link", action="store_true", help="hard-link replicated cache entries instead of copying")
+    ap.add_argument("--crop", type=int, default=512, help="crop side of the one-worker crops/s measurement")
+    ap.add_argument("--crop-items", type=int, default=256, help="crops per pass of that measurement")
+    ap.add_argument("--crops-only", action="store_true", help="only the one-worker crops/s measurement (3.)")
     args = ap.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="bdcore-bench-data-") as tmp:
@@ -201,18 +255,22 @@ def main(argv=None) -> int:
             "torch_threads": args.torch_threads,
             "sets": [],
         }
-        if VEGAS.is_dir():
+        if VEGAS.is_dir() and not args.crops_only:
             result["sets"].append(bench_paths(catalog.load_catalog(VEGAS), "vegas_sample", args.min_seconds))
         t0 = time.perf_counter()
         root = demo.write_demo_aoi(tmp / "demo", n_tiles=args.demo_tiles)
         result["demo_write_s"] = round(time.perf_counter() - t0, 1)
         dcat = catalog.load_catalog(root)
-        result["sets"].append(bench_paths(dcat, f"demo_{args.demo_tiles}", args.min_seconds))
+        if not args.crops_only:
+            result["sets"].append(bench_paths(dcat, f"demo_{args.demo_tiles}", args.min_seconds))
         t0 = time.perf_counter()
         rep = replicate(dcat, args.epoch_tiles, tmp / "rep", args.link)
         result["replicate_s"] = round(time.perf_counter() - t0, 1)
-        result["epoch"] = bench_epoch(rep, imagery.band_stats(dcat, "PS-RGB"), args.workers)
-        result["epoch"]["entries"] = "hard links" if args.link else "copies"
+        stats = imagery.band_stats(dcat, "PS-RGB")
+        result["crops"] = bench_crops(rep, stats, args.crop, args.crop_items, args.min_seconds)
+        if not args.crops_only:
+            result["epoch"] = bench_epoch(rep, stats, args.workers)
+            result["epoch"]["entries"] = "hard links" if args.link else "copies"
         result["load_avg_1m_end"] = round(os.getloadavg()[0], 2)
     print(json.dumps(result, indent=2))
     return 0

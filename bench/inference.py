@@ -3,6 +3,11 @@
     python bench/inference.py [--device auto] [--arch Unet --encoder resnet34] [--tiles 8] [--tta]
                               [--size 4000 | --big | --shape 600x60000] [--window 1024] [--overlap 128]
                               [--mem-model dummy|real]
+                              [--bf16 | --no-bf16] [--channels-last | --no-channels-last]
+
+``--bf16``: the Predictor's bf16 autocast on CUDA (its default there); on CPU a bf16 autocast around the calls.
+``--channels-last``: the Predictor keeps the model (converted once) and its batches in channels_last (default: on
+CUDA). Both are recorded in the output.
 
 1. ``speed``: 650x650x3 uint16 tiles through ``Predictor.predict_array`` (the Review page / evaluate path) and
    through ``predict_geotiff`` (GeoTIFF in, prob/mask GeoTIFF + GeoJSON + CSV out), random-init weights (no
@@ -98,11 +103,26 @@ def write_image(path: Path, size: int, seed: int = 0, strip: int = 512, width: i
                 dst.write(np.clip(a, 0, 2047).astype(np.uint16), window=Window(c, r, w, h))
 
 
+def _autocast(args, device: str):
+    """A bf16 autocast on CPU when ``--bf16`` asks for it; on CUDA the Predictor autocasts itself."""
+    import contextlib
+
+    if args.bf16 and not device.startswith("cuda"):
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 def bench_speed(args, tmp: Path) -> dict:
     model = _model(args.arch, args.encoder)
     norm = Normalization(np.full(3, 100.0), np.full(3, 1600.0), "bench")
     pred = Predictor(model, in_channels=3, normalization=norm, device=args.device, product="PS-RGB",
-                     batch_size=args.batch_size)
+                     batch_size=args.batch_size, channels_last=args.channels_last)
+    with _autocast(args, pred.device):
+        return {**_speed(args, tmp, pred), "bf16": bool(args.bf16) or pred.device.startswith("cuda"),
+                "channels_last": pred.channels_last}
+
+
+def _speed(args, tmp: Path, pred: Predictor) -> dict:
     rng = np.random.default_rng(0)
     tiles = [np.clip(rng.normal(400, 200, (3, 650, 650)), 0, 2047).astype(np.uint16) for _ in range(args.tiles)]
     pred.predict_array(tiles[0], tta=args.tta)  # warm-up
@@ -134,7 +154,8 @@ def memory_child(args) -> dict:
     and a warm-up batch come before the baseline)."""
     model = _model(args.arch, args.encoder, dummy=args.mem_model == "dummy")
     norm = Normalization(np.full(3, 100.0), np.full(3, 1600.0), "bench")
-    pred = Predictor(model, in_channels=3, normalization=norm, device=args.device, batch_size=args.batch_size)
+    pred = Predictor(model, in_channels=3, normalization=norm, device=args.device, batch_size=args.batch_size,
+                     channels_last=args.channels_last)
     pred.predict_batch(np.zeros((args.batch_size, 3, args.window, args.window), np.float32))  # warm-up allocator
     path = Path(args.image)
     reset = _reset_peak()
@@ -163,6 +184,8 @@ def bench_memory(args, tmp: Path) -> dict:
     cmd = [sys.executable, __file__, "--memory-child", "--image", str(img), "--device", args.device,
            "--arch", args.arch, "--encoder", args.encoder, "--window", str(args.window), "--overlap",
            str(args.overlap), "--batch-size", str(args.batch_size), "--mem-model", args.mem_model]
+    if args.channels_last is not None:
+        cmd.append("--channels-last" if args.channels_last else "--no-channels-last")
     if args.tta:
         cmd.append("--tta")
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -192,11 +215,17 @@ def main() -> None:
     ap.add_argument("--window", type=int, default=1024)
     ap.add_argument("--overlap", type=int, default=128)
     ap.add_argument("--mem-model", choices=("dummy", "real"), default="dummy")
+    ap.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                    help="bf16 autocast (default: on for CUDA, where the Predictor always uses it)")
+    ap.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                    help="model and batches in channels_last (default: on for CUDA)")
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--skip-memory", action="store_true")
     ap.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--image", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.bf16 is False and str(args.device).startswith("cuda"):
+        ap.error("--no-bf16 on CUDA: the Predictor always runs bf16 autocast there")
     if args.memory_child:
         print(json.dumps(memory_child(args)))
         return

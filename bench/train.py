@@ -1,11 +1,14 @@
 """Training throughput: model-only (one batch already in device memory) vs the full pipeline
 (ArrayCache memmaps -> crop/augment in DataLoader workers -> host-to-device copy -> model), on the demo AOI.
 
-Both use ``bdcore.engine.recipe.train_step`` (the trainer's exact step). Goal: pipeline >= 95 % of model-only.
+Both use ``bdcore.engine.recipe.train_step`` and the trainer's input path (raw uint16 crops from workers that
+ignore SIGTERM, ``data.device_batch.BatchPrep`` normalising and jittering on the device). Goal: pipeline >= 95 % of
+model-only, in steady state: the pipeline's clock starts after the first ``workers x prefetch`` batches (which the
+workers prepare at start-up, while the model warms up) and runs ``--steps`` more (default 200 on CUDA, 12 on CPU).
 Prints one JSON object.
 
     python bench/train.py                                  # CPU defaults (small)
-    python bench/train.py --device cuda --batch 16 --crop 512 --bf16 --channels-last --workers 8
+    python bench/train.py --device cuda --batch 16 --crop 512 --bf16 --channels-last   # workers: auto (cores)
 """
 
 from __future__ import annotations
@@ -20,12 +23,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 from torch.utils.data import DataLoader
 
-from bdcore.data.dataset import build_datasets
+from bdcore.data.dataset import build_datasets, loader_workers, worker_init
+from bdcore.data.device_batch import BatchPrep
 from bdcore.engine.config import RunConfig
 from bdcore.engine.models import model_from_config
 from bdcore.engine.device import device_name, make_amp, resolve_device
 from bdcore.engine.recipe import make_optimizer, train_step
-from bdcore.engine.trainer import epoch_batches
+from bdcore.engine.trainer import EpochBatchSampler, epoch_batches
+
+PREFETCH = 4  # the trainer's prefetch_factor
 
 
 def _sync(device: torch.device) -> None:
@@ -51,9 +57,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--crop", type=int, default=128)
-    p.add_argument("--steps", type=int, default=12, help="timed steps per measurement")
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1))
+    p.add_argument("--steps", type=int, default=None, help="timed steps per measurement (default: 200 on CUDA, 12 "
+                   "on CPU)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed model steps first (the pipeline skips at least "
+                   "workers x prefetch batches)")
+    p.add_argument("--workers", type=int, default=None, help="loader workers (default: the trainer's auto value)")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None, help="default: on for CUDA")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="default: on for CUDA")
@@ -72,12 +80,14 @@ def main(argv=None) -> dict:
     flushed = bool(args.flush_denormal) and torch.set_flush_denormal(True)
 
     device = resolve_device(args.device)
+    steps = args.steps if args.steps is not None else (200 if device.type == "cuda" else 12)
+    workers = loader_workers(args.workers, device.type)
     bf16 = args.bf16 if args.bf16 is not None else device.type == "cuda"
     channels_last = args.channels_last if args.channels_last is not None else device.type == "cuda"
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     cfg = RunConfig(data_root=args.data_root, arch=args.arch, encoder=args.encoder, encoder_weights=None,
-                    crop_size=args.crop, batch_size=args.batch, workers=args.workers, amp=bf16, device=args.device)
+                    crop_size=args.crop, batch_size=args.batch, workers=workers, amp=bf16, device=args.device)
     train_ds, _ = build_datasets(cfg)
     t0 = time.perf_counter()
     if hasattr(train_ds, "warm_cache"):
@@ -90,41 +100,40 @@ def main(argv=None) -> dict:
     model = model.to(memory_format=fmt)
     opt = make_optimizer(model, cfg, device)
     autocast, scaler = make_amp(bf16, device)
-    total = args.warmup + args.steps
+    prep = BatchPrep(train_ds.stats.lo, train_ds.stats.hi, device, channels_last=channels_last)
+    skip = max(args.warmup, workers * PREFETCH)  # batches prepared at start-up are not steady state
 
     def step(batch) -> int:
-        x = batch["image"].to(device, non_blocking=True).contiguous(memory_format=fmt)
-        y = batch["mask"].to(device, non_blocking=True)
+        x, y = batch if isinstance(batch, tuple) else prep(batch)
         loss = train_step(model, x, y, opt, None, scaler, cfg, autocast)
         float(loss)  # the trainer reads the loss every step too
         return x.shape[0]
 
     # model only: one batch, already on the device
-    one = next(iter(DataLoader(train_ds, batch_size=args.batch, shuffle=True)))
-    one = {"image": one["image"].to(device).contiguous(memory_format=fmt), "mask": one["mask"].to(device)}
-    model_s, model_n = _timed_steps(step, [one] * total, device, args.warmup)
+    one = prep(next(iter(DataLoader(train_ds, batch_size=args.batch, shuffle=True))))
+    model_s, model_n = _timed_steps(step, [one] * (args.warmup + steps), device, args.warmup)
 
-    # data only: how fast the loader alone produces batches
-    batches = epoch_batches(len(train_ds), args.batch, total, seed=0, epoch=0)
-    pin = device.type == "cuda"
+    def loader(epoch: int) -> DataLoader:
+        """The trainer's loader (``Trainer._make_loader``) over ``skip + steps`` batches of ``epoch``."""
+        sampler = EpochBatchSampler(pairs=True)
+        sampler.set(epoch, epoch_batches(len(train_ds), args.batch, skip + steps, seed=0, epoch=epoch))
+        return DataLoader(train_ds, batch_sampler=sampler, num_workers=workers, pin_memory=device.type == "cuda",
+                          worker_init_fn=worker_init if workers else None,
+                          prefetch_factor=PREFETCH if workers else None)
 
-    def loader():
-        return DataLoader(train_ds, batch_sampler=batches, num_workers=args.workers, pin_memory=pin,
-                          prefetch_factor=4 if args.workers else None, persistent_workers=False)
-
-    t0 = time.perf_counter()
-    data_n = sum(b["image"].shape[0] for b in loader())
-    data_s = time.perf_counter() - t0
+    # data only: how fast the loader alone delivers batches (device prep included), after the start-up batches
+    data_s, data_n = _timed_steps(lambda b: prep(b)[0].shape[0], loader(0), device, skip)
 
     # full pipeline: the trainer's loader feeding the trainer's step
-    pipe_s, pipe_n = _timed_steps(step, loader(), device, args.warmup)
+    pipe_s, pipe_n = _timed_steps(step, loader(1), device, skip)
 
     out = {
         "device": str(device),
         "device_name": device_name(device),
         "torch_threads": torch.get_num_threads(),
         "arch": args.arch, "encoder": args.encoder, "batch": args.batch, "crop": args.crop,
-        "bf16": bf16, "channels_last": channels_last, "workers": args.workers, "timed_steps": args.steps,
+        "bf16": bf16, "channels_last": channels_last, "workers": workers, "timed_steps": steps,
+        "untimed_pipeline_batches": skip,
         "flush_denormal": flushed,
         "train_tiles": len(train_ds), "cache_warm_s": round(warm_s, 3),
         "model_only_img_s": round(model_n / model_s, 3),

@@ -45,11 +45,18 @@ def pad_to(arr: np.ndarray, h: int, w: int) -> np.ndarray:
     return out
 
 
-def photometric(img: np.ndarray, rng: np.random.Generator, aug: Augment) -> np.ndarray:
-    """Brightness/contrast/gamma jitter of a float32 image in [0,1], IN PLACE; clipped back to [0,1]."""
+def photometric_params(rng: np.random.Generator, aug: Augment) -> tuple[float, float, float]:
+    """(brightness shift b, contrast factor c, gamma g) drawn from ``rng``, in this order (part of the item's draws)."""
     b = rng.uniform(-aug.brightness, aug.brightness) if aug.brightness else 0.0
     c = rng.uniform(1 - aug.contrast, 1 + aug.contrast) if aug.contrast else 1.0
     g = float(np.exp(rng.uniform(-np.log1p(aug.gamma), np.log1p(aug.gamma)))) if aug.gamma else 1.0
+    return float(b), float(c), g
+
+
+def photometric(img: np.ndarray, rng: np.random.Generator, aug: Augment) -> np.ndarray:
+    """Brightness/contrast/gamma jitter of a float32 image in [0,1], IN PLACE; clipped back to [0,1].
+    ``bdcore.data.device_batch.photometric_batch`` is the same jitter on a batch on the device."""
+    b, c, g = photometric_params(rng, aug)
     shift = np.float32(float(img.mean()) * (1.0 - c) + b) if c != 1.0 else np.float32(b)
     if c != 1.0:
         img *= np.float32(c)  # (x - mean) * c + mean + b, folded into one multiply-add, in place
@@ -61,11 +68,19 @@ def photometric(img: np.ndarray, rng: np.random.Generator, aug: Augment) -> np.n
     return img
 
 
-def geometric(rng: np.random.Generator, aug: Augment, *arrays: np.ndarray) -> list[np.ndarray]:
-    """The same random flip / 90° rotation of every (C,H,W) array."""
-    fh = aug.flips and rng.random() < 0.5
-    fv = aug.flips and rng.random() < 0.5
+Flips = tuple[bool, bool, int]  # (flip left-right, flip up-down, quarter turns)
+
+
+def geometric_params(rng: np.random.Generator, aug: Augment) -> Flips:
+    fh = bool(aug.flips and rng.random() < 0.5)
+    fv = bool(aug.flips and rng.random() < 0.5)
     k = int(rng.integers(0, 4)) if aug.rot90 else 0
+    return fh, fv, k
+
+
+def apply_geometric(params: Flips, *arrays: np.ndarray) -> list[np.ndarray]:
+    """The flips / 90° rotation ``params`` applied to every (C,H,W) array (contiguous copies)."""
+    fh, fv, k = params
     out = []
     for a in arrays:
         if fh:
@@ -76,3 +91,8 @@ def geometric(rng: np.random.Generator, aug: Augment, *arrays: np.ndarray) -> li
             a = np.rot90(a, k, axes=(1, 2))
         out.append(np.ascontiguousarray(a))
     return out
+
+
+def geometric(rng: np.random.Generator, aug: Augment, *arrays: np.ndarray) -> list[np.ndarray]:
+    """The same random flip / 90° rotation of every (C,H,W) array."""
+    return apply_geometric(geometric_params(rng, aug), *arrays)

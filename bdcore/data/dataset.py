@@ -6,9 +6,16 @@ Data path per sample (kept cheap so it is never the training bottleneck):
     GeoTIFF + geojson ──(first epoch only)──► ArrayCache .npy (raw uint16 CHW, uint8 masks)
     .npy ──(pread of the crop's rows only)──► crop window ──► normalize (BandStats) ──► jitter ──► pad ──► flip/rot90
 
+``SampleSpec(raw=True)`` (training, ``build_datasets``) stops after the geometric step on the stored dtype:
+crop window ──► pad ──► flip/rot90, and the item carries the photometric parameters; normalisation and jitter run
+batched on the device (``bdcore.data.device_batch.BatchPrep``; the same random draws, so the same samples).
+
 Normalisation stays ``(astype(float32) - lo) / span`` clipped (bit-identical to ``imagery.normalize``; a
 65,536-entry per-band lookup table via ``np.take`` measured ~3x slower here, since numpy widens the uint16 indices to
 int64 first).
+
+Persistent DataLoader workers keep their own copy of the dataset, so ``set_epoch`` in the main process does not reach
+them: index the dataset with ``(epoch, index)`` pairs (``ds[(epoch, i)]``; what the trainer's batch sampler yields).
 
 Randomness: every item draws from its own ``numpy.random.Generator`` seeded by
 ``(dataset seed, epoch, index)``. It therefore does not depend on which DataLoader worker serves the item, so
@@ -22,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
@@ -30,7 +38,8 @@ import torch
 from torch.utils.data import Dataset
 
 from bdcore.data import imagery, labels
-from bdcore.data.augment import Augment, center_crop_box, geometric, pad_to, photometric, random_crop_box
+from bdcore.data.augment import (Augment, apply_geometric, center_crop_box, geometric, geometric_params, pad_to,
+                                 photometric, photometric_params, random_crop_box)
 from bdcore.data.cache import ArrayCache
 from bdcore.data.catalog import CatalogError, load_catalog
 from bdcore.data.imagery import BandStats
@@ -39,6 +48,31 @@ from bdcore.data.split import config_split
 from bdcore.progress import Progress
 
 log = logging.getLogger(__name__)
+
+
+AUTO_WORKERS_CAP = 16  # more loader workers per GPU than this buys nothing measurable and costs memory
+CPU_WORKERS = 2  # on CPU the model, not the loader, is the bottleneck
+
+
+def loader_workers(workers: int | None, device_type: str) -> int:
+    """DataLoader workers per process: ``workers`` when set; None (auto) = on CUDA the machine's cores shared by this
+    host's torchrun processes (``LOCAL_WORLD_SIZE``), at most 16; elsewhere 2."""
+    if workers is not None:
+        return int(workers)
+    if device_type != "cuda":
+        return CPU_WORKERS
+    local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(1, min(AUTO_WORKERS_CAP, (os.cpu_count() or 1) // local))
+
+
+def worker_init(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: workers ignore SIGTERM and SIGINT.
+
+    They share the trainer's process group, and torchrun (``killpg``), SLURM preemption and Ctrl-C signal the whole
+    group: a worker that died of it made the trainer fail before it could save. The trainer alone handles the
+    signal (finish the step, save ``last.pt``, state ``stopped``); its workers exit when it does."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 class DatasetError(ValueError):
@@ -54,7 +88,9 @@ class SampleSpec:
     the centre crop; a tile smaller than the crop is zero-padded. ``augment``: the augmentation ranges (None: no
     augmentation). ``boundary``: a second mask channel, the boundary/contact band ``boundary_width`` pixels wide.
     ``samples_per_tile`` samples are drawn from each tile per epoch. ``seed``: None takes torch's initial seed.
-    ``bands``: 0-based band indices to read (None: all)."""
+    ``bands``: 0-based band indices to read (None: all). ``raw``: the item holds the crop in its stored dtype and a
+    uint8 mask (crop, padding and geometric augmentation applied) plus ``valid`` and, with ``augment``, ``photo``
+    (see ``bdcore.data.device_batch``): normalisation and photometric jitter are left to the device."""
 
     product: str = DEFAULT_PRODUCT
     crop_size: int | None = 256
@@ -65,6 +101,7 @@ class SampleSpec:
     samples_per_tile: int = 1
     seed: int | None = None
     bands: tuple[int, ...] | None = None
+    raw: bool = False
 
     def __post_init__(self) -> None:
         if self.crop_size is not None and self.crop_size < 1:
@@ -81,7 +118,9 @@ class SpaceNetSegmentation(Dataset):
     """Image/mask samples from catalog tiles, as ``spec`` says.
 
     Item: ``{"image": float32 (C,h,w) in [0,1], "mask": float32 (K,h,w) in {0,1}, "tile_id": str}``,
-    K = 1 (footprint) or 2 (footprint, boundary band). ``len = len(tile_ids) * samples_per_tile``.
+    K = 1 (footprint) or 2 (footprint, boundary band); with ``spec.raw``: ``{"image": stored dtype (C,h,w), "mask":
+    uint8 (K,h,w), "valid": int64 (y0, y1, x0, x1), "photo": float64 (b, c, g) (with augment), "tile_id"}``.
+    ``ds[i]`` or ``ds[(epoch, i)]`` (the epoch given with the index, for persistent workers). ``len = len(tile_ids) * samples_per_tile``.
     ``stats``: a ``BandStats``; None computes ``imagery.band_stats(catalog, product)`` (cached on disk).
     ``cache``: True = the default ``ArrayCache()``, False = decode the GeoTIFF/GeoJSON for every sample.
     """
@@ -128,8 +167,8 @@ class SpaceNetSegmentation(Dataset):
             return (int(info.seed) - int(info.id)) & 0xFFFFFFFFFFFF | (1 << 50)
         return self._calls // len(self) | (1 << 51)
 
-    def item_rng(self, index: int) -> np.random.Generator:
-        return np.random.default_rng([self.seed, self._epoch_key(), int(index)])
+    def item_rng(self, index: int, epoch: int | None = None) -> np.random.Generator:
+        return np.random.default_rng([self.seed, self._epoch_key() if epoch is None else int(epoch), int(index)])
 
     # -- pixels
     def raw_image(self, t: int) -> np.ndarray:
@@ -187,14 +226,17 @@ class SpaceNetSegmentation(Dataset):
             img_rows, mask_rows = img_src[:, y0 : y0 + ch], mask_src[:, y0 : y0 + ch]
         return img_rows[:, :, x0 : x0 + cw], mask_rows[:, :, x0 : x0 + cw], out_h, out_w
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        epoch, index = (int(key[0]), int(key[1])) if isinstance(key, (tuple, list)) else (None, int(key))
         if not 0 <= index < len(self):
             raise IndexError(index)
         t = index // self.spec.samples_per_tile
         aug = self.spec.augment
-        rng = self.item_rng(index) if aug else None
+        rng = self.item_rng(index, epoch) if aug else None
         self._calls += 1
         raw, mask, out_h, out_w = self._window(t, rng)
+        if self.spec.raw:
+            return {**self._raw_item(raw, mask, out_h, out_w, rng), "tile_id": self.tile_ids[t]}
         img = self._normalize(raw)
         if aug:
             img = photometric(img, rng, aug)
@@ -206,6 +248,33 @@ class SpaceNetSegmentation(Dataset):
             "mask": torch.from_numpy(mask.astype(np.float32)),
             "tile_id": self.tile_ids[t],
         }
+
+    def _raw_item(self, raw: np.ndarray, mask: np.ndarray, out_h: int, out_w: int,
+                  rng: np.random.Generator | None) -> dict:
+        """The ``spec.raw`` item: stored-dtype crop, uint8 mask, valid box and photometric parameters, drawn from
+        ``rng`` in the CPU path's order (photometric, then geometric), so both paths make the same sample."""
+        aug = self.spec.augment
+        photo = photometric_params(rng, aug) if aug else None
+        ch, cw = raw.shape[1:]
+        img, mask = pad_to(raw, out_h, out_w), pad_to(mask, out_h, out_w)
+        valid = (0, ch, 0, cw)
+        if aug:
+            flips = geometric_params(rng, aug if out_h == out_w else replace(aug, rot90=False))
+            img, mask = apply_geometric(flips, img, mask)
+            if (ch, cw) != (out_h, out_w):  # where the crop's pixels went (padding is zeroed after the jitter)
+                valid = _box_of(apply_geometric(flips, pad_to(np.ones((1, ch, cw), bool), out_h, out_w))[0][0])
+        out = {"image": torch.from_numpy(np.ascontiguousarray(img)),
+               "mask": torch.from_numpy(np.ascontiguousarray(mask, dtype=np.uint8)),
+               "valid": torch.tensor(valid, dtype=torch.int64)}
+        if photo is not None:
+            out["photo"] = torch.tensor(photo, dtype=torch.float64)
+        return out
+
+
+def _box_of(inside: np.ndarray) -> tuple[int, int, int, int]:
+    """(y0, y1, x0, x1) of the True rectangle of a (H,W) bool array."""
+    rows, cols = np.flatnonzero(inside.any(axis=1)), np.flatnonzero(inside.any(axis=0))
+    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
 
 
 def _path_or_none(value: Any) -> str | None:
@@ -242,7 +311,8 @@ def build_datasets(cfg) -> tuple[SpaceNetSegmentation, SpaceNetSegmentation]:
     Val: whole tiles at their true size, no augmentation (the evaluator pads to the network stride and crops back,
     so metrics never count padding).
 
-    Train: random ``crop_size`` crops with augmentation (``crop_size=None``: whole tiles padded to /32).
+    Train: random ``crop_size`` crops with augmentation (``crop_size=None``: whole tiles padded to /32), ``raw``
+    items (normalised and jittered on the device by the trainer's ``device_batch.BatchPrep``).
 
     Only tiles with a label file are used (``catalog.labelled_tiles``: an unlabelled tile is not known to be empty);
     a folder with no labelled tile is a DatasetError naming it.
@@ -260,7 +330,7 @@ def build_datasets(cfg) -> tuple[SpaceNetSegmentation, SpaceNetSegmentation]:
     stats = imagery.band_stats(cat, product=cfg.product)
     common = dict(product=cfg.product, boundary=bool(cfg.boundary), seed=int(cfg.seed))
     train_spec = SampleSpec(crop_size=cfg.crop_size, augment=Augment(), pad_multiple=32,
-                            samples_per_tile=int(cfg.samples_per_tile), **common)
+                            samples_per_tile=int(cfg.samples_per_tile), raw=True, **common)
     train = SpaceNetSegmentation(labelled, split.train, train_spec, stats=stats)
     if not split.val:
         raise DatasetError("the split gave no validation tiles; set val_fraction above 0 in the run config")

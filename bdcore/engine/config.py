@@ -107,7 +107,8 @@ class RunConfig(BaseModel):
     device: str = "auto"
     gpus: int = Field(1, ge=1, le=64, description="processes, one per GPU: > 1 launches the run under torchrun "
                       "--standalone (DDP; gloo processes on a CPU-only machine)")
-    workers: int = Field(2, ge=0)
+    workers: Optional[int] = Field(
+        None, ge=0, description="DataLoader workers per process; None = auto: the cores (at most 16) on CUDA, 2 else")
     eval_every: int = Field(1, ge=1)
     log_every: int = Field(10, ge=1)
     checkpoint_minutes: float = Field(10.0, ge=0.0, description="also write last.pt inside an epoch this often, "

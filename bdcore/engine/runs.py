@@ -653,8 +653,8 @@ def stop_run(run_dir: str | os.PathLike, timeout: float = 60.0) -> str:
     exit; SIGKILL to its whole process group after ``timeout``. Returns the state afterwards. A recorded pid that is
     not this run's trainer (reused by another process) is not signalled: ``RunError`` saying what it is.
 
-    SIGTERM goes to the main process only: DataLoader workers share its process group and die on SIGTERM, which the
-    trainer would report as a failure instead of stopping cleanly; they exit with their parent."""
+    SIGTERM goes to the main process only (its DataLoader workers ignore SIGTERM anyway, ``dataset.worker_init``, so a
+    signal to the whole group, e.g. from torchrun, stops cleanly too); they exit with their parent."""
     run_dir = run_path(run_dir)
     if not is_alive(run_dir):
         state = effective_state(run_dir)

@@ -1,8 +1,15 @@
 """The training loop as an object: a :class:`Trainer` advancing a :class:`TrainState`.
 
 Files it writes (rank 0 only; names in ``bdcore.engine.rundir``): ``status.json`` through a ``StatusWriter``,
-``metrics.jsonl`` (``kind="step"`` every ``log_every`` steps, ``kind="epoch"`` with ``val_*`` at each epoch end),
-``last.pt`` at every epoch end and on stop, ``best.pt`` at the best val IoU.
+``metrics.jsonl`` (``kind="step"`` every ``log_every`` steps, ``kind="epoch"`` at each epoch end, with ``val_*`` every
+``eval_every`` epochs and at the last), ``last.pt`` at every epoch end and on stop, ``best.pt`` at the best val IoU
+(weights only: the optimizer/scheduler/RNG state, needed only to continue, lives in ``last.pt``).
+
+Data: one DataLoader for the whole run, its workers persistent (no respawn per epoch); its batch sampler
+(:class:`EpochBatchSampler`) yields ``(epoch, index)`` pairs, so the epoch reaches the workers' dataset copies.
+Items are raw crops (``SampleSpec(raw=True)``); ``data.device_batch.BatchPrep`` normalises and jitters them on the
+device. Workers ignore SIGTERM/SIGINT (``dataset.worker_init``), so a signal to the whole process group (torchrun,
+SLURM, Ctrl-C) stops the run cleanly instead of killing its workers.
 
 Determinism: the sample order of epoch ``e`` is a pure function of (seed, e) (a seeded ``DistributedSampler`` per
 pass, sliced per rank), datasets get ``set_epoch(e)`` and the global RNGs are re-seeded from (seed, e, rank) at every
@@ -31,7 +38,8 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from bdcore.data.catalog import load_catalog
-from bdcore.data.dataset import SpaceNetSegmentation, build_datasets
+from bdcore.data.dataset import SpaceNetSegmentation, build_datasets, loader_workers, worker_init
+from bdcore.data.device_batch import BatchPrep
 from bdcore.data.split import config_split
 from bdcore.engine.config import RunConfig
 from bdcore.engine.device import DistInfo, all_reduce, make_amp
@@ -155,6 +163,27 @@ def fit_samples_per_tile(train_ds: Dataset, cfg: RunConfig, world: int) -> None:
     train_ds.samples_per_tile = want
 
 
+class EpochBatchSampler:
+    """The batch sampler of the trainer's one DataLoader: the batches given to :meth:`set` for an epoch, as
+    ``(epoch, index)`` pairs when the dataset takes them (persistent workers keep their own copy of the dataset, which
+    ``set_epoch`` in the main process never reaches), else as plain indices."""
+
+    def __init__(self, pairs: bool):
+        self.pairs = pairs
+        self.epoch = 0
+        self.batches: list[list[int]] = []
+
+    def set(self, epoch: int, batches: list[list[int]]) -> None:
+        self.epoch, self.batches = int(epoch), batches
+
+    def __iter__(self):
+        for b in self.batches:
+            yield [(self.epoch, i) for i in b] if self.pairs else list(b)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
 # --------------------------------------------------------------------------------------------------- signals
 class StopFlag:
     """SIGTERM/SIGINT → finish the current step, checkpoint, state ``stopped``. A second SIGINT interrupts."""
@@ -230,6 +259,8 @@ class Trainer:
         self.stopped = False
         self.last_epoch_record: dict = {}
         self._resume_rng: Optional[dict] = None  # RNG state for the rest of a mid-epoch checkpoint's epoch
+        self._train_loader: Optional[DataLoader] = None  # built on first use, kept for the run (persistent workers)
+        self._prep: Optional[BatchPrep] = None
         self._t_start = time.time()
         self._t_saved = time.monotonic()  # last checkpoint write (or the start), for checkpoint_minutes
 
@@ -339,14 +370,25 @@ class Trainer:
         return self.state.elapsed + time.time() - self._t_start
 
     def _loader(self) -> DataLoader:
-        """The rest of this epoch's batches (a resumed epoch skips those its checkpoint covers)."""
+        """The run's DataLoader, set to the rest of this epoch's batches (a resumed epoch skips those its
+        checkpoint covers)."""
         cfg, s, rank = self.cfg, self.state, self.dist.rank
         batches = epoch_batches(self.n_train, cfg.batch_size, self.steps, cfg.seed, s.epoch, rank,
                                 self.dist.world)[s.epoch_step:]
-        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + s.epoch * 7 + rank)
-        return DataLoader(self.train_ds, batch_sampler=batches, num_workers=cfg.workers,
-                          pin_memory=self.device.type == "cuda", generator=gen, persistent_workers=False,
-                          prefetch_factor=4 if cfg.workers > 0 else None)
+        if self._train_loader is None:
+            self._train_loader = self._make_loader()
+        self._train_loader.batch_sampler.set(s.epoch, batches)
+        self._train_loader.generator.manual_seed(cfg.seed * 1_000_003 + s.epoch * 7 + rank)
+        return self._train_loader
+
+    def _make_loader(self) -> DataLoader:
+        """One DataLoader for the run: persistent workers when the dataset takes ``(epoch, index)`` pairs."""
+        workers = loader_workers(self.cfg.workers, self.device.type)
+        pairs = isinstance(self.train_ds, SpaceNetSegmentation)
+        return DataLoader(self.train_ds, batch_sampler=EpochBatchSampler(pairs), num_workers=workers,
+                          pin_memory=self.device.type == "cuda", generator=torch.Generator(),
+                          worker_init_fn=worker_init if workers > 0 else None,
+                          persistent_workers=workers > 0 and pairs, prefetch_factor=4 if workers > 0 else None)
 
     def _train_epoch(self) -> bool:
         """The epoch's (remaining) steps; True when stopped before its end (``last.pt`` then saved mid-epoch)."""
@@ -393,14 +435,19 @@ class Trainer:
 
     def _step(self, batch: dict) -> tuple[float, int]:
         """One optimisation step on ``batch``: (loss averaged over ranks, images in the step over all ranks)."""
-        x = batch["image"].to(self.device, non_blocking=True)
-        y = batch["mask"].to(self.device, non_blocking=True)
-        if self.device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
+        x, y = self._inputs(batch)
         loss = float(train_step(self.ddp_model, x, y, self.opt, self.sched, self.scaler, self.cfg, self.autocast))
         if self.dist.enabled:
             loss = float(all_reduce(torch.tensor([loss], dtype=torch.float64), self.device).item()) / self.dist.world
         return loss, int(x.shape[0]) * self.dist.world
+
+    def _inputs(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch as model input on the device: raw crops normalised and jittered there (``BatchPrep``)."""
+        if self._prep is None:
+            stats = getattr(self.train_ds, "stats", None)
+            self._prep = BatchPrep(getattr(stats, "lo", None), getattr(stats, "hi", None), self.device,
+                                   channels_last=self.device.type == "cuda")
+        return self._prep(batch)
 
     def _end_epoch(self) -> None:
         """Epoch record (with validation when due), checkpoints, status; the state moves to the next epoch."""
@@ -472,15 +519,15 @@ class Trainer:
         self.state.epoch_time -= now - t_epoch  # _train_epoch adds the whole epoch's time at its end
 
     def _save(self, best_val: Optional[dict]) -> None:
-        """``last.pt`` (rank 0), and ``best.pt`` first with the val metrics when ``best_val`` is given. Every rank
-        calls it (each one's RNG state goes into the checkpoint)."""
+        """``last.pt`` (rank 0); first ``best.pt`` (weights only, with the val metrics) when ``best_val`` is given.
+        Every rank calls it (each one's RNG state goes into the checkpoint)."""
         rng = gather_rng_states(self.dist)
         self._t_saved = time.monotonic()
         if not self.dist.main:
             return
         payload = self.payload(rng)
         if best_val is not None:
-            save_checkpoint(self.run.best, {**payload, "val": best_val})
+            save_checkpoint(self.run.best, best_payload(payload, best_val))
         save_checkpoint(self.run.last, payload)
 
     # ------------------------------------------------------------------------------------------ result
@@ -496,3 +543,13 @@ class Trainer:
         stopped_by = signal.Signals(self.stop.signal).name if self.stop.signal else (
             "stop_at_step" if self.stopped else None)
         return summary, {"state": state, "step": s.step, "stopped_by": stopped_by}
+
+
+# What only continuing a run needs (``last.pt``); ``best.pt`` leaves it out: for a Paris Unet/resnet34 that is the
+# AdamW moments, two thirds of a ~294 MB checkpoint, written and fsynced at every new best.
+RESUME_ONLY_KEYS = ("optimizer", "scheduler", "scaler", "rng", "accumulators")
+
+
+def best_payload(payload: dict, val: dict) -> dict:
+    """The ``best.pt`` contents: ``payload`` without :data:`RESUME_ONLY_KEYS`, with the val metrics."""
+    return {**{k: v for k, v in payload.items() if k not in RESUME_ONLY_KEYS}, "val": val, "weights_only": True}

@@ -195,14 +195,20 @@ class Predictor:
     Build it from a checkpoint (:meth:`from_checkpoint`) or wrap any ``torch.nn.Module`` whose forward maps
     (B, C, H, W) float input in [0, 1] to (B, K, H, W) logits (``Predictor(model, in_channels=3)``), or a
     :data:`Backend` (another runtime, e.g. an exported ONNX model: ``inference.modelfile.onnx_predictor``); either
-    way the windows, padding, flips and blending are this class's."""
+    way the windows, padding, flips and blending are this class's.
+
+    ``channels_last`` (default: on CUDA): the model's weights are converted once, here, and every batch is laid out
+    to match, so cuDNN runs NHWC convolutions without converting per call."""
 
     def __init__(self, model: torch.nn.Module | Backend, in_channels: int, normalization: Normalization | None = None,
-                 device: str = "auto", product: str | None = None, batch_size: int = 4, stride: int = 32):
+                 device: str = "auto", product: str | None = None, batch_size: int = 4, stride: int = 32,
+                 channels_last: bool | None = None):
         self.device = str(resolve_device(device))  # the one device rule (engine.device): a missing GPU is an error
         self.autocast = autocast_for(torch.device(self.device))  # training's mixed-precision dtype (engine.device)
+        self.channels_last = self.device.startswith("cuda") if channels_last is None else bool(channels_last)
         if isinstance(model, torch.nn.Module):
-            self.model = model.to(self.device).eval()
+            fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+            self.model = model.to(self.device).to(memory_format=fmt).eval()
             self.backend: Backend = self._forward
         else:  # a runtime that is not torch (modelfile.OnnxBackend): tensors stay on self.device, it moves them
             self.model, self.backend = None, model
@@ -214,7 +220,7 @@ class Predictor:
 
     @classmethod
     def from_checkpoint(cls, checkpoint: str | os.PathLike, device: str = "auto", batch_size: int = 4,
-                        stats: Any = None) -> "Predictor":
+                        stats: Any = None, channels_last: bool | None = None) -> "Predictor":
         """Load ``checkpoint`` (the file is read once); normalisation from its band stats, else ``stats`` (e.g.
         ``imagery.band_stats`` of the training catalog), else the training catalog's stats when that data is on this
         machine, else per-image percentiles."""
@@ -235,7 +241,7 @@ class Predictor:
         if norm.source == "percentile":
             log.info("%s carries no band statistics: using per-image 2-98%% percentile stretch", checkpoint.name)
         return cls(model, in_channels=cfg.in_channels, normalization=norm, device=device, product=cfg.product,
-                   batch_size=batch_size)
+                   batch_size=batch_size, channels_last=channels_last)
 
     @property
     def runtime(self) -> str:
@@ -269,6 +275,8 @@ class Predictor:
         if ph or pw:  # zero padding bottom/right, as training's validation does (train.forward_padded)
             x = torch.nn.functional.pad(x, (0, pw, 0, ph))
         x = x.to(self.device)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
             if tta:
                 prob = None

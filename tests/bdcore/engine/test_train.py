@@ -222,6 +222,32 @@ def test_checkpoint_minutes_bounds_the_loss_inside_a_long_epoch(tiny_aoi, tmp_pa
     assert _strip(read_metrics(tmp_path / "a")) == _strip(read_metrics(tmp_path / "b"))
 
 
+def test_eval_every_and_weights_only_best_checkpoint(tiny_aoi, tmp_path):
+    """eval_every=2 over 5 epochs: validation on epochs 2, 4 and the last; best.pt holds the weights without the
+    optimizer/scheduler/RNG state (that is last.pt's) and still predicts and evaluates."""
+    import numpy as np
+
+    from bdcore.inference.evaluate import evaluate_checkpoint
+    from bdcore.inference.predictor import Predictor
+
+    cfg = _tiny_cfg(tiny_aoi, epochs=5, steps_per_epoch=1, eval_every=2)
+    (tmp_path / "r").mkdir()
+    cfg.save(tmp_path / "r" / "config.json")  # what a created run folder has (evaluate_checkpoint reads it)
+    train(cfg, tmp_path / "r")
+    epochs = [r for r in read_metrics(tmp_path / "r") if r["kind"] == "epoch"]
+    assert [r["epoch"] for r in epochs if "val_iou" in r] == [2, 4, 5]
+    best, last = load_checkpoint(tmp_path / "r" / "best.pt"), load_checkpoint(tmp_path / "r" / "last.pt")
+    assert not {"optimizer", "scheduler", "scaler", "rng"} & best.keys() and best["weights_only"]
+    assert {"optimizer", "scheduler", "rng"} <= last.keys()
+    assert best["val"]["val_iou"] == max(r["val_iou"] for r in epochs if "val_iou" in r)
+    assert best["band_stats"] == last["band_stats"] and best["config"] == last["config"]
+    pred = Predictor.from_checkpoint(tmp_path / "r" / "best.pt", device="cpu")
+    prob = pred.predict_array(np.full((3, 48, 48), 500, np.uint16))
+    assert prob.shape == (1, 48, 48) and np.isfinite(prob).all()
+    per_tile, summary = evaluate_checkpoint(tmp_path / "r", "best", device="cpu")
+    assert len(per_tile) == 2 and summary["which"] == "best" and per_tile["pixel_iou"].notna().all()
+
+
 def test_fresh_start_over_a_checkpoint_is_refused(tiny_aoi, tmp_path):
     cfg = _tiny_cfg(tiny_aoi, epochs=1, steps_per_epoch=2)
     train(cfg, tmp_path / "r")
@@ -413,3 +439,40 @@ def test_cpu_checkpoint_resumes_on_cuda_with_channels_last_and_amp(tiny_aoi, tmp
     fp16 = autocast_dtype(torch.device("cuda")) == torch.float16
     assert bool(ck["scaler"]) == fp16  # loss scaling exactly where bf16 is not native
     assert json.loads((tmp_path / "status.json").read_text())["device"] == torch.cuda.get_device_name(0)
+
+
+def _torchrun(run: Path, resume: bool = False) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "bdcore.engine.train", "--run-dir", str(run)] + (["--resume"] if resume else [])
+    return subprocess.Popen(cmd, cwd=PROJECT_ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+@pytest.mark.slow
+def test_sigterm_to_torchrun_with_loader_workers_stops_and_resumes_exactly(tiny_aoi, tmp_path):
+    """torchrun stops its ranks with killpg: the DataLoader workers get the SIGTERM too. They ignore it, so the
+    ranks finish the step, save last.pt and end ``stopped``; the resumed run equals one never stopped."""
+    cfg = _tiny_cfg(tiny_aoi, epochs=2, steps_per_epoch=6, batch_size=2, workers=1)
+    straight, run = tmp_path / "straight", tmp_path / "run"
+    for d in (straight, run):
+        d.mkdir()
+        cfg.save(d / "config.json")
+    proc = _torchrun(run)
+    try:
+        _wait_for(lambda: any(r["kind"] == "step" and r["step"] >= 5 for r in read_metrics(run)), 300, proc,
+                  "five steps")
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    status = json.loads((run / "status.json").read_text())
+    assert status["state"] == "stopped" and status["stopped_by"] == "SIGTERM", out.decode()[-3000:]
+    ck = load_checkpoint(run / "last.pt", expect=cfg)
+    assert 5 <= ck["step"] < 12 and ck["step"] == status["step"]
+    for d, resume in ((run, True), (straight, False)):
+        proc = _torchrun(d, resume)
+        out, _ = proc.communicate(timeout=300)
+        assert proc.returncode == 0, out.decode()[-3000:]
+    a, b = load_checkpoint(straight / "last.pt"), load_checkpoint(run / "last.pt")
+    assert b["step"] == 12 and all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert _strip(read_metrics(straight)) == _strip(read_metrics(run))

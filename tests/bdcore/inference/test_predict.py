@@ -444,6 +444,17 @@ def test_checkpoint_is_read_once(uint16_checkpoint, monkeypatch):
     assert reads == [uint16_checkpoint] and pred.normalization.source == "checkpoint"
 
 
+def test_channels_last_predictor_keeps_the_model_in_that_layout(uint16_checkpoint):
+    """channels_last (the CUDA default; asked for here on CPU): weights converted once, same probabilities."""
+    plain = Predictor.from_checkpoint(uint16_checkpoint, device="cpu")
+    nhwc = Predictor.from_checkpoint(uint16_checkpoint, device="cpu", channels_last=True)
+    assert not plain.channels_last and nhwc.channels_last
+    conv = next(m for m in nhwc.model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last) and conv.weight.shape[-1] > 1
+    image = np.random.default_rng(0).integers(100, 1200, (3, 70, 90)).astype(np.uint16)
+    np.testing.assert_allclose(nhwc.predict_array(image), plain.predict_array(image), atol=1e-5)
+
+
 def test_in_range_uint16_input_does_not_warn(uint16_checkpoint, tmp_path, caplog):
     rng = np.random.default_rng(4)
     lo, hi = (133, 283, 251), (938, 1118, 741)
