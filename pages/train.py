@@ -85,7 +85,9 @@ with st.form("run_form"):
         c = st.columns(4)
         steps_per_epoch = c[0].number_input("Steps per epoch (0 = one pass)", 0, 100000, 0, key="f_spe")
         log_every = c[1].number_input("Log every (steps)", 1, 10000, 10, key="f_log")
-        workers = c[2].number_input("Data workers", 0, 32, 2, key="f_workers")
+        workers = c[2].number_input("Data workers", 0, 32, None, key="f_workers", placeholder="auto",
+                                    help="loader processes per training process; empty = auto (the cores on CUDA, "
+                                         "2 on CPU); 0 = load in the training process")
         boundary = c[3].checkbox("Boundary channel", key="f_boundary")
         name = st.text_input("Run name (optional)", key="f_name")
     n_gpus = gpu_count()
@@ -118,7 +120,7 @@ if submitted:
             encoder_weights=chosen_weights, epochs=int(epochs), batch_size=int(batch),
             crop_size=None if crop == "full tile" else int(crop), lr=float(lr), val_fraction=float(val_fraction),
             split=split, seed=int(seed), device=device, gpus=int(gpus), steps_per_epoch=int(steps_per_epoch) or None,
-            log_every=int(log_every), workers=int(workers), boundary=bool(boundary), exclude_bad_labels=exclude_bad,
+            log_every=int(log_every), workers=None if workers is None else int(workers), boundary=bool(boundary), exclude_bad_labels=exclude_bad,
         )
         # an unlabelled folder or a bad labels file is refused now, not in the detached trainer
         res = runs.start_run(cfg, name=name.strip() or None, catalog=catalog,
