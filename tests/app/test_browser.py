@@ -280,6 +280,8 @@ def test_train_stop_resume_review_predict(server, page):
     bad = server["runs"] / "not-a-tiff.tif"
     bad.write_text("hello")
     page.locator('input[type="file"]').set_input_files(str(bad))
+    page.get_by_text("not-a-tiff.tif").first.wait_for(timeout=60000)  # the upload reached the app before the click
+    _wait(lambda: page.locator('[data-testid="stStatusWidget"]').count() == 0, 60, "the upload's rerun")
     page.get_by_role("button", name="Run prediction").click()
     page.locator('[data-testid="stAlertContentError"]').first.wait_for(timeout=60000)
     assert "not-a-tiff" in page.locator('[data-testid="stAlertContentError"]').first.inner_text()
