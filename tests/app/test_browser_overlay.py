@@ -120,3 +120,28 @@ def test_review_tile_map_image_layers_and_popup(server, browser):
         assert fp not in left and left.get(tp, 0) == n["TP"] and left.get(fn, 0) == n["FN"], left
     finally:
         page.close()
+
+
+def test_predict_map_shows_the_image_under_the_predictions(server, browser):
+    page = browser.new_page(viewport={"width": 1400, "height": 1600})
+    try:
+        page.goto(f"{server}/predict")
+        page.get_by_text("Upload a GeoTIFF").first.wait_for(timeout=90000)
+        page.locator('input[type="file"]').set_input_files(
+            str(VEGAS / "PS-RGB" / "RGB-PanSharpen_AOI_2_Vegas_img1265.tif"))
+        page.get_by_role("button", name="Run prediction").click()
+        found = page.get_by_text("buildings found")
+        found.wait_for(timeout=180000)
+        n = int(found.inner_text().split()[0])
+        page.wait_for_selector('iframe[title="streamlit_folium.st_folium"]', timeout=60000)
+        pred_map = page.frame_locator('iframe[title="streamlit_folium.st_folium"]').first
+        img = pred_map.locator("img.leaflet-image-layer")
+        img.wait_for(timeout=30000)
+        assert img.count() == 1 and img.evaluate("e => e.naturalWidth") == 650
+        counts = _paths_by_colour(pred_map) if n else {}
+        assert counts == ({layers.PREDICTION_COLOR: n} if n else {}), (counts, n)
+        assert_clean(page)
+        if SCREENS is not None:
+            page.screenshot(path=str(SCREENS / "predict_map.png"), full_page=True)
+    finally:
+        page.close()
