@@ -9,7 +9,7 @@ raster) and the buildings as a GeoDataFrame whose status/IoU/confidence come fro
 from __future__ import annotations
 
 import base64
-from typing import Sequence
+from collections.abc import Sequence
 
 import cv2
 import folium

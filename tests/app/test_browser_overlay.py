@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from test_browser import ARGS, CHROMIUM, SCREENS, _streamlit, assert_clean  # noqa: F401  (skips without chromium)
+# the server and browser helpers of test_browser (importing it skips this module without chromium)
+from test_browser import ARGS, CHROMIUM, SCREENS, _streamlit, assert_clean
 
 from bdcore.viz import layers
 

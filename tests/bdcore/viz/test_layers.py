@@ -92,7 +92,7 @@ def test_review_map_layers_colours_and_popups():
     assert table["confidence"].tolist() == ["0.90", "0.60", "0.90", "—"]
     assert table["area"].tolist() == ["20 m²", "30 m²", "21 m²", "40 m²"]
     # each building's colour is its status's: TP green, FP red, FN blue (the overlays' colours)
-    assert layers.STATUS_COLORS["TP"] == "#%02x%02x%02x" % overlays.TP_RGB
+    assert layers.STATUS_COLORS["TP"] == "#{:02x}{:02x}{:02x}".format(*overlays.TP_RGB)
     for status in ("TP", "FP", "FN"):
         assert layers.STATUS_COLORS[status] in html
     assert html.count(".bindPopup(") == 2 and 'let fields = ["status", "IoU", "confidence", "area"];' in html
