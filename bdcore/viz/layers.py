@@ -41,14 +41,17 @@ def png_data_url(rgb: np.ndarray) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.tobytes()).decode("ascii")
 
 
-def image_overlay(rgb: np.ndarray, bounds: Sequence[float], name: str = "image",
-                  opacity: float = 1.0) -> ImageOverlay:
+def image_overlay(rgb: np.ndarray, bounds: Sequence[float], name: str = "image", opacity: float = 1.0,
+                  max_px: int = 2048) -> ImageOverlay:
     """The display image as a Leaflet ImageOverlay stretched over ``bounds`` = (minx, miny, maxx, maxy) in lon/lat.
 
     Leaflet stretches the picture linearly between the corners in Web Mercator: exact for SpaceNet's EPSG:4326
     tiles up to the (sub-pixel, over a tile) lat/Mercator difference, and close enough for any small area; a large
     projected raster is shown in its 4326 bounding box, slightly distorted. Pass a decimated image
-    (``imagery.display_overview``): the PNG travels inside the page."""
+    (``imagery.display_overview``): the PNG travels inside the page; an array longer than ``max_px`` is strided
+    down to it (e.g. the Review page's full tile, when tiles are large)."""
+    step = -(-max(rgb.shape[:2]) // max_px)
+    rgb = rgb[::step, ::step] if step > 1 else rgb
     minx, miny, maxx, maxy = (float(v) for v in bounds)
     return ImageOverlay(png_data_url(rgb), bounds=[[miny, minx], [maxy, maxx]], name=name, opacity=opacity,
                         interactive=False, zindex=1)

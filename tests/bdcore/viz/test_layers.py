@@ -29,6 +29,14 @@ def test_png_data_url_round_trips_the_pixels():
         layers.png_data_url(rgb[..., 0])
 
 
+
+def test_image_overlay_strides_a_long_array_down_to_max_px():
+    rgb = np.zeros((100, 5000, 3), np.uint8)
+    url = layers.image_overlay(rgb, (0, 0, 1, 1), max_px=2048).url
+    png = cv2.imdecode(np.frombuffer(base64.b64decode(url.split(",", 1)[1]), np.uint8), cv2.IMREAD_COLOR)
+    assert png.shape[:2] == (34, 1667)  # every 3rd pixel: 5,000 / 3 <= 2,048
+
+
 @pytest.fixture(scope="module")
 def big_utm_tif(tmp_path_factory):
     """12,000 × 12,000 px, 3 bands, UTM 11N at 0.3 m (sparse, deflate: a few MB on disk, 864 MB as uint16): a
