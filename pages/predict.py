@@ -14,7 +14,7 @@ from bdcore.data import imagery
 from bdcore.data.products import PRODUCTS
 from bdcore.metrics.polygons import DEFAULT_OUTLINE, OUTLINES
 from bdcore.paths import cache_dir
-from bdcore.viz import maps
+from bdcore.viz import layers, maps
 from appkit import USER_ERRORS, checkpoint_choices, current_root, get_catalog, through_app_navigation
 
 through_app_navigation()
@@ -95,6 +95,7 @@ if input_path is not None and st.button("Run prediction", type="primary", key="p
         )
         bar.progress(1.0, text=f"Done in {result.get('seconds', 0):.1f} s")
         st.session_state["predict_result"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in result.items()}
+        st.session_state["predict_result"]["input"] = str(input_path)
     except imagery.PixelBudgetError as exc:
         bar.empty()
         st.error(f"Cannot predict on {name}: {exc.message(fix=BUDGET_FIX)}")
@@ -114,7 +115,12 @@ if result:
     try:
         gdf = gpd.read_file(result["geojson"])
         bounds = maps.bounds_4326(imagery.read_profile(result["mask"]))
-        m = maps.polygons_map(gdf, bounds=bounds if not len(gdf) else None)
+        if bounds is None:  # no CRS: the polygons in pixel-like units, no image
+            m = maps.polygons_map(gdf)
+        else:  # the image as a decimated overview (longest side <= 2048 px, read once), never the full raster
+            if result.get("input") and "overview" not in result:
+                result["overview"] = imagery.display_overview(result["input"])
+            m = layers.prediction_map(result.get("overview"), bounds, gdf, height=460)
         st_folium(m, key=f"predict_map_{result['geojson']}", height=460, use_container_width=True, returned_objects=[])
     except USER_ERRORS as exc:
         st.error(f"Cannot show the predicted polygons: {exc}")

@@ -6,11 +6,11 @@ import streamlit as st
 from streamlit_folium import st_folium
 
 from bdcore.data.catalog import load_catalog
-from bdcore.data.imagery import read_image
+from bdcore.data.imagery import read_image, read_profile
 from bdcore.engine import runs
 from bdcore.inference import evaluate
 from bdcore.metrics.polygons import DEFAULT_OUTLINE, OUTLINES
-from bdcore.viz import maps, overlays
+from bdcore.viz import layers, maps, overlays
 from appkit import USER_ERRORS, through_app_navigation
 
 through_app_navigation()
@@ -120,6 +120,8 @@ try:
     score, image_path = evaluate.review_tile(info.path, which, tile_id, float(threshold), catalog=catalog,
                                              outline=outline)
     views = overlays.review_images(read_image(image_path), score)
+    buildings = evaluate.tile_buildings(score, image_path)  # the same match: status, IoU, confidence per building
+    bounds = maps.bounds_4326(read_profile(image_path))
 except USER_ERRORS as exc:
     st.error(f"Could not show tile {tile_id}: {exc}")
     st.stop()
@@ -133,3 +135,8 @@ cols[1].image(views.truth, caption="ground truth (yellow)", width="stretch")
 cols[2].image(views.prediction, caption=f"prediction > {threshold:.2f} (cyan)", width="stretch")
 d = views.drawn
 cols[3].image(views.matches, caption=f"TP green · FP red · FN blue ({d['tp']} · {d['fp']} · {d['fn']})", width="stretch")
+if bounds is not None:  # a tile without a CRS has no place on a map
+    st.markdown("**On the map** (toggle the layers top right; click a building for its IoU, confidence and area)")
+    st_folium(layers.review_map(views.image, bounds, buildings),
+              key=f"review_tile_map_{run_id}_{which}_{threshold}_{outline}_{tile_id}", height=520,
+              use_container_width=True, returned_objects=[])

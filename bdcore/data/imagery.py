@@ -306,15 +306,34 @@ def _sample_paths(paths: list[str], max_tiles: int) -> list[str]:
     return [paths[i] for i in sorted(set(idx.tolist()))]
 
 
+def read_decimated(path: str | os.PathLike, max_side: int, bands: Sequence[int] | None = None,
+                   error: type[ValueError] = ImageryError) -> tuple[np.ndarray, float | None]:
+    """(C,h,w) array of ``bands`` (1-based, default all) read at reduced resolution (nearest; GDAL uses the file's
+    overviews when it has any), longest side <= ``max_side``, and the nodata value. Never the full raster: memory
+    is that of the small array, whatever the file's size."""
+    with open_geotiff(path, error=error) as src:
+        f = max(1, int(np.ceil(max(src.width, src.height) / max_side)))
+        idx = list(bands) if bands is not None else list(range(1, src.count + 1))
+        shape = (len(idx), max(1, src.height // f), max(1, src.width // f))
+        try:
+            return src.read(idx, out_shape=shape), src.nodata
+        except RasterioError as exc:
+            raise pixel_read_error(path, exc, error) from exc
+
+
+def display_overview(path: str | os.PathLike, max_side: int = 2048, lo: float = 2.0, hi: float = 98.0,
+                     error: type[ValueError] = ImageryError) -> np.ndarray:
+    """The image for a map layer: uint8 (h,w,3) of its first three bands (grey for 1-2 bands), read decimated
+    (:func:`read_decimated`, longest side <= ``max_side``) and stretched by :func:`to_display_rgb`."""
+    with open_geotiff(path, error=error) as src:
+        count = src.count
+    arr, nodata = read_decimated(path, max_side, bands=[1, 2, 3] if count >= 3 else [1], error=error)
+    return to_display_rgb(arr, bands=(0, 1, 2) if len(arr) == 3 else (0, 0, 0), lo=lo, hi=hi, nodata=nodata)
+
+
 def _read_decimated(path: str, max_side: int) -> tuple[np.ndarray, float | None]:
     """Read all bands at reduced resolution (nearest), so stats over many tiles stay cheap."""
-    with open_geotiff(path) as src:
-        f = max(1, int(np.ceil(max(src.width, src.height) / max_side)))
-        shape = (src.count, max(1, src.height // f), max(1, src.width // f))
-        try:
-            return src.read(out_shape=shape), src.nodata
-        except RasterioError as exc:
-            raise pixel_read_error(path, exc) from exc
+    return read_decimated(path, max_side)
 
 
 def _sample_values(paths: list[str], max_side: int) -> list[list[np.ndarray]]:

@@ -269,7 +269,15 @@ def pixel_polygons(gdf, transform: Affine) -> list[Polygon]:
     return out
 
 
+def building_areas_m2(buildings: gpd.GeoDataFrame | None) -> np.ndarray:
+    """Footprint areas in m² (projected to the local UTM zone) of a GeoDataFrame of buildings (no CRS: EPSG:4326)."""
+    if buildings is None or len(buildings) == 0:
+        return np.zeros(0)
+    gdf = buildings if buildings.crs is not None else buildings.set_crs(4326)
+    return gdf.to_crs(gdf.estimate_utm_crs()).area.to_numpy()
+
+
 __all__: Sequence[str] = (
     "LabelError", "read_buildings", "rasterize", "instance_map", "boundary_band", "tile_mask", "pixel_polygons",
-    "feature_list", "geometry_problem",
+    "feature_list", "geometry_problem", "building_areas_m2",
 )

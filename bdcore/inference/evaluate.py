@@ -34,7 +34,7 @@ from bdcore.data.catalog import CatalogError, load_catalog
 from bdcore.data.split import config_split
 from bdcore.engine.config import RunConfig
 from bdcore.inference.normalization import Normalization
-from bdcore.metrics.polygons import DEFAULT_OUTLINE, Outline, check_outline, mask_to_polygons
+from bdcore.metrics.polygons import DEFAULT_OUTLINE, Outline, check_outline, mask_to_polygons, polygons_to_geo
 from bdcore.metrics.scoring import PixelCounts, TileScore, precision_recall_f1
 from bdcore.engine.rundir import RunDir
 from bdcore.progress import Progress
@@ -266,6 +266,21 @@ def review_tile(run_dir: str | os.PathLike, which: str, tile_id: str, threshold:
     prob = load_prediction(run_dir, which, tile_id, normalize=normalize)
     threshold = float(cfg.threshold if threshold is None else threshold)
     return tile_score(prob, tile.image, tile.labels, threshold, min_area, outline), tile.image
+
+
+def tile_buildings(score: TileScore, image_path: str | os.PathLike) -> gpd.GeoDataFrame:
+    """The tile's buildings with their part in ``score``'s match, for a map: ``TileScore.buildings`` (layer, status
+    TP/FP/FN, IoU, confidence) georeferenced with the image's transform, plus ``area`` and ``area_unit`` ("m²" when
+    the image has a CRS, else "px²"); EPSG:4326 when the image has a CRS."""
+    prof = imagery.read_profile(image_path)
+    df = score.buildings()
+    gdf = gpd.GeoDataFrame(df.drop(columns="geometry"), geometry=polygons_to_geo(df["geometry"], prof["transform"]),
+                           crs=prof["crs"])
+    if prof["crs"] is None:
+        gdf["area"], gdf["area_unit"] = gdf["area_px"], "px²"
+        return gdf
+    gdf["area"], gdf["area_unit"] = labels.building_areas_m2(gdf), "m²"
+    return gdf.to_crs("EPSG:4326")
 
 
 def summarize(df: pd.DataFrame) -> dict:

@@ -409,6 +409,28 @@ class TileScore:
     def fn_truth(self) -> list[BaseGeometry]:
         return [self.truth[t] for t in self.match["false_negatives"]]
 
+    def buildings(self) -> pd.DataFrame:
+        """Every building of the tile with its part in the match, one row each (pixel coordinates): ``layer``
+        ("prediction" / "truth"), ``index`` (into ``proposals`` / ``truth``), ``status`` ("TP", "FP", "FN", or
+        "not scored": under ``min_area``), ``iou`` (of the matched pair, else NaN), ``confidence`` (the proposal's;
+        for matched truth its proposal's, else NaN), ``area_px`` and ``geometry``. Read from :attr:`match`: the
+        TP/FP/FN here are the ones :meth:`row` counts; matched truth is "TP" too (a row of the truth layer)."""
+        nan = float("nan")
+        pred_status = {p: ("TP", iou, t) for p, t, iou in self.match["matches"]}
+        pred_status.update({p: ("FP", nan, None) for p in self.match["false_positives"]})
+        truth_status = {t: ("TP", iou, p) for p, t, iou in self.match["matches"]}
+        truth_status.update({t: ("FN", nan, None) for t in self.match["false_negatives"]})
+        rows = []
+        for i, (poly, conf) in enumerate(self.proposals):
+            status, iou, _ = pred_status.get(i, ("not scored", nan, None))
+            rows.append(("prediction", i, status, iou, float(conf), poly))
+        for i, poly in enumerate(self.truth):
+            status, iou, p = truth_status.get(i, ("not scored", nan, None))
+            rows.append(("truth", i, status, iou, nan if p is None else float(self.proposals[p][1]), poly))
+        df = pd.DataFrame(rows, columns=["layer", "index", "status", "iou", "confidence", "geometry"])
+        df.insert(5, "area_px", [float(shapely.area(g)) for g in df["geometry"]])
+        return df
+
     def row(self) -> dict[str, Any]:
         """Pixel IoU/precision/recall/F1 and counts, building TP/FP/FN/precision/recall/F1, ``n_truth``, ``n_pred``.
 

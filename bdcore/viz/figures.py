@@ -10,6 +10,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from bdcore.data.labels import building_areas_m2  # noqa: F401  (re-exported: the Explore page's area figure)
 from bdcore.viz.maps import UNLABELLED, building_counts
 
 if TYPE_CHECKING:
@@ -36,14 +37,6 @@ def sample_label_paths(catalog: gpd.GeoDataFrame, max_tiles: int = 150, seed: in
     if len(rows) > max_tiles:
         rows = rows.sample(max_tiles, random_state=seed)
     return list(rows["labels"]) if len(rows) else []
-
-
-def building_areas_m2(buildings: gpd.GeoDataFrame | None) -> np.ndarray:
-    """Footprint areas in m² (projected to the local UTM zone) of a GeoDataFrame of buildings."""
-    if buildings is None or len(buildings) == 0:
-        return np.zeros(0)
-    gdf = buildings if buildings.crs is not None else buildings.set_crs(4326)
-    return gdf.to_crs(gdf.estimate_utm_crs()).area.to_numpy()
 
 
 def building_area_fig(areas_m2: np.ndarray) -> go.Figure:

@@ -353,3 +353,41 @@ def test_review_exports_onnx_and_offers_the_pair(vegas_small, tmp_path, monkeypa
     mtime = onnx_path.stat().st_mtime_ns
     at.button(key="review_export").click().run()  # the same checkpoint: not exported again
     assert not at.exception and onnx_path.stat().st_mtime_ns == mtime and len(at.get("download_button")) == 1
+
+
+def _map_script(at: AppTest, i: int = -1) -> str:
+    """The Leaflet script of the page's ``i``-th st_folium map (what its iframe runs)."""
+    return json.loads(at.get("component_instance")[i].proto.json_args)["script"]
+
+
+def test_review_and_predict_maps_show_the_image_under_the_building_layers(vegas_small, tmp_path, monkeypatch):
+    """Review: the selected tile's map has the stretched image (PNG overlay), a truth and a prediction layer with one
+    feature per building of the score row, and a layer control; Predict: the image overview under the predictions."""
+    from synth import write_tiny_checkpoint
+
+    from bdcore.engine import runs
+    from bdcore.engine.config import RunConfig
+
+    cfg = RunConfig(data_root=str(vegas_small), encoder="resnet18", encoder_weights=None, crop_size=64)
+    run_dir = runs.create_run(cfg, name="maps", root=tmp_path / "runs")
+    write_tiny_checkpoint(run_dir / "best.pt")
+    monkeypatch.setenv("BDCORE_RUNS_DIR", str(tmp_path / "runs"))
+    at = page("pages/review.py", str(vegas_small)).run()
+    assert not at.exception and not at.error
+    row = at.dataframe[0].value.iloc[0]
+    script = _map_script(at)
+    assert script.count("L.imageOverlay(") == 1 and "data:image/png;base64," in script
+    assert "L.control.layers" in script and '"ground truth"' in script and '"predictions"' in script
+    assert script.count('"status": "FN"') == row["fn"] and script.count('"status": "FP"') == row["fp"]
+    assert script.count('"status": "TP"') == 2 * row["tp"]  # a matched pair: in both layers
+
+    at = page("pages/predict.py", str(vegas_small)).run()
+    at.radio(key="predict_source").set_value("Catalog tile").run()
+    at.selectbox(key="predict_device").set_value("cpu")
+    at.button(key="predict_go").click().run()
+    assert not at.exception and not at.error
+    res = at.session_state["predict_result"]
+    script = _map_script(at)
+    assert script.count("L.imageOverlay(") == 1 and '"predictions"' in script
+    assert script.count('"status": "predicted"') == res["n_buildings"]
+    assert res["overview"].shape[:2] == (res["height"], res["width"])  # a small tile: under 2048 px, read whole

@@ -259,3 +259,38 @@ def test_checkpoints_of_run_folders(short_run, tmp_path):
     assert E.available_checkpoints(tmp_path) == []
     assert E.checkpoints_of([run_dir, tmp_path]) == {"evalrun · best.pt": run_dir / "best.pt",
                                                      "evalrun · last.pt": run_dir / "last.pt"}
+
+
+def test_tile_buildings_carry_the_scorers_match_on_a_real_vegas_tile(vegas_small):
+    """Every building of a scored tile, for the map: TP/FP/FN counts are the score row's, each matched pair's IoU is
+    the scorer's (and the IoU of the two polygons), confidences are the proposals', areas in m²."""
+    import shapely
+
+    from bdcore.data import labels
+    from bdcore.data.catalog import load_catalog
+
+    row = load_catalog(vegas_small).loc["img1265"]
+    img, lab = row["PS-RGB"], row["labels"]
+    prob = labels.tile_mask(img, lab)[0].astype(np.float32) * 0.9
+    prob[:, 400:] = 0.0  # the right part missed: false negatives
+    prob[5:40, 5:40] = 0.7  # a made-up building: a false positive
+    score = E.tile_score(prob[None], img, lab, outline="orthogonal")
+    b = E.tile_buildings(score, img)
+    r = score.row()
+    assert min(r["tp"], r["fp"], r["fn"]) >= 1
+    pred, truth = b[b["layer"] == "prediction"], b[b["layer"] == "truth"]
+    assert (pred["status"] == "TP").sum() == (truth["status"] == "TP").sum() == r["tp"]
+    assert (pred["status"] == "FP").sum() == r["fp"] and (truth["status"] == "FN").sum() == r["fn"]
+    assert len(pred) == r["n_pred"] and len(truth) == r["n_truth"] == 49 and b.crs == "EPSG:4326"
+    for p, t, iou in score.match["matches"]:
+        assert pred.loc[pred["index"] == p, "iou"].item() == iou == truth.loc[truth["index"] == t, "iou"].item()
+        a, c = score.proposals[p][0], score.truth[t]
+        assert iou == pytest.approx(shapely.area(a.intersection(c)) / shapely.area(a.union(c)), rel=1e-9)
+        assert truth.loc[truth["index"] == t, "confidence"].item() == score.proposals[p][1]
+    assert pred["confidence"].tolist() == [c for _, c in score.proposals]
+    assert pred.loc[pred["status"] == "FP", "iou"].isna().all() and truth.loc[truth["status"] == "FN", "iou"].isna().all()
+    # truth areas: the labels file's footprints in m² (~0.27 m pixels: one px² is the same ~0.07 m² for each)
+    want = labels.building_areas_m2(labels.read_buildings(lab))
+    assert np.allclose(truth["area"].to_numpy(), want, rtol=1e-6) and set(b["area_unit"]) == {"m²"}
+    ratio = (truth["area"] / truth["area_px"]).to_numpy()
+    assert 0.06 < ratio.min() and ratio.max() < 0.08 and np.ptp(ratio) < 0.001

@@ -210,6 +210,23 @@ def test_tile_score_row_and_picture_lists():
     assert (empty["pixel_iou"], empty["pixel_f1"], empty["precision"], empty["recall"], empty["f1"]) == (1.0,) * 5
 
 
+
+def test_tile_score_buildings_one_row_per_building_with_its_match():
+    """Matched pair: TP on both sides with the pair's IoU (and the proposal's confidence on the truth row); an
+    unmatched proposal FP, an unmatched truth FN, a truth under min_area "not scored"."""
+    truth = [box(0, 0, 10, 10), box(50, 50, 60, 60), box(80, 80, 82, 82)]  # the last: 4 px² < min_area
+    props = [(box(20, 20, 30, 30), 0.8), (box(0, 0, 10, 8), 0.9)]  # IoU of the second with truth 0: 80/100
+    score = TileScore.of(np.zeros((90, 90), bool), np.zeros((90, 90), bool), truth, props)
+    b = score.buildings()
+    assert b[["layer", "index", "status"]].values.tolist() == [
+        ["prediction", 0, "FP"], ["prediction", 1, "TP"], ["truth", 0, "TP"], ["truth", 1, "FN"],
+        ["truth", 2, "not scored"]]
+    assert b["iou"].tolist()[1:3] == [0.8, 0.8] and b["iou"].iloc[[0, 3, 4]].isna().all()
+    assert b["confidence"].tolist()[:3] == [0.8, 0.9, 0.9] and b["confidence"].iloc[3:].isna().all()
+    assert b["area_px"].tolist() == [100.0, 80.0, 100.0, 100.0, 4.0]
+    row = score.row()
+    assert (row["tp"], row["fp"], row["fn"]) == (1, 1, 1)
+
 def test_score_spacenet_images_only_in_one_file():
     truth = pd.DataFrame({
         "ImageId": ["AOI_1_X_img1", "AOI_1_X_img2", "AOI_1_X_img3"],
