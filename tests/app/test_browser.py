@@ -206,6 +206,7 @@ def _select(pg, label: str, option: str) -> None:
 
 def _number(pg, label: str, value) -> None:
     inp = pg.get_by_label(label, exact=True)
+    _wait(lambda: inp.count() == 1, 60, f"one {label!r} field (a rerun's stale copy gone)")
     inp.fill(str(value))
     inp.press("Tab")
 
@@ -488,6 +489,11 @@ def test_predict_cancel_stops_the_run_and_leaves_nothing(_isolated_dirs, browser
                        compress="deflate") as dst:
         dst.write(np.full((3, 4096, 4096), 500, np.uint16))
     predictions = Path(os.environ["BDCORE_CACHE_DIR"]) / "predictions"
+    earlier = {p for p in predictions.rglob("*") if p.is_file()}  # other tests' predictions share the cache
+
+    def scene_files() -> list[Path]:
+        return [p for p in predictions.rglob("*") if p.is_file() and p not in earlier]
+
     with _streamlit(runs_dir, _isolated_dirs / "cancel.log") as url:
         pg = browser.new_page(viewport={"width": 1400, "height": 1200})
         try:
@@ -506,9 +512,9 @@ def test_predict_cancel_stops_the_run_and_leaves_nothing(_isolated_dirs, browser
             assert pg.get_by_text("buildings found").count() == 0
             assert_clean(pg)
             deadline = time.time() + 30  # the stopped run's clean-up happens in the server's script thread
-            while [p for p in predictions.rglob("*") if p.is_file()] and time.time() < deadline:
+            while scene_files() and time.time() < deadline:
                 time.sleep(0.2)
-            assert [p for p in predictions.rglob("*") if p.is_file()] == []
+            assert scene_files() == []
             shot(pg, "predict_cancelled")
         finally:
             pg.close()
