@@ -11,9 +11,11 @@ buildings that (nearly) touch. A later step can subtract it from the footprint t
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -29,7 +31,9 @@ from shapely import affinity
 from shapely.geometry import MultiPolygon, Polygon, shape
 from shapely.geometry.base import BaseGeometry
 
+from bdcore.atomic import StagedFiles
 from bdcore.data.imagery import read_profile
+from bdcore.paths import cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -273,3 +277,90 @@ __all__: Sequence[str] = (
     "LabelError", "read_buildings", "rasterize", "instance_map", "boundary_band", "tile_mask", "pixel_polygons",
     "feature_list", "geometry_problem",
 )
+
+
+# ------------------------------------------------------------------------------------ every building of an AOI
+
+AOI_BUILDINGS_VERSION = 1
+COORD_DECIMALS = 6  # 1e-6 deg ~ 0.1 m: far below a pixel (0.3 m), and ~40 % fewer bytes than full floats
+
+
+@dataclass(frozen=True)
+class AoiBuildings:
+    """Every building of a catalog in EPSG:4326, ready to draw: ``geojson`` is the FeatureCollection text (one
+    Feature per building, properties ``{}``, coordinates rounded to ``COORD_DECIMALS``), ``centroids`` (N, 2)
+    lon/lat in the same order, ``skipped`` the labels files left out (path -> reason)."""
+
+    geojson: str
+    centroids: np.ndarray
+    skipped: dict[str, str] = field(default_factory=dict)
+    from_cache: bool = False
+
+    @property
+    def count(self) -> int:
+        return int(len(self.centroids))
+
+
+def _labels_paths(catalog) -> list[str]:
+    if "labels" not in catalog:
+        return []
+    return sorted({str(p) for p in catalog["labels"].tolist() if isinstance(p, str) and p})
+
+
+def _buildings_key(paths: list[str]) -> str:
+    """Digest of the labels files' paths, sizes and mtimes: any edit, addition or removal gives a new key."""
+    h = hashlib.sha1(f"v{AOI_BUILDINGS_VERSION}".encode())
+    for p in paths:
+        try:
+            st = os.stat(p)
+            h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        except OSError:
+            h.update(f"{p}\0missing\n".encode())
+    return h.hexdigest()[:20]
+
+
+def _round(geoms: np.ndarray) -> np.ndarray:
+    return shapely.transform(geoms, lambda c: np.round(c, COORD_DECIMALS))
+
+
+def _collect(paths: list[str]) -> AoiBuildings:
+    parts, skipped = [], {}
+    for p in paths:
+        try:
+            parts.append(np.asarray(read_buildings(p).geometry.values))
+        except LabelError as exc:
+            skipped[p] = str(exc)
+    geoms = _round(np.concatenate(parts)) if parts else np.empty(0, dtype=object)
+    centroids = shapely.get_coordinates(shapely.centroid(geoms)) if len(geoms) else np.zeros((0, 2))
+    feats = ",".join('{"type":"Feature","properties":{},"geometry":' + g + "}" for g in shapely.to_geojson(geoms))
+    return AoiBuildings('{"type":"FeatureCollection","features":[' + feats + "]}", centroids, skipped)
+
+
+def aoi_buildings(catalog, refresh: bool = False) -> AoiBuildings:
+    """Every building of ``catalog``'s labels files (read with :func:`read_buildings`, EPSG:4326), read once and
+    cached under ``cache_dir()/buildings/`` keyed on the files' paths, sizes and mtimes (``from_cache`` says which).
+
+    Unreadable labels files are left out and listed in ``skipped`` (their tiles keep their outlines elsewhere);
+    an unreadable cache is rebuilt."""
+    paths = _labels_paths(catalog)
+    folder = cache_dir() / "buildings"
+    key = _buildings_key(paths)
+    files = {k: folder / f"{key}.{k}" for k in ("geojson", "npy", "json")}
+    if not refresh and all(f.is_file() for f in files.values()):
+        try:
+            meta = json.loads(files["json"].read_text())
+            return AoiBuildings(files["geojson"].read_text(), np.load(files["npy"]), meta["skipped"], True)
+        except (OSError, ValueError, KeyError) as exc:
+            log.warning("buildings cache %s unreadable (%s); rebuilding", files["json"], exc)
+    out = _collect(paths)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with StagedFiles() as staged:
+            staged.path(files["geojson"]).write_text(out.geojson)
+            with open(staged.path(files["npy"]), "wb") as f:
+                np.save(f, out.centroids)
+            staged.path(files["json"]).write_text(json.dumps({"count": out.count, "skipped": out.skipped}))
+            staged.commit()
+    except OSError as exc:
+        log.warning("could not write the buildings cache in %s (%s); continuing uncached", folder, exc)
+    return out
