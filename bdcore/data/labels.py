@@ -329,7 +329,7 @@ def _collect(paths: list[str]) -> AoiBuildings:
         try:
             parts.append(np.asarray(read_buildings(p).geometry.values))
         except LabelError as exc:
-            skipped[p] = str(exc)
+            skipped[p] = str(exc).removeprefix(f"{p}: ")  # path -> reason, as catalog.label_problems
     geoms = _round(np.concatenate(parts)) if parts else np.empty(0, dtype=object)
     centroids = shapely.get_coordinates(shapely.centroid(geoms)) if len(geoms) else np.zeros((0, 2))
     feats = ",".join('{"type":"Feature","properties":{},"geometry":' + g + "}" for g in shapely.to_geojson(geoms))

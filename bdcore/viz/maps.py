@@ -293,9 +293,11 @@ def density_geojson(centroids: np.ndarray, cells: int = DENSITY_CELLS) -> tuple[
     return json.dumps({"type": "FeatureCollection", "features": feats}, separators=(",", ":")), side * 111_320
 
 
-def buildings_layer(buildings, max_drawn: int = MAX_DRAWN_BUILDINGS) -> BuildingsLayer:
+def buildings_layer(buildings, max_drawn: int | None = None) -> BuildingsLayer:
     """The layer for ``buildings`` (a ``labels.AoiBuildings``: ``geojson``, ``centroids``, ``count``): outlines up to
-    ``max_drawn`` buildings, else a density grid; ``.mode`` and ``.message`` say which (the page shows it)."""
+    ``max_drawn`` (default ``MAX_DRAWN_BUILDINGS``) buildings, else a density grid; ``.mode`` and ``.message`` say
+    which (the page shows it)."""
+    max_drawn = MAX_DRAWN_BUILDINGS if max_drawn is None else max_drawn
     n = buildings.count
     if n <= max_drawn:
         return BuildingsLayer(buildings.geojson, "outlines", n, f"{n:,} buildings drawn as outlines.")
