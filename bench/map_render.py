@@ -8,7 +8,8 @@
   once under the draw budget (outlines) and once above it (``--fallback-buildings``, ~150,000 like Vegas: the
   density grid). ``cold_s``: first read of the labels files into the cache; ``server_s``: cached buildings ->
   layer -> full HTML (tiles + buildings), what each page view pays; ``browser_s``: until the canvas has painted
-  every feature (``window.__bdcoreDrawn``).
+  every feature (``window.__bdcoreDrawn``). ``st_folium_s``: the app's path instead of the full HTML (cached
+  buildings -> layer -> the script streamlit-folium sends).
 
 Usage: python bench/map_render.py [--index PATH] [--repeat 3] [--buildings 25000] [--fallback-buildings 150000]
 """
@@ -16,6 +17,7 @@ Usage: python bench/map_render.py [--index PATH] [--repeat 3] [--buildings 25000
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import re
 import tempfile
@@ -116,6 +118,14 @@ def buildings_case(b, tiles, n: int, tmp: Path, static: Path, repeat: int,
         layer.add_to(m)
         html = map_html(m)
         builds.append(time.perf_counter() - t0)
+    app = []  # the app's own path: st_folium sends the map's script, not folium's full page
+    get_script = getattr(importlib.import_module("streamlit_folium"), "_get_map_string", None)
+    for _ in range(repeat if get_script else 0):
+        t0 = time.perf_counter()
+        m = tile_map(cat)
+        buildings_layer(aoi_buildings(cat), max_drawn).add_to(m)
+        get_script(m)
+        app.append(time.perf_counter() - t0)
     page = local_page(html, tmp, static, f"buildings_{n}.html")
     times = browser_times(b, page, f"window.__bdcoreDrawn !== undefined", repeat)
     pg = b.new_page(viewport={"width": 1200, "height": 800})
@@ -127,6 +137,7 @@ def buildings_case(b, tiles, n: int, tmp: Path, static: Path, repeat: int,
     return {"synthetic": True, "tiles": len(cat), "buildings": first.count, "mode": layer.mode,
             "features_drawn": drawn, "html_bytes": len(html), "cold_s": round(cold, 3),
             "server_s": round(min(builds), 3), "server_s_all": [round(x, 3) for x in builds],
+            "st_folium_s": round(min(app), 3) if app else None,
             "browser_s": round(min(times), 3), "browser_s_all": [round(x, 3) for x in times],
             "max_drawn": max_drawn, "ok": min(builds) < 1.0 and min(times) < 2.0}
 

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -289,12 +290,19 @@ COORD_DECIMALS = 6  # 1e-6 deg ~ 0.1 m: far below a pixel (0.3 m), and ~40 % few
 class AoiBuildings:
     """Every building of a catalog in EPSG:4326, ready to draw: ``geojson`` is the FeatureCollection text (one
     Feature per building, properties ``{}``, coordinates rounded to ``COORD_DECIMALS``), ``centroids`` (N, 2)
-    lon/lat in the same order, ``skipped`` the labels files left out (path -> reason)."""
+    lon/lat in the same order, ``skipped`` the labels files left out (path -> reason).
 
-    geojson: str
+    ``source`` is that text, or the cache file holding it: read only when ``geojson`` is first used (a density view
+    needs only the centroids; Vegas' text is ~28 MB)."""
+
+    source: str | Path
     centroids: np.ndarray
     skipped: dict[str, str] = field(default_factory=dict)
     from_cache: bool = False
+
+    @cached_property
+    def geojson(self) -> str:
+        return self.source.read_text() if isinstance(self.source, Path) else self.source
 
     @property
     def count(self) -> int:
@@ -349,7 +357,7 @@ def aoi_buildings(catalog, refresh: bool = False) -> AoiBuildings:
     if not refresh and all(f.is_file() for f in files.values()):
         try:
             meta = json.loads(files["json"].read_text())
-            return AoiBuildings(files["geojson"].read_text(), np.load(files["npy"]), meta["skipped"], True)
+            return AoiBuildings(files["geojson"], np.load(files["npy"]), meta["skipped"], True)
         except (OSError, ValueError, KeyError) as exc:
             log.warning("buildings cache %s unreadable (%s); rebuilding", files["json"], exc)
     out = _collect(paths)
