@@ -232,7 +232,7 @@ def tile_from_tooltip(text: str | None, tile_ids: Iterable[str]) -> str | None:
 # Above this many buildings the map draws a density grid instead of outlines. Chromium (canvas renderer, headless,
 # 2 shared cores, bench/map_render.py, 1,148 tiles + synthetic buildings) drew 25k in 0.87 s, 50k in 1.3-1.4 s, 100k in
 # 3.0 s, 150k in 4.4 s; the server part (cached buildings -> HTML) took 0.36 / 0.65 / 1.2 / 1.75 s.
-MAX_DRAWN_BUILDINGS = 50_000
+MAX_DRAWN_BUILDINGS = 40_000  # 50k fits 2 s on an idle machine only; 25k took 0.96-1.87 s loaded
 DENSITY_CELLS = 64  # density grid cells along the AOI's longer side
 BUILDINGS_PANE = "bdcoreBuildings"
 
