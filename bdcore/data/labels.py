@@ -115,16 +115,21 @@ def geometry_problem(feat: Any) -> str | None:
     return None
 
 
-def read_buildings(path: str | os.PathLike, crs: str | CRS | None = "EPSG:4326", on_invalid: str = "repair") -> gpd.GeoDataFrame:
+def read_buildings(path: str | os.PathLike, crs: str | CRS | None = "EPSG:4326", on_invalid: str = "repair",
+                   bad_features: str = "raise") -> gpd.GeoDataFrame:
     """Read a SpaceNet buildings GeoJSON as 2-D (Multi)Polygons in ``crs`` (None = keep the file's CRS).
 
     Columns: the feature properties, ``feature_index`` (position in the file) and ``geometry``. Features with a null
     or empty geometry are dropped. Invalid polygons: ``on_invalid="repair"`` applies ``make_valid`` and keeps the
     polygonal part (a feature with no area left is dropped with a warning); ``on_invalid="raise"`` raises LabelError
-    naming the file and the feature index. Non-polygon geometries and unreadable files raise LabelError."""
+    naming the file and the feature index. Non-polygon geometries and unreadable files raise LabelError; with
+    ``bad_features="skip"`` the features :func:`geometry_problem` rejects are left out instead (the buildings the
+    catalog counts: what a map of every building draws)."""
     path = Path(path)
     if on_invalid not in ("repair", "raise"):
         raise ValueError(f"on_invalid must be 'repair' or 'raise', got {on_invalid!r}")
+    if bad_features not in ("raise", "skip"):
+        raise ValueError(f"bad_features must be 'raise' or 'skip', got {bad_features!r}")
     try:
         fc = json.loads(path.read_bytes())
     except FileNotFoundError as exc:
@@ -142,6 +147,8 @@ def read_buildings(path: str | os.PathLike, crs: str | CRS | None = "EPSG:4326",
     geoms: list[BaseGeometry] = []
     rows: list[dict] = []
     for i, feat in enumerate(feats):
+        if bad_features == "skip" and geometry_problem(feat):
+            continue
         if not isinstance(feat, dict):
             raise LabelError(f"{path}: feature {i} is not a GeoJSON Feature object")
         gj = feat.get("geometry")
@@ -335,7 +342,7 @@ def _collect(paths: list[str]) -> AoiBuildings:
     parts, skipped = [], {}
     for p in paths:
         try:
-            parts.append(np.asarray(read_buildings(p).geometry.values))
+            parts.append(np.asarray(read_buildings(p, bad_features="skip").geometry.values))
         except LabelError as exc:
             skipped[p] = str(exc).removeprefix(f"{p}: ")  # path -> reason, as catalog.label_problems
     geoms = _round(np.concatenate(parts)) if parts else np.empty(0, dtype=object)

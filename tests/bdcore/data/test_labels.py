@@ -334,3 +334,20 @@ def test_aoi_buildings_cache_reused_and_invalidated(tmp_path):
     broken = aoi_buildings(cat)
     assert broken.count == 1 and list(broken.skipped) == [paths[0]] and "not readable GeoJSON" in broken.skipped[paths[0]]
     assert aoi_buildings(cat).skipped == broken.skipped  # the cache keeps what was left out
+
+
+def test_aoi_buildings_keeps_the_polygons_of_a_file_with_a_point(tmp_path):
+    """A Point in a labels file: its buildings are still drawn (as the catalog counts them), only the Point is not."""
+    from bdcore.data.catalog import load_catalog
+    from bdcore.data.labels import aoi_buildings
+
+    aoi = make_aoi(tmp_path / "a", n_tiles=2)
+    t = aoi.tiles[0]
+    fc = json.loads(t.labels.read_text())
+    fc["features"].insert(1, {"type": "Feature", "properties": {}, "geometry": {"type": "Point", "coordinates": [2.35, 48.86]}})
+    t.labels.write_text(json.dumps(fc))
+    with pytest.raises(LabelError, match="feature 1 is a Point"):
+        read_buildings(t.labels)
+    cat = load_catalog(aoi.root)
+    out = aoi_buildings(cat)
+    assert out.count == int(cat["n_buildings"].sum()) == aoi.n_buildings and not out.skipped
