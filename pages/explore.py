@@ -26,7 +26,7 @@ if summary["unlabelled"]:
             "their building count is unknown, not zero. They can be viewed and predicted on; training and "
             "evaluation use only labelled tiles.")
 
-c1, c2, c3, c4, c5, c6 = st.columns([1.3, 0.8, 0.8, 0.8, 0.8, 1.4])
+c1, c2, c3, c4, c5, c6 = st.columns([1.3, 0.8, 0.8, 0.8, 0.8, 1])
 color_by = c1.radio("Colour tiles by", ["building count", "train/val split"], horizontal=True, key="explore_color")
 no_split = color_by != "train/val split"
 # The same settings as the Train form: the colours are the split a run with them trains and is evaluated on.
