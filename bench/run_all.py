@@ -167,8 +167,10 @@ def buildings_rows(r: dict | None) -> list[tuple[str, str, str, str]]:
     """The 'Show every building' rows of map_render (synthetic AOI: outlines, and the density fallback)."""
     if not r:
         return []
-    how = "outlines" if r["mode"] == "outlines" else f"density grid ({r['features_drawn']:,} cells; budget {r['max_drawn']:,})"
-    return [(f"Explore map, every building: {r['buildings']:,} synthetic buildings on {r['tiles']:,} tiles drawn as {how}: "
+    how = ("outlines" if r["mode"] == "outlines"
+           else f"density grid ({r['features_drawn']:,} cells; budget {r['max_drawn']:,})")
+    return [(f"Explore map, every building: {r['buildings']:,} synthetic buildings on {r['tiles']:,} tiles drawn as "
+             f"{how}: "
              "server (cached buildings → HTML) / browser until the canvas has drawn them",
              f"**{r['server_s']} s** / **{r['browser_s']} s** (first read of the labels {r['cold_s']} s)",
              "< 1 s / < 2 s", _met(r["server_s"] < 1.0 and r["browser_s"] < 2.0))]

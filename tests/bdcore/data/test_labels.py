@@ -332,7 +332,8 @@ def test_aoi_buildings_cache_reused_and_invalidated(tmp_path):
     assert (changed.from_cache, changed.count) == (False, 3)
     (tmp_path / "buildings_0.geojson").write_text("{not json")  # a broken file: left out and named, nothing lost
     broken = aoi_buildings(cat)
-    assert broken.count == 1 and list(broken.skipped) == [paths[0]] and "not readable GeoJSON" in broken.skipped[paths[0]]
+    assert broken.count == 1 and list(broken.skipped) == [paths[0]]
+    assert "not readable GeoJSON" in broken.skipped[paths[0]]
     assert aoi_buildings(cat).skipped == broken.skipped  # the cache keeps what was left out
 
 
@@ -344,10 +345,23 @@ def test_aoi_buildings_keeps_the_polygons_of_a_file_with_a_point(tmp_path):
     aoi = make_aoi(tmp_path / "a", n_tiles=2)
     t = aoi.tiles[0]
     fc = json.loads(t.labels.read_text())
-    fc["features"].insert(1, {"type": "Feature", "properties": {}, "geometry": {"type": "Point", "coordinates": [2.35, 48.86]}})
+    point = {"type": "Point", "coordinates": [2.35, 48.86]}
+    fc["features"].insert(1, {"type": "Feature", "properties": {}, "geometry": point})
     t.labels.write_text(json.dumps(fc))
     with pytest.raises(LabelError, match="feature 1 is a Point"):
         read_buildings(t.labels)
     cat = load_catalog(aoi.root)
     out = aoi_buildings(cat)
     assert out.count == int(cat["n_buildings"].sum()) == aoi.n_buildings and not out.skipped
+
+
+def test_aoi_buildings_of_the_real_vegas_sample(vegas_root):
+    from bdcore.data.catalog import load_catalog
+    from bdcore.data.labels import aoi_buildings
+
+    cat = load_catalog(vegas_root)
+    out = aoi_buildings(cat)
+    assert out.count == int(cat["n_buildings"].sum()) > 0 and not out.skipped
+    lon, lat = out.centroids.T
+    minx, miny, maxx, maxy = cat.total_bounds
+    assert (minx <= lon).all() and (lon <= maxx).all() and (miny <= lat).all() and (lat <= maxy).all()
