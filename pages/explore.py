@@ -8,7 +8,7 @@ import streamlit as st
 from streamlit_folium import st_folium
 
 from bdcore.data import imagery, labels
-from bdcore.data.catalog import product_path
+from bdcore.data.catalog import describe_label_problems, product_path
 from bdcore.data.catalog import summary as catalog_summary
 from bdcore.data.products import DEFAULT_PRODUCT, PRODUCTS
 from bdcore.data.split import run_split
@@ -36,6 +36,20 @@ val_fraction = c3.number_input("Val fraction", 0.05, 0.9, 0.2, 0.05, disabled=no
 method = c4.selectbox("Split method", ["random", "blocked"], disabled=no_split, key="explore_split")
 seed = c5.number_input("Seed", 0, 2**31 - 1, 0, disabled=no_split, key="explore_seed")
 osm = c6.toggle("OpenStreetMap base map", value=False, help="Needs the internet; off by default")
+every = c6.toggle("Show every building", value=False, key="explore_every",
+                  help="All buildings of the AOI over the tiles: outlines, or a density grid above "
+                       f"{maps.MAX_DRAWN_BUILDINGS:,} buildings")
+buildings_layer = None
+if every:
+    try:
+        with st.spinner("Reading every building (once per labels version)…"):
+            aoi = labels.aoi_buildings(catalog)
+        buildings_layer = maps.buildings_layer(aoi)
+        (st.info if buildings_layer.mode == "density" else st.caption)(buildings_layer.message)
+        if aoi.skipped:
+            st.warning("Left out of the buildings layer: " + describe_label_problems(aoi.skipped))
+    except USER_ERRORS as exc:
+        st.error(f"Could not read the buildings: {exc}")
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
@@ -96,9 +110,11 @@ def tile_panel() -> None:
     buildings = preview[2] if preview else None
 
     m = maps.tile_map(catalog, color_by="split" if splits is not None else "n_buildings", splits=splits, osm=osm)
+    if buildings_layer is not None:
+        buildings_layer.add_to(m)
     out = st_folium(
         m,
-        key=f"explore_map_{root}_{color_by}_{osm}",
+        key=f"explore_map_{root}_{color_by}_{osm}_{buildings_layer is not None}",
         height=460,
         use_container_width=True,
         feature_group_to_add=maps.selection_layer(row.geometry, buildings),

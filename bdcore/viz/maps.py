@@ -4,6 +4,7 @@ resolves to. Unlabelled tiles (``n_buildings`` NA: no labels file) are grey with
 
 from __future__ import annotations
 
+import json
 from typing import Iterable, Mapping, Sequence
 
 import folium
@@ -224,3 +225,83 @@ def tile_from_tooltip(text: str | None, tile_ids: Iterable[str]) -> str | None:
         if tok in ids:
             return tok
     return None
+
+
+# ------------------------------------------------------------------------------- every building of the AOI
+
+# Above this many buildings the map draws a density grid instead of outlines. Chromium (canvas renderer, headless,
+# 2 shared cores, bench/map_render.py, 1,148 tiles + synthetic buildings) drew 25k in 0.87 s, 50k in 1.3-1.4 s, 100k in
+# 3.0 s, 150k in 4.4 s; the server part (cached buildings -> HTML) took 0.36 / 0.65 / 1.2 / 1.75 s.
+MAX_DRAWN_BUILDINGS = 40_000  # 50k fits 2 s on an idle machine only; 25k took 0.96-1.87 s loaded
+DENSITY_CELLS = 64  # density grid cells along the AOI's longer side
+BUILDINGS_PANE = "bdcoreBuildings"
+
+
+class BuildingsLayer(folium.MacroElement):
+    """Every building as ONE ``L.geoJSON`` layer on a canvas renderer, in its own pane that lets clicks through to
+    the tile footprints (which stay SVG). The GeoJSON text is embedded as is (no re-serialisation). Once the layer
+    is added and the canvas has painted, the page's ``window.__bdcoreDrawn`` is the number of features drawn and
+    ``window.__bdcoreMode`` the mode ("outlines" or "density"): what tests and the benchmark wait for."""
+
+    _template = folium.template.Template("""
+{% macro script(this, kwargs) %}
+(function(map) {
+    var pane = map.getPane("{{ this.pane }}") || map.createPane("{{ this.pane }}");
+    pane.style.zIndex = 450;
+    pane.style.pointerEvents = "none";
+    var layer = L.geoJSON({{ this.data }}, {
+        pane: "{{ this.pane }}", interactive: false,
+        renderer: L.canvas({pane: "{{ this.pane }}", padding: 0.2}),
+        style: {{ this.style_js }}
+    }).addTo(map);
+    var n = layer.getLayers().length;
+    requestAnimationFrame(function() { requestAnimationFrame(function() {
+        window.__bdcoreDrawn = n; window.__bdcoreMode = "{{ this.mode }}";
+    }); });
+})({{ this._parent.get_name() }});
+{% endmacro %}
+""")
+
+    def __init__(self, data: str, mode: str, count: int, message: str):
+        super().__init__()
+        self._name = "BuildingsLayer"
+        self.data, self.mode, self.count, self.message, self.pane = data, mode, count, message, BUILDINGS_PANE
+        self.style_js = ('{"color": "#c2185b", "weight": 1, "fillColor": "#e91e63", "fillOpacity": 0.35}'
+                         if mode == "outlines" else
+                         'function(f) { return {"stroke": false, "fillColor": f.properties.c, "fillOpacity": 0.75}; }')
+
+
+def density_geojson(centroids: np.ndarray, cells: int = DENSITY_CELLS) -> tuple[str, float]:
+    """(GeoJSON text of the non-empty grid cells, coloured by building count in ``fill``-ready property ``c`` and
+    counted in ``n``; the cell side in metres). The grid spans the centroids' bounds, ``cells`` along the longer
+    side, square in metres."""
+    lon, lat = centroids[:, 0], centroids[:, 1]
+    x0, y0, x1, y1 = lon.min(), lat.min(), lon.max(), lat.max()
+    coslat = max(np.cos(np.radians((y0 + y1) / 2)), 1e-6)
+    side = max((x1 - x0) * coslat, y1 - y0, 1e-6) / cells  # degrees of latitude
+    dx, dy = side / coslat, side
+    ix = np.minimum(((lon - x0) / dx).astype(int), int((x1 - x0) / dx))
+    iy = np.minimum(((lat - y0) / dy).astype(int), int((y1 - y0) / dy))
+    keys, counts = np.unique(np.stack([ix, iy], 1), axis=0, return_counts=True)
+    max_n = int(counts.max())
+    feats = []
+    for (i, j), n in zip(keys.tolist(), counts.tolist()):
+        a, b = round(x0 + i * dx, 6), round(y0 + j * dy, 6)
+        c, d = round(a + dx, 6), round(b + dy, 6)
+        feats.append({"type": "Feature", "properties": {"n": n, "c": count_color(n, max_n)},
+                      "geometry": {"type": "Polygon", "coordinates": [[[a, b], [c, b], [c, d], [a, d], [a, b]]]}})
+    return json.dumps({"type": "FeatureCollection", "features": feats}, separators=(",", ":")), side * 111_320
+
+
+def buildings_layer(buildings, max_drawn: int | None = None) -> BuildingsLayer:
+    """The layer for ``buildings`` (a ``labels.AoiBuildings``: ``geojson``, ``centroids``, ``count``): outlines up to
+    ``max_drawn`` (default ``MAX_DRAWN_BUILDINGS``) buildings, else a density grid; ``.mode`` and ``.message`` say
+    which (the page shows it)."""
+    max_drawn = MAX_DRAWN_BUILDINGS if max_drawn is None else max_drawn
+    n = buildings.count
+    if n <= max_drawn:
+        return BuildingsLayer(buildings.geojson, "outlines", n, f"{n:,} buildings drawn as outlines.")
+    data, cell_m = density_geojson(buildings.centroids)
+    msg = (f"{n:,} buildings: more than the map draws quickly ({max_drawn:,}), so they are drawn as a density grid "
+           f"(cells of ~{cell_m:,.0f} m, darker = more buildings); pick a tile to see its outlines.")
+    return BuildingsLayer(data, "density", n, msg)

@@ -106,6 +106,25 @@ def test_explore_split_is_the_split_a_run_with_those_settings_trains_on():
     assert next(c.value for c in at.code if c.value.startswith("val: ")) != shown
 
 
+def test_explore_every_building_toggle(monkeypatch):
+    """The toggle draws every building of the AOI (count said on the page); above the budget, a density grid."""
+    from bdcore.data.catalog import load_catalog, summary
+    from bdcore.data.demo import demo_root
+    from bdcore.viz import maps
+
+    n = summary(load_catalog(demo_root()))["buildings"]
+    at = page("pages/explore.py", "demo").run()
+    assert not any("drawn as outlines" in t for t in texts(at, "caption"))
+    at.toggle(key="explore_every").set_value(True).run()
+    assert not at.exception and not at.error
+    assert f"{n:,} buildings drawn as outlines." in texts(at, "caption")
+    monkeypatch.setattr(maps, "MAX_DRAWN_BUILDINGS", n - 1)
+    at.run()
+    assert not at.exception and not at.error
+    assert any(t.startswith(f"{n:,} buildings: more than the map draws quickly ({n - 1:,}), so they are drawn as a "
+                            "density grid") for t in texts(at, "info"))
+
+
 def test_explore_missing_folder_is_a_readable_error(tmp_path):
     at = page("pages/explore.py", str(tmp_path / "nope")).run()
     assert not at.exception

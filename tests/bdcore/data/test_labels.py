@@ -287,3 +287,81 @@ def test_pixel_polygons_roundtrip(tmp_path):
         assert p.symmetric_difference(box(c0, r0, c1, r1)).area < 1e-6
     mp = MultiPolygon([box(0, 0, 1, 1), box(2, 2, 3, 3)])
     assert len(pixel_polygons([mp], Affine.identity())) == 2
+
+
+# ------------------------------------------------------------------------------------ every building of an AOI
+
+
+def _aoi_features(result) -> list:
+    return json.loads(result.geojson)["features"]
+
+
+def test_aoi_buildings_are_the_catalogs_buildings_rounded(vegas_small):
+    from bdcore.data.catalog import load_catalog
+    from bdcore.data.labels import COORD_DECIMALS, aoi_buildings
+
+    cat = load_catalog(vegas_small)
+    out = aoi_buildings(cat, refresh=True)
+    feats = _aoi_features(out)
+    assert out.count == len(feats) == int(cat["n_buildings"].sum()) == 49 and not out.skipped
+    truth = read_buildings(cat.loc["img1265", "labels"]).geometry.tolist()
+    for i in (0, 17, 48):  # the one labelled file's buildings, in file order
+        got = shapely.geometry.shape(feats[i]["geometry"])
+        assert shapely.get_coordinates(got) == pytest.approx(shapely.get_coordinates(truth[i]), abs=6e-7)
+        assert got.centroid.coords[0] == pytest.approx(tuple(out.centroids[i]), abs=1e-6)
+        coords = shapely.get_coordinates(got).ravel()
+        assert np.array_equal(coords, np.round(coords, COORD_DECIMALS))
+
+
+def test_aoi_buildings_cache_reused_and_invalidated(tmp_path):
+    import geopandas as gpd
+    from bdcore.data.labels import aoi_buildings
+
+    paths = []
+    for k, n in enumerate((2, 3)):
+        p = tmp_path / f"buildings_{k}.geojson"
+        write_geojson(p, [box(2.3 + 0.001 * i, 48.85 + k * 0.01, 2.3005 + 0.001 * i, 48.8505 + k * 0.01)
+                          for i in range(n)])
+        paths.append(str(p))
+    cat = gpd.GeoDataFrame({"labels": paths + [None]}, geometry=[box(0, 0, 1, 1)] * 3, crs=4326)
+    first = aoi_buildings(cat)
+    again = aoi_buildings(cat)
+    assert (first.from_cache, again.from_cache, again.count, again.geojson) == (False, True, 5, first.geojson)
+    write_geojson(tmp_path / "buildings_1.geojson", [box(2.3, 48.86, 2.3005, 48.8605)])  # one file changes
+    changed = aoi_buildings(cat)
+    assert (changed.from_cache, changed.count) == (False, 3)
+    (tmp_path / "buildings_0.geojson").write_text("{not json")  # a broken file: left out and named, nothing lost
+    broken = aoi_buildings(cat)
+    assert broken.count == 1 and list(broken.skipped) == [paths[0]]
+    assert "not readable GeoJSON" in broken.skipped[paths[0]]
+    assert aoi_buildings(cat).skipped == broken.skipped  # the cache keeps what was left out
+
+
+def test_aoi_buildings_keeps_the_polygons_of_a_file_with_a_point(tmp_path):
+    """A Point in a labels file: its buildings are still drawn (as the catalog counts them), only the Point is not."""
+    from bdcore.data.catalog import load_catalog
+    from bdcore.data.labels import aoi_buildings
+
+    aoi = make_aoi(tmp_path / "a", n_tiles=2)
+    t = aoi.tiles[0]
+    fc = json.loads(t.labels.read_text())
+    point = {"type": "Point", "coordinates": [2.35, 48.86]}
+    fc["features"].insert(1, {"type": "Feature", "properties": {}, "geometry": point})
+    t.labels.write_text(json.dumps(fc))
+    with pytest.raises(LabelError, match="feature 1 is a Point"):
+        read_buildings(t.labels)
+    cat = load_catalog(aoi.root)
+    out = aoi_buildings(cat)
+    assert out.count == int(cat["n_buildings"].sum()) == aoi.n_buildings and not out.skipped
+
+
+def test_aoi_buildings_of_the_real_vegas_sample(vegas_root):
+    from bdcore.data.catalog import load_catalog
+    from bdcore.data.labels import aoi_buildings
+
+    cat = load_catalog(vegas_root)
+    out = aoi_buildings(cat)
+    assert out.count == int(cat["n_buildings"].sum()) > 0 and not out.skipped
+    lon, lat = out.centroids.T
+    minx, miny, maxx, maxy = cat.total_bounds
+    assert (minx <= lon).all() and (lon <= maxx).all() and (miny <= lat).all() and (lat <= maxy).all()

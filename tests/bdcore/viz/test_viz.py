@@ -278,3 +278,46 @@ def test_unlabelled_tiles_are_grey_dashed_and_not_counted_as_empty():
     assert maps.count_color(None, 10) == maps.UNLABELLED_COLOR
     fig = figures.buildings_per_tile_fig(cat)
     assert len(fig.data[0].x) == len(cat) - 1 and "1 unlabelled left out" in fig.layout.title.text
+
+
+def _aoi(n: int, seed: int = 0):
+    """``n`` small square buildings spread over ~1 km, as ``labels.AoiBuildings``."""
+    import shapely
+
+    from bdcore.data.labels import AoiBuildings
+
+    xy = np.random.default_rng(seed).uniform(0, 0.01, (n, 2)) + (2.30, 48.85)
+    geoms = [box(x, y, x + 1e-4, y + 1e-4) for x, y in xy]
+    text = json.dumps({"type": "FeatureCollection", "features": [
+        {"type": "Feature", "properties": {}, "geometry": json.loads(shapely.to_geojson(g))} for g in geoms]})
+    return AoiBuildings(text, xy + 5e-5)
+
+
+def test_buildings_layer_draws_every_building_as_one_canvas_layer():
+    layer = maps.buildings_layer(_aoi(300), max_drawn=300)
+    assert (layer.mode, layer.count, layer.message) == ("outlines", 300, "300 buildings drawn as outlines.")
+    m = maps.tile_map(grid_catalog())
+    layer.add_to(m)
+    html = maps.map_html(m)
+    assert asset_urls(html) == [leaflet.LEAFLET_JS_URL, leaflet.LEAFLET_CSS_URL]  # offline: no CDN
+    script = html[html.index("L.geoJSON(", html.index("createPane")):]
+    data = json.loads(script[len("L.geoJSON("):script.index(", {\n")])
+    assert len(data["features"]) == 300
+    assert "L.canvas(" in script and "window.__bdcoreDrawn = n" in script and '"outlines"' in script
+
+
+def test_buildings_layer_falls_back_to_a_density_grid_above_the_budget(monkeypatch):
+    aoi = _aoi(301)
+    monkeypatch.setattr(maps, "MAX_DRAWN_BUILDINGS", 300)
+    layer = maps.buildings_layer(aoi)
+    assert layer.mode == "density" and layer.count == 301
+    assert layer.message.startswith("301 buildings: more than the map draws quickly (300)")
+    assert "density grid" in layer.message and "pick a tile to see its outlines" in layer.message
+    cells = json.loads(layer.data)["features"]
+    assert sum(f["properties"]["n"] for f in cells) == 301 and len(cells) <= maps.DENSITY_CELLS ** 2
+    for f in cells[:20]:  # each cell holds the centroids it counts
+        x0, y0 = f["geometry"]["coordinates"][0][0]
+        x1, y1 = f["geometry"]["coordinates"][0][2]
+        inside = ((aoi.centroids[:, 0] >= x0 - 1e-6) & (aoi.centroids[:, 0] < x1 + 1e-6)
+                  & (aoi.centroids[:, 1] >= y0 - 1e-6) & (aoi.centroids[:, 1] < y1 + 1e-6))
+        assert inside.sum() >= f["properties"]["n"]
