@@ -5,64 +5,15 @@ still reaches the tile footprint beneath. Screenshot saved when BDCORE_SCREENSHO
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
-from pathlib import Path
 
 import pytest
+from browser_kit import SCREENS
+from browser_kit import streamlit_server as _streamlit
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM = "/usr/bin/chromium"
-SCREENS = Path(os.environ["BDCORE_SCREENSHOTS"]) if os.environ.get("BDCORE_SCREENSHOTS") else None
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run"]
 MAP = 'iframe[title="streamlit_folium.st_folium"]'
-
-if not Path(CHROMIUM).exists():
-    if os.environ.get("CI"):
-        pytest.fail(f"{CHROMIUM} is missing (CI must install Debian chromium)", pytrace=False)
-    pytest.skip(f"{CHROMIUM} is missing", allow_module_level=True)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def _streamlit(runs_dir: Path, log_path: Path):
-    """``streamlit run app.py`` on a free port (a fresh server), yielding its URL."""
-    port = _free_port()
-    env = dict(os.environ, HF_HUB_OFFLINE="1", BDCORE_RUNS_DIR=str(runs_dir))
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), "--server.address",
-             "127.0.0.1", "--server.headless", "true"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.time() + 60
-            while time.time() < deadline:
-                try:
-                    if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).status == 200:
-                        break
-                except OSError:
-                    time.sleep(0.5)
-            else:
-                pytest.fail("streamlit did not start: " + log_path.read_text()[-2000:])
-            yield url
-        finally:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=20)
-
 
 @pytest.fixture(scope="module")
 def server(_isolated_dirs):
@@ -71,14 +22,10 @@ def server(_isolated_dirs):
 
 
 @pytest.fixture
-def page():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        pg = b.new_page(viewport={"width": 1400, "height": 1400})
-        yield pg
-        b.close()
+def page(browser):
+    pg = browser.new_page(viewport={"width": 1400, "height": 1400})
+    yield pg
+    pg.close()
 
 
 def _map_value(pg, js: str, want, timeout: float = 60):

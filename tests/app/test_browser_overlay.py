@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-# the server and browser helpers of test_browser (importing it skips this module without chromium)
-from test_browser import ARGS, CHROMIUM, SCREENS, _streamlit, assert_clean
+# the server helpers of the Chromium tests (importing them skips this module without chromium)
+from browser_kit import SCREENS, assert_clean
+from browser_kit import streamlit_server as _streamlit
 
 from bdcore.viz import layers
 
@@ -53,16 +54,6 @@ def server(_isolated_dirs):
     _cached_run(runs_dir)
     with _streamlit(runs_dir, _isolated_dirs / "streamlit-overlay.log") as url:
         yield url
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield b
-        b.close()
 
 
 def _paths_by_colour(frame, timeout: float = 30) -> dict[str, int]:
