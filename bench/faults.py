@@ -223,7 +223,7 @@ def _resume_after_kill(live: _Live, number: int, kind: str, info: dict) -> dict:
     tmp_at_kill = sorted(temp_files(run_dir))
     last = cks[RunDir.LAST]
     new_from = last["step"] if last["loads"] else 0
-    work_lost_s = _work_lost_s(run_dir, new_from, t_kill)
+    work_lost_s = _work_lost_s(run_dir, new_from, t_kill, live.since)
     times = sorted(float(r["time"]) for r in read_metrics(run_dir) if r.get("kind") == "step"
                    and float(r.get("time", 0)) >= live.since)
     max_step_gap_s = round(max((b - a for a, b in zip(times, times[1:])), default=0.0), 2)
@@ -255,12 +255,22 @@ def _resume_after_kill(live: _Live, number: int, kind: str, info: dict) -> dict:
     }
 
 
-def _work_lost_s(run_dir: Path, resumed_from: int, t_kill: float) -> Optional[float]:
-    """Training time the kill threw away: from the step the resume starts after (its record's time) to the kill."""
+def _work_lost_s(run_dir: Path, resumed_from: int, t_kill: float, since: float) -> Optional[float]:
+    """Training time the kill threw away: from the end of the step the resume starts after to the kill, counting
+    only the killed trainer's own training (not its start-up: when that step was logged by an earlier trainer, from
+    one step before the killed trainer's first step record)."""
     if resumed_from == 0:
         return None  # restart from scratch: the loss is the start-up plus every step so far
-    t = [float(r["time"]) for r in read_metrics(run_dir) if r.get("kind") == "step" and int(r["step"]) == resumed_from]
-    return round(t_kill - max(t), 2) if t else None
+    recs = [r for r in read_metrics(run_dir) if r.get("kind") == "step"]
+    mine = sorted(float(r["time"]) for r in recs if float(r.get("time", 0)) >= since)
+    ref = [float(r["time"]) for r in recs if int(r["step"]) == resumed_from and float(r.get("time", 0)) >= since]
+    if ref:
+        return round(t_kill - max(ref), 2)
+    if not mine:
+        return 0.0  # killed in start-up: no training lost beyond the checkpoint
+    gaps = [b - a for a, b in zip(mine, mine[1:])]
+    step_s = sorted(gaps)[len(gaps) // 2] if gaps else 0.0
+    return round(t_kill - (mine[0] - step_s), 2)
 
 
 def _final_report(live: _Live, epochs: int) -> dict:
