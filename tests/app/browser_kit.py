@@ -80,3 +80,14 @@ def assert_clean(pg) -> None:
     assert "Traceback" not in body
     assert pg.locator('[data-testid="stException"]').count() == 0
     assert pg.locator('[data-testid="stAlertContentError"]').count() == 0, body[:2000]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """One Debian chromium per test module (test modules import this fixture by name)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield b
+        b.close()

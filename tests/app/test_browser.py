@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from browser_kit import ROOT, assert_clean, shot
+from browser_kit import browser  # noqa: F401 (the fixture)
 from browser_kit import streamlit_server as _streamlit
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]

@@ -9,6 +9,7 @@ import time
 
 import pytest
 from browser_kit import SCREENS
+from browser_kit import browser  # noqa: F401 (the fixture)
 from browser_kit import streamlit_server as _streamlit
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]

@@ -15,6 +15,7 @@ import pytest
 
 # the server helpers of the Chromium tests (importing them skips this module without chromium)
 from browser_kit import SCREENS, assert_clean
+from browser_kit import browser  # noqa: F401 (the fixture)
 from browser_kit import streamlit_server as _streamlit
 
 from bdcore.viz import layers
