@@ -48,6 +48,7 @@ def _norm(msg: str) -> str:
     msg = re.sub(r"/tmp/pytest-of-[^/]+/pytest-\d+/[^/\s']+", "<tmp>", msg)
     msg = re.sub(r"-[0-9a-f]{16}\.tif", "-<sha>.tif", msg)
     msg = re.sub(r"catalogs/[0-9a-f]{20}\.json", "catalogs/<key>.json", msg)
+    msg = re.sub(r"\bpid \d+", "pid <pid>", msg)  # process ids differ from run to run
     return msg.strip()
 
 

@@ -129,6 +129,9 @@ def _select(pg, label: str, option: str) -> None:
 def _number(pg, label: str, value) -> None:
     inp = pg.get_by_label(label, exact=True)
     _wait(lambda: inp.count() == 1, 60, f"one {label!r} field (a rerun's stale copy gone)")
+    if not inp.is_visible():  # inside the form's Advanced expander, which a rerun may have closed
+        pg.get_by_text("Advanced").click()
+        inp.wait_for(state="visible", timeout=30000)
     inp.fill(str(value))
     inp.press("Tab")
 
@@ -211,7 +214,6 @@ def test_enter_then_click_on_start_makes_one_run(server, page):
     _select(page, "Encoder", "resnet18")
     _select(page, "Encoder weights", "none")
     _select(page, "Crop", "64")
-    page.get_by_text("Advanced").click()
     _number(page, "Steps per epoch (0 = one pass)", 2)
     _number(page, "Data workers", 0)
     epochs = page.get_by_label("Epochs", exact=True)
@@ -288,8 +290,7 @@ def _start_tiny_run(pg, url: str, name: str) -> None:
     _select(pg, "Crop", "64")
     _number(pg, "Epochs", 50)
     _number(pg, "Batch size", 2)
-    pg.get_by_text("Advanced").click()
-    _number(pg, "Steps per epoch (0 = one pass)", 3)
+    _number(pg, "Steps per epoch (0 = one pass)", 3)  # opens the Advanced expander
     _number(pg, "Log every (steps)", 1)
     _number(pg, "Data workers", 0)
     pg.get_by_label("Run name (optional)").fill(name)
