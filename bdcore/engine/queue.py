@@ -156,7 +156,7 @@ def pump(root: Path, finishing: Optional[str] = None) -> dict[str, int]:
     from bdcore.engine.runs import launch
 
     root = Path(root)
-    if not (root / QUEUE_FILE).exists():
+    if not _read(root):  # nothing waits (the usual case on every page poll): no lock, no scan of the runs
         return {}
     started: dict[str, int] = {}
     with _locked(root) as q:
